@@ -1,0 +1,1 @@
+"""fedrl: communication-efficient federated learning and federated RL on Flower."""

@@ -1,0 +1,100 @@
+"""ClientApp: local training and evaluation on this node's partition."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from fedrl_app.config import RunConfig
+from fedrl_app.metadata import METADATA_RECORD_KEY, ClientMetadata, encode_metadata
+from fedrl_app.payload import recorddict_nbytes
+from fedrl_app.tasks import mnist
+
+app = ClientApp()
+
+SCAFFOLD_STATE_KEY = "scaffold-ci"
+HISTORY_KEY = "history"
+PLATEAU_TOLERANCE = 0.01  # relative loss change under which a client reports `converged`
+
+torch.set_num_threads(int(os.environ.get("FEDRL_TORCH_THREADS", "1")))
+
+
+def _partition(context: Context) -> tuple[int, int]:
+    try:
+        return int(context.node_config["partition-id"]), int(context.node_config["num-partitions"])
+    except KeyError as err:
+        raise ValueError(f"node config lacks {err}; start the SuperNode with "
+                         "--node-config 'partition-id=N num-partitions=M'") from None
+
+
+def _client_data(cfg: RunConfig, context: Context):
+    pid, num = _partition(context)
+    source = mnist.resolve_source(cfg.data_path)
+    return pid, mnist.load_partition(source, pid, num, cfg.dirichlet_alpha, cfg.seed, cfg.local_test_fraction)
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    """Train the received model locally (FedAvg/FedProx/FedAdagrad/SCAFFOLD alike)."""
+    cfg = RunConfig.from_run_config(context.run_config)
+    pid, (train_data, _) = _client_data(cfg, context)
+    config = msg.content["config"]
+    server_round = int(config["server-round"])
+    net = mnist.Net()
+    net.load_state_dict(msg.content["arrays"].to_torch_state_dict())
+    global_params = [p.detach().clone() for p in net.parameters()]
+
+    # SCAFFOLD: the server sends its control variate c; we keep ours (c_i) in context.state.
+    correction = c_server = c_local = None
+    if "control" in msg.content.array_records:
+        c_server = [t.float() for t in msg.content["control"].to_torch_state_dict().values()]
+        stored = context.state.array_records.get(SCAFFOLD_STATE_KEY)
+        c_local = [t.float() for t in stored.to_torch_state_dict().values()] if stored else [torch.zeros_like(c) for c in c_server]
+        correction = [c - ci for c, ci in zip(c_server, c_local)]
+
+    lr = float(config["lr"])
+    result = mnist.train(
+        net, train_data, epochs=int(config["local-epochs"]), batch_size=int(config["batch-size"]), lr=lr,
+        momentum=float(config.get("momentum", 0.0)), proximal_mu=float(config.get("proximal-mu", 0.0)),
+        control_correction=correction, seed=cfg.seed * 100_003 + pid * 1_009 + server_round,
+    )
+
+    content = RecordDict({
+        "arrays": ArrayRecord(net.state_dict()),
+        "metrics": MetricRecord({"num-examples": len(train_data[0]), "loss": result.epoch_losses[-1]}),
+    })
+    if c_server is not None:
+        names = [n for n, _ in net.named_parameters()]
+        steps = max(result.num_steps, 1)
+        c_new = [ci - c + (g - p.detach()) / (steps * lr)
+                 for ci, c, g, p in zip(c_local, c_server, global_params, net.parameters())]
+        context.state[SCAFFOLD_STATE_KEY] = ArrayRecord(dict(zip(names, c_new)))
+        content["control-delta"] = ArrayRecord({n: cn - ci for n, cn, ci in zip(names, c_new, c_local)})
+
+    history = context.state.config_records.get(HISTORY_KEY, ConfigRecord({"losses": []}))
+    losses = list(history["losses"]) + result.epoch_losses
+    context.state[HISTORY_KEY] = ConfigRecord({"losses": losses[-10:]})
+    converged = len(losses) >= 2 and abs(losses[-1] - losses[-2]) <= PLATEAU_TOLERANCE * max(losses[-2], 1e-12)
+
+    meta = ClientMetadata(
+        partition_id=pid, num_examples=len(train_data[0]), train_time_s=result.train_time_s,
+        epoch_losses=[float(x) for x in result.epoch_losses], converged=bool(converged),
+        bytes_sent=recorddict_nbytes(content),
+    )
+    content[METADATA_RECORD_KEY] = encode_metadata(meta)
+    return Message(content=content, reply_to=msg)
+
+
+@app.evaluate()
+def evaluate(msg: Message, context: Context) -> Message:
+    """Evaluate the received model on this client's held-out local test split."""
+    cfg = RunConfig.from_run_config(context.run_config)
+    _, (_, test_data) = _client_data(cfg, context)
+    net = mnist.Net()
+    net.load_state_dict(msg.content["arrays"].to_torch_state_dict())
+    loss, accuracy = mnist.evaluate(net, test_data, cfg.eval_batch_size)
+    metrics = MetricRecord({"num-examples": len(test_data[0]), "loss": loss, "accuracy": accuracy})
+    return Message(content=RecordDict({"metrics": metrics}), reply_to=msg)

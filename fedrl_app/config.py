@@ -1,0 +1,159 @@
+"""Run configuration: the typed, validated view of `[tool.flwr.app.config]`."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+
+TASKS = ("mnist",)
+STRATEGIES = ("fedavg", "fedprox", "scaffold", "fedadagrad")
+WANDB_MODES = ("offline", "online", "disabled")
+TRACK_METRICS = ("accuracy", "loss")
+
+
+class ConfigError(ValueError):
+    """A run-config value is missing, of the wrong type, or outside its allowed range."""
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Every run-config key, kebab-case in TOML, snake_case here.
+
+    Field defaults mirror `pyproject.toml`, so a config missing a key still runs.
+    """
+
+    task: str = "mnist"
+    strategy: str = "fedavg"
+    num_server_rounds: int = 10
+    fraction_train: float = 1.0
+    fraction_evaluate: float = 0.5
+    local_epochs: int = 1
+    batch_size: int = 32
+    lr: float = 0.05
+    momentum: float = 0.0
+    lr_decay_factor: float = 0.5
+    lr_decay_every: int = 5
+    proximal_mu: float = 0.01
+    server_lr: float = 0.01
+    adagrad_tau: float = 0.001
+    dirichlet_alpha: float = 0.3
+    seed: int = 42
+    data_path: str = ""
+    local_test_fraction: float = 0.1
+    eval_batch_size: int = 1000
+    round_timeout: float = 600.0
+    track_metric: str = "accuracy"
+    outputs_dir: str = ""
+    resume_from: str = ""
+    wandb_mode: str = "offline"
+    wandb_project: str = "fedrl"
+
+    @classmethod
+    def from_run_config(cls, run_config: Mapping[str, Any]) -> RunConfig:
+        """Build and validate a RunConfig from Flower's `context.run_config`.
+
+        Raises
+        ------
+        ConfigError
+            Naming the offending key and what it accepts.
+        """
+        known = {f.name.replace("_", "-"): f for f in fields(cls)}
+        unknown = sorted(set(run_config) - set(known))
+        if unknown:
+            raise ConfigError(
+                f"unknown config key(s) {unknown}; known keys: {sorted(known)}"
+            )
+        values: dict[str, Any] = {}
+        for key, value in run_config.items():
+            field = known[key]
+            values[field.name] = _coerce(key, value, field.type)
+        cfg = cls(**values)
+        cfg.validate()
+        return cfg
+
+    def validate(self) -> None:
+        """Check ranges and choices; raise ConfigError naming the key."""
+        _choice("task", self.task, TASKS)
+        _choice("strategy", self.strategy, STRATEGIES)
+        _choice("wandb-mode", self.wandb_mode, WANDB_MODES)
+        _choice("track-metric", self.track_metric, TRACK_METRICS)
+        _at_least("num-server-rounds", self.num_server_rounds, 1)
+        _at_least("local-epochs", self.local_epochs, 1)
+        _at_least("batch-size", self.batch_size, 1)
+        _at_least("eval-batch-size", self.eval_batch_size, 1)
+        _at_least("lr-decay-every", self.lr_decay_every, 1)
+        _in_range("fraction-train", self.fraction_train, 0.0, 1.0, low_open=True)
+        _in_range("fraction-evaluate", self.fraction_evaluate, 0.0, 1.0)
+        _in_range("lr-decay-factor", self.lr_decay_factor, 0.0, 1.0, low_open=True)
+        _in_range("momentum", self.momentum, 0.0, 1.0, high_open=True)
+        _in_range("local-test-fraction", self.local_test_fraction, 0.0, 0.9, low_open=True)
+        for key, value in (
+            ("lr", self.lr),
+            ("server-lr", self.server_lr),
+            ("adagrad-tau", self.adagrad_tau),
+            ("dirichlet-alpha", self.dirichlet_alpha),
+            ("round-timeout", self.round_timeout),
+        ):
+            if not value > 0:
+                raise ConfigError(f"config key '{key}' must be > 0, got {value!r}")
+        if self.proximal_mu < 0:
+            raise ConfigError(f"config key 'proximal-mu' must be >= 0, got {self.proximal_mu!r}")
+        if self.strategy == "scaffold" and self.momentum != 0.0:
+            raise ConfigError(
+                "config key 'momentum' must be 0.0 with strategy='scaffold': the "
+                "SCAFFOLD control-variate update (option II) assumes plain SGD steps"
+            )
+
+    def as_dict(self) -> dict[str, Any]:
+        """Kebab-case dict, as in pyproject.toml (for JSON and W&B)."""
+        return {k.replace("_", "-"): v for k, v in dataclasses.asdict(self).items()}
+
+
+def lr_at_round(lr: float, decay_factor: float, decay_every: int, server_round: int) -> float:
+    """Step-decayed learning rate for a round: lr * factor ** (round // every)."""
+    return lr * decay_factor ** (server_round // decay_every)
+
+
+def _coerce(key: str, value: Any, type_name: Any) -> Any:
+    type_name = type_name if isinstance(type_name, str) else type_name.__name__
+    if type_name == "int":
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            raise ConfigError(f"config key '{key}' must be an integer, got {value!r}")
+        return value
+    if type_name == "float":
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"config key '{key}' must be a number, got {value!r}")
+        return float(value)
+    if type_name == "str":
+        if not isinstance(value, str):
+            raise ConfigError(f"config key '{key}' must be a string, got {value!r}")
+        return value
+    if type_name == "bool":
+        if not isinstance(value, bool):
+            raise ConfigError(f"config key '{key}' must be true or false, got {value!r}")
+        return value
+    raise AssertionError(f"unsupported field type {type_name} for {key}")
+
+
+def _choice(key: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ConfigError(f"config key '{key}' is {value!r}; allowed values: {list(allowed)}")
+
+
+def _at_least(key: str, value: int, low: int) -> None:
+    if value < low:
+        raise ConfigError(f"config key '{key}' must be >= {low}, got {value!r}")
+
+
+def _in_range(
+    key: str, value: float, low: float, high: float, low_open: bool = False, high_open: bool = False
+) -> None:
+    too_low = value <= low if low_open else value < low
+    too_high = value >= high if high_open else value > high
+    if too_low or too_high:
+        lo, hi = ("(" if low_open else "["), (")" if high_open else "]")
+        raise ConfigError(f"config key '{key}' must be in {lo}{low}, {high}{hi}, got {value!r}")

@@ -1,0 +1,164 @@
+"""`fedrl-run`: run the app on a private local SuperLink (simulation) and stop it afterwards.
+
+`flwr run . --stream` starts a detached SuperLink that outlives the run. This launcher
+starts its own `flower-superlink --simulation` on a free loopback port with a private
+FLWR_HOME (your ~/.flwr is never touched), submits the run with `flwr run`, streams its
+logs, and stops every process it started, by process group, when the run ends.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+from fedrl_app.paths import project_root
+
+CONNECTION = "fedrl-local"
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class LocalSimulation:
+    """A `flower-superlink --simulation` owned by this process, with its own FLWR_HOME.
+
+    Use as a context manager; on exit the SuperLink's whole process group (SuperExec,
+    ServerApp, simulation runtime) is terminated, then killed if it lingers.
+    """
+
+    def __init__(self, num_supernodes: int = 10, cpus_per_client: int = 1, flwr_home: Path | None = None,
+                 startup_timeout: float = 60.0) -> None:
+        self.num_supernodes, self.cpus_per_client = num_supernodes, cpus_per_client
+        self._own_home = flwr_home is None
+        self.flwr_home = Path(flwr_home or tempfile.mkdtemp(prefix="fedrl-flwr-home-"))
+        self.port = free_port()
+        self.startup_timeout = startup_timeout
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ, FLWR_HOME=str(self.flwr_home), FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1")
+        env.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
+        return env
+
+    def __enter__(self) -> LocalSimulation:
+        self.flwr_home.mkdir(parents=True, exist_ok=True)
+        (self.flwr_home / "config.toml").write_text(
+            f'[superlink]\ndefault = "{CONNECTION}"\n\n'
+            f'[superlink.{CONNECTION}]\naddress = "127.0.0.1:{self.port}"\ninsecure = true\n'
+            f"options.num-supernodes = {self.num_supernodes}\n"
+            f"options.backend.client-resources.num-cpus = {self.cpus_per_client}\n"
+        )
+        log_file = open(self.flwr_home / "superlink.log", "ab")
+        self.process = subprocess.Popen(
+            [shutil.which("flower-superlink") or "flower-superlink", "--insecure", "--simulation",
+             "--isolation", "subprocess", "--host", "127.0.0.1", "--port", str(self.port),
+             "--disable-runtime-dependency-installation"],
+            env=self.env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        log_file.close()
+        deadline = time.monotonic() + self.startup_timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                self.close()
+                raise RuntimeError(f"flower-superlink exited with {self.process.returncode}; "
+                                   f"see {self.flwr_home / 'superlink.log'}")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=1):
+                    return self
+            except OSError:
+                time.sleep(0.2)
+        self.close()
+        raise RuntimeError(f"flower-superlink did not answer on port {self.port} within {self.startup_timeout:.0f}s")
+
+    def run(self, app_dir: Path, run_config: list[str] | None = None, *, capture: bool = False,
+            timeout: float | None = None) -> subprocess.CompletedProcess:
+        """`flwr run APP fedrl-local --stream`, blocking until the run ends."""
+        cmd = [shutil.which("flwr") or "flwr", "run", str(app_dir), CONNECTION, "--stream"]
+        for item in run_config or []:
+            cmd += ["--run-config", item]
+        return subprocess.run(cmd, env=self.env, capture_output=capture, text=True, timeout=timeout)
+
+    def close(self) -> None:
+        """Stop the SuperLink and everything it spawned (by process group id)."""
+        if self.process is not None and self.process.poll() is None:
+            pgid = self.process.pid  # start_new_session: the group id is the leader's pid
+            for sig, wait_s in ((signal.SIGTERM, 15), (signal.SIGKILL, 5)):
+                try:
+                    os.killpg(pgid, sig)
+                except ProcessLookupError:
+                    break
+                try:
+                    self.process.wait(timeout=wait_s)
+                    break
+                except subprocess.TimeoutExpired:
+                    continue
+        if self.process is not None:
+            try:  # the group can outlive its leader: make sure nothing is left
+                os.killpg(self.process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        _kill_stragglers(f"127.0.0.1:{self.port}")
+        if self._own_home:
+            shutil.rmtree(self.flwr_home, ignore_errors=True)
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _pids_mentioning(needle: str) -> list[int]:
+    """PIDs whose command line contains `needle` (Linux /proc)."""
+    pids = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            if needle.encode() in (proc / "cmdline").read_bytes():
+                pids.append(int(proc.name))
+        except OSError:
+            continue
+    return [p for p in pids if p != os.getpid()]
+
+
+def _kill_stragglers(address: str, grace_s: float = 10.0) -> None:
+    """Processes that detached from the group but still talk to our SuperLink (flwr-simulation)."""
+    deadline = time.monotonic() + grace_s
+    while (pids := _pids_mentioning(address)) and time.monotonic() < deadline:
+        time.sleep(0.5)  # they watch their parent's pid and exit on their own
+    for pid in _pids_mentioning(address):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of `fedrl-run`."""
+    parser = argparse.ArgumentParser(prog="fedrl-run", description=__doc__.split("\n")[0])
+    parser.add_argument("--run-config", "-c", action="append", default=[],
+                        help="run-config overrides, as for `flwr run` (e.g. \"strategy='fedprox' num-server-rounds=20\")")
+    parser.add_argument("--num-supernodes", type=int, default=10, help="simulated clients (default 10)")
+    parser.add_argument("--cpus-per-client", type=int, default=1, help="CPUs Ray reserves per ClientApp (default 1)")
+    parser.add_argument("--app", type=Path, default=None, help="app directory (default: this project)")
+    args = parser.parse_args(argv)
+    app_dir = args.app or (Path.cwd() if (Path.cwd() / "pyproject.toml").is_file() else project_root())
+    if app_dir is None:
+        parser.error("cannot find the fedrl project; pass --app PATH")
+    with LocalSimulation(args.num_supernodes, args.cpus_per_client) as sim:
+        result = sim.run(app_dir, args.run_config)
+    return result.returncode
+
+
+if __name__ == "__main__":
+    sys.exit(main())

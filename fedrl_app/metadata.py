@@ -1,0 +1,134 @@
+"""Client -> server metadata: a dataclass pickled into a ConfigRecord, decoded through an allowlist.
+
+Clients are not trusted. Decoding never imports or calls anything except the project's
+metadata classes and a few inert builtins, refuses oversized or malformed payloads, and
+type-checks every field before the strategy sees it.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import pickle
+from dataclasses import dataclass, field, fields
+
+from flwr.app import ConfigRecord, RecordDict
+
+METADATA_RECORD_KEY = "metadata"
+METADATA_PAYLOAD_KEY = "payload"
+MAX_METADATA_BYTES = 64 * 1024
+
+
+class MetadataError(ValueError):
+    """A metadata payload was refused (names a forbidden global, oversized, malformed)."""
+
+
+@dataclass
+class ClientMetadata:
+    """What a client reports about one round of local work.
+
+    Fields later issues fill (sync decision, staleness, divergence, compression rate)
+    default to None so every task and strategy can share one contract.
+    """
+
+    partition_id: int
+    num_examples: int
+    train_time_s: float
+    epoch_losses: list[float] = field(default_factory=list)
+    converged: bool = False
+    bytes_sent: int = 0
+    sync_decision: str | None = None
+    staleness: int | None = None
+    gradient_divergence: float | None = None
+    compression_rate: float | None = None
+
+    def validate(self) -> None:
+        """Type- and range-check every field; raise MetadataError naming the field."""
+        _check(isinstance(self.partition_id, int) and self.partition_id >= 0, "partition_id", self.partition_id)
+        _check(isinstance(self.num_examples, int) and self.num_examples >= 0, "num_examples", self.num_examples)
+        _check(_finite_number(self.train_time_s) and self.train_time_s >= 0, "train_time_s", self.train_time_s)
+        _check(
+            isinstance(self.epoch_losses, list) and all(_finite_number(x) for x in self.epoch_losses),
+            "epoch_losses",
+            self.epoch_losses,
+        )
+        _check(isinstance(self.converged, bool), "converged", self.converged)
+        _check(isinstance(self.bytes_sent, int) and self.bytes_sent >= 0, "bytes_sent", self.bytes_sent)
+        _check(self.sync_decision is None or isinstance(self.sync_decision, str), "sync_decision", self.sync_decision)
+        _check(self.staleness is None or (isinstance(self.staleness, int) and self.staleness >= 0), "staleness", self.staleness)
+        for name in ("gradient_divergence", "compression_rate"):
+            value = getattr(self, name)
+            _check(value is None or _finite_number(value), name, value)
+
+
+# (module, qualname) pairs the decoder may resolve. Nothing else is ever imported.
+ALLOWED_GLOBALS: frozenset[tuple[str, str]] = frozenset(
+    {
+        ("fedrl_app.metadata", "ClientMetadata"),
+    }
+)
+_METADATA_CLASSES = (ClientMetadata,)
+
+
+class _AllowlistUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> type:
+        if (module, name) not in ALLOWED_GLOBALS:
+            raise MetadataError(f"payload names global '{module}.{name}', which is not in the allowlist")
+        return super().find_class(module, name)
+
+    def persistent_load(self, pid: object) -> object:
+        raise MetadataError("payload uses persistent ids, which are not allowed")
+
+
+def encode_metadata(meta: ClientMetadata) -> ConfigRecord:
+    """Pickle a metadata dataclass into a ConfigRecord (client side)."""
+    meta.validate()
+    return ConfigRecord({METADATA_PAYLOAD_KEY: pickle.dumps(meta, protocol=pickle.HIGHEST_PROTOCOL)})
+
+
+def decode_metadata(payload: bytes) -> ClientMetadata:
+    """Decode an untrusted payload into a validated metadata object (server side).
+
+    Raises
+    ------
+    MetadataError
+        If the payload is too large, names a global outside the allowlist, is
+        truncated or otherwise malformed, or holds fields of the wrong type.
+    """
+    if not isinstance(payload, bytes):
+        raise MetadataError(f"payload must be bytes, got {type(payload).__name__}")
+    if len(payload) > MAX_METADATA_BYTES:
+        raise MetadataError(f"payload is {len(payload)} bytes, over the {MAX_METADATA_BYTES}-byte limit")
+    try:
+        obj = _AllowlistUnpickler(io.BytesIO(payload)).load()
+    except MetadataError:
+        raise
+    except Exception as err:  # truncated / corrupt pickles raise many types
+        raise MetadataError(f"payload is not a valid pickle ({type(err).__name__}: {err})") from None
+    if not isinstance(obj, _METADATA_CLASSES):
+        raise MetadataError(f"payload decodes to {type(obj).__name__}, not a metadata class")
+    expected = {f.name for f in fields(obj)}
+    if set(vars(obj)) != expected:
+        raise MetadataError(f"payload fields {sorted(vars(obj))} do not match {sorted(expected)}")
+    obj.validate()
+    return obj
+
+
+def read_metadata(content: RecordDict) -> ClientMetadata:
+    """Find and decode the metadata ConfigRecord of a reply."""
+    record = content.config_records.get(METADATA_RECORD_KEY)
+    if record is None:
+        raise MetadataError(f"reply has no '{METADATA_RECORD_KEY}' ConfigRecord")
+    payload = record.get(METADATA_PAYLOAD_KEY)
+    if payload is None:
+        raise MetadataError(f"'{METADATA_RECORD_KEY}' record has no '{METADATA_PAYLOAD_KEY}' entry")
+    return decode_metadata(payload)
+
+
+def _finite_number(x: object) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _check(ok: bool, name: str, value: object) -> None:
+    if not ok:
+        raise MetadataError(f"metadata field '{name}' has an invalid value {value!r:.80}")

@@ -1,0 +1,71 @@
+"""MeteredGrid: a Grid that counts the bytes of every message sent to and received from clients."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from flwr.app import Message
+from flwr.serverapp import Grid
+
+from fedrl_app.payload import recorddict_nbytes
+
+
+class MeteredGrid(Grid):
+    """Wrap a Grid; add the serialized size of each message's content to byte counters.
+
+    Downlink counts every message pushed (one copy per destination node, as on the
+    wire); uplink counts every reply pulled, error replies included. Works for the
+    synchronous `send_and_receive` and for `push_messages` / `pull_messages`.
+    """
+
+    def __init__(self, grid: Grid) -> None:
+        self._grid = grid
+        self.downlink_bytes = 0
+        self.uplink_bytes = 0
+        self.downlink_messages = 0
+        self.uplink_messages = 0
+
+    def _count_down(self, messages: Iterable[Message]) -> list[Message]:
+        messages = list(messages)
+        sizes: dict[int, int] = {}  # strategies reuse one RecordDict for every node
+        for msg in messages:
+            key = id(msg.content)
+            if key not in sizes:
+                sizes[key] = recorddict_nbytes(msg.content)
+            self.downlink_bytes += sizes[key]
+        self.downlink_messages += len(messages)
+        return messages
+
+    def _count_up(self, replies: Iterable[Message]) -> list[Message]:
+        replies = list(replies)
+        for msg in replies:
+            if not msg.has_error():
+                self.uplink_bytes += recorddict_nbytes(msg.content)
+        self.uplink_messages += len(replies)
+        return replies
+
+    # --- Grid API -------------------------------------------------------------------
+    def set_run(self, run) -> None:  # noqa: D102
+        self._grid.set_run(run)
+
+    @property
+    def run(self):  # noqa: D102
+        return self._grid.run
+
+    def create_message(self, *args, **kwargs) -> Message:  # noqa: D102
+        return self._grid.create_message(*args, **kwargs)
+
+    def get_node_ids(self) -> Iterable[int]:  # noqa: D102
+        return self._grid.get_node_ids()
+
+    def get_nodes(self):  # noqa: D102
+        return self._grid.get_nodes()
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:  # noqa: D102
+        return self._grid.push_messages(self._count_down(messages))
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:  # noqa: D102
+        return self._count_up(self._grid.pull_messages(message_ids))
+
+    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:  # noqa: D102
+        return self._count_up(self._grid.send_and_receive(self._count_down(messages), timeout=timeout))

@@ -1,0 +1,99 @@
+"""ServerApp: validate the run config, build the strategy, run it with the shared hooks."""
+
+from __future__ import annotations
+
+from logging import ERROR, INFO
+
+import numpy as np
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context
+from flwr.serverapp import Grid, ServerApp
+from flwr.supercore import log
+
+from fedrl_app.config import ConfigError, RunConfig
+from fedrl_app.hooks import RunHooks, load_checkpoint, new_run_dir, resolve_resume_dir
+from fedrl_app.metered_grid import MeteredGrid
+from fedrl_app.paths import outputs_root
+from fedrl_app.tasks import mnist
+from strategies import FedAdagrad, FedAvg, FedProx, Scaffold
+
+app = ServerApp()
+
+
+def build_strategy(cfg: RunConfig):
+    """The strategy named by config key `strategy`, with the LR schedule attached."""
+    common = dict(fraction_train=cfg.fraction_train, fraction_evaluate=cfg.fraction_evaluate)
+    if cfg.strategy == "fedavg":
+        strategy = FedAvg(**common)
+    elif cfg.strategy == "fedprox":
+        strategy = FedProx(**common, proximal_mu=cfg.proximal_mu)
+    elif cfg.strategy == "scaffold":
+        strategy = Scaffold(**common)
+    elif cfg.strategy == "fedadagrad":
+        strategy = FedAdagrad(**common, eta=cfg.server_lr, eta_l=cfg.lr, tau=cfg.adagrad_tau)
+    else:  # RunConfig.validate already refused it; keep the message if someone bypasses it
+        raise ConfigError(f"config key 'strategy' is {cfg.strategy!r}")
+    strategy.configure_schedule(cfg.lr, cfg.lr_decay_factor, cfg.lr_decay_every)
+    return strategy
+
+
+def client_train_config(cfg: RunConfig) -> ConfigRecord:
+    """What clients need besides the per-round values the strategy injects."""
+    return ConfigRecord({
+        "local-epochs": cfg.local_epochs, "batch-size": cfg.batch_size, "momentum": cfg.momentum,
+    })
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    """Run one experiment end to end; stop at once with a clear message on bad config."""
+    try:
+        cfg = RunConfig.from_run_config(context.run_config)
+        source = mnist.resolve_source(cfg.data_path)
+        root = outputs_root(cfg.outputs_dir)
+        resume = None
+        if cfg.resume_from:
+            run_dir = resolve_resume_dir(cfg.resume_from, root)
+            resume = load_checkpoint(run_dir)
+        else:
+            run_dir = new_run_dir(root)
+    except (ConfigError, FileNotFoundError) as err:
+        log(ERROR, "fedrl: invalid configuration: %s", err)
+        raise SystemExit(f"fedrl: invalid configuration: {err}") from None
+
+    torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    strategy = build_strategy(cfg)
+    if resume is not None:
+        initial = ArrayRecord({k: v.numpy() for k, v in resume["arrays"].items()})
+        if hasattr(strategy, "load_state_dict"):
+            strategy.load_state_dict({
+                name: {k: t.numpy() for k, t in group.items()} for name, group in resume["strategy-state"].items()
+            })
+        strategy.round_offset = int(resume["round"])
+        log(INFO, "fedrl: resuming %s from round %d", run_dir, strategy.round_offset)
+    else:
+        initial = ArrayRecord(mnist.Net().state_dict())
+    remaining = cfg.num_server_rounds - strategy.round_offset
+    log(INFO, "fedrl: task=%s strategy=%s rounds=%d; outputs in %s", cfg.task, cfg.strategy, remaining, run_dir)
+
+    test_set = mnist.load_test_set(source)
+    net = mnist.Net()
+
+    def central_evaluate(arrays: ArrayRecord) -> dict[str, float]:
+        net.load_state_dict(arrays.to_torch_state_dict())
+        loss, accuracy = mnist.evaluate(net, test_set, cfg.eval_batch_size)
+        return {"accuracy": accuracy, "loss": loss}
+
+    metered = MeteredGrid(grid)
+    hooks = RunHooks(cfg, run_dir, strategy, metered, central_evaluate, resume=resume)
+    if remaining > 0:
+        strategy.start(
+            grid=metered, initial_arrays=initial, num_rounds=remaining, timeout=cfg.round_timeout,
+            train_config=client_train_config(cfg), evaluate_config=ConfigRecord({}),
+            evaluate_fn=hooks.evaluate_fn,
+        )
+    else:
+        log(INFO, "fedrl: %s already ran %d of %d rounds; nothing to do", run_dir, strategy.round_offset,
+            cfg.num_server_rounds)
+    hooks.finish()

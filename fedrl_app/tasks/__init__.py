@@ -1,0 +1,1 @@
+"""Tasks: what a client trains and how the server evaluates it."""

@@ -1,0 +1,178 @@
+"""MNIST task: Dirichlet non-IID partitions (flwr-datasets), a 2-conv + 2-FC CNN, SGD training."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from flwr_datasets import FederatedDataset
+from flwr_datasets.partitioner import DirichletPartitioner
+from torch import nn
+
+from fedrl_app.paths import MNIST_FILES, find_mnist_dir
+
+MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
+
+
+class Net(nn.Module):
+    """CNN: conv 16 and 32 (5x5, padded, each max-pooled), FC 128, FC 10. 215,370 parameters."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 16, 5, padding=2)
+        self.conv2 = nn.Conv2d(16, 32, 5, padding=2)
+        self.fc1 = nn.Linear(32 * 7 * 7, 128)
+        self.fc2 = nn.Linear(128, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.max_pool2d(F.relu(self.conv1(x)), 2)
+        x = F.max_pool2d(F.relu(self.conv2(x)), 2)
+        x = F.relu(self.fc1(x.flatten(1)))
+        return self.fc2(x)
+
+
+@dataclass(frozen=True)
+class DataSource:
+    """Either local parquet files or a Hugging Face hub id (needs network)."""
+
+    dataset: str
+    data_files: tuple[tuple[str, str], ...] | None = None
+
+    def federated(self, partitioners: dict) -> FederatedDataset:
+        kwargs = {"data_files": dict(self.data_files)} if self.data_files else {}
+        return FederatedDataset(dataset=self.dataset, partitioners=partitioners, **kwargs)
+
+
+def resolve_source(data_path: str = "") -> DataSource:
+    """Map the 'data-path' config value to a data source.
+
+    Empty: the copy shipped with the project. A directory: parquet files in it.
+    'owner/name' that is not a local path: a hub data set id.
+    """
+    if data_path and not Path(data_path).expanduser().exists() and data_path.count("/") == 1 \
+            and not data_path.startswith((".", "/", "~")):
+        return DataSource(dataset=data_path)
+    directory = find_mnist_dir(data_path)
+    files = tuple((f.split(".")[0], str(directory / f)) for f in MNIST_FILES)
+    return DataSource(dataset="parquet", data_files=files)
+
+
+def _to_tensors(split) -> tuple[torch.Tensor, torch.Tensor]:
+    """Decode PNG images once into normalised float tensors."""
+    images = np.stack([np.asarray(img, dtype=np.uint8) for img in split["image"]])
+    x = torch.from_numpy(images).float().div_(255.0).sub_(MNIST_MEAN).div_(MNIST_STD).unsqueeze(1)
+    y = torch.as_tensor(np.asarray(split["label"]), dtype=torch.long)
+    return x, y
+
+
+@lru_cache(maxsize=4)
+def _federated_dataset(source: DataSource, num_partitions: int, alpha: float, seed: int) -> FederatedDataset:
+    partitioner = DirichletPartitioner(
+        num_partitions=num_partitions, partition_by="label", alpha=alpha, seed=seed, min_partition_size=10
+    )
+    return source.federated({"train": partitioner})
+
+
+@lru_cache(maxsize=16)
+def load_partition(
+    source: DataSource, partition_id: int, num_partitions: int, alpha: float, seed: int, test_fraction: float
+) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+    """A client's (train, local test) tensors; identical in every process for the same arguments."""
+    if not 0 <= partition_id < num_partitions:
+        raise ValueError(f"partition-id {partition_id} outside [0, {num_partitions})")
+    fds = _federated_dataset(source, num_partitions, alpha, seed)
+    partition = fds.load_partition(partition_id, "train")
+    split = partition.train_test_split(test_size=test_fraction, seed=seed)
+    return _to_tensors(split["train"]), _to_tensors(split["test"])
+
+
+@lru_cache(maxsize=2)
+def load_test_set(source: DataSource) -> tuple[torch.Tensor, torch.Tensor]:
+    """The centralized test split (10,000 images) the server evaluates on."""
+    fds = source.federated({})
+    return _to_tensors(fds.load_split("test"))
+
+
+def partition_label_counts(source: DataSource, num_partitions: int, alpha: float, seed: int) -> np.ndarray:
+    """(num_partitions, 10) label histogram of the Dirichlet split, for reports and tests."""
+    fds = _federated_dataset(source, num_partitions, alpha, seed)
+    counts = np.zeros((num_partitions, 10), dtype=np.int64)
+    for pid in range(num_partitions):
+        labels = np.asarray(fds.load_partition(pid, "train")["label"])
+        counts[pid] = np.bincount(labels, minlength=10)
+    return counts
+
+
+@dataclass
+class TrainResult:
+    """What one call of `train` did."""
+
+    epoch_losses: list[float]
+    num_steps: int
+    train_time_s: float
+
+
+def train(
+    net: nn.Module,
+    data: tuple[torch.Tensor, torch.Tensor],
+    *,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    momentum: float = 0.0,
+    proximal_mu: float = 0.0,
+    control_correction: list[torch.Tensor] | None = None,
+    seed: int = 0,
+) -> TrainResult:
+    """Local SGD on one client's data.
+
+    `proximal_mu` > 0 adds FedProx's (mu/2)·||w − w_global||², with w_global the weights
+    at entry. `control_correction` (SCAFFOLD, one tensor per parameter: c − c_i) is added
+    to every gradient before the step.
+    """
+    x, y = data
+    generator = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.SGD(net.parameters(), lr=lr, momentum=momentum)
+    global_params = [p.detach().clone() for p in net.parameters()] if proximal_mu > 0 else None
+    net.train()
+    epoch_losses, steps, start = [], 0, time.perf_counter()
+    for _ in range(epochs):
+        order = torch.randperm(len(x), generator=generator)
+        total, count = 0.0, 0
+        for i in range(0, len(x), batch_size):
+            idx = order[i : i + batch_size]
+            optimizer.zero_grad(set_to_none=True)
+            loss = F.cross_entropy(net(x[idx]), y[idx])
+            objective = loss
+            if global_params is not None:
+                prox = sum((p - g).pow(2).sum() for p, g in zip(net.parameters(), global_params))
+                objective = loss + 0.5 * proximal_mu * prox
+            objective.backward()
+            if control_correction is not None:
+                for p, corr in zip(net.parameters(), control_correction):
+                    p.grad.add_(corr)
+            optimizer.step()
+            total += loss.item() * len(idx)
+            count += len(idx)
+            steps += 1
+        epoch_losses.append(total / max(count, 1))
+    return TrainResult(epoch_losses, steps, time.perf_counter() - start)
+
+
+@torch.no_grad()
+def evaluate(net: nn.Module, data: tuple[torch.Tensor, torch.Tensor], batch_size: int = 1000) -> tuple[float, float]:
+    """(mean cross-entropy loss, accuracy) of `net` on `data`."""
+    x, y = data
+    net.eval()
+    loss_sum, correct = 0.0, 0
+    for i in range(0, len(x), batch_size):
+        logits = net(x[i : i + batch_size])
+        loss_sum += F.cross_entropy(logits, y[i : i + batch_size], reduction="sum").item()
+        correct += (logits.argmax(1) == y[i : i + batch_size]).sum().item()
+    n = max(len(x), 1)
+    return loss_sum / n, correct / n

@@ -1,0 +1,18 @@
+"""Server strategies: Flower's own, extended with reply checking, metadata and LR schedules."""
+
+from strategies.fedadagrad import FedAdagrad
+from strategies.fedavg import FedAvg
+from strategies.fedprox import FedProx
+from strategies.reply_guard import ClientReport, ReplyGuardMixin
+from strategies.round_schedule import RoundScheduleMixin
+from strategies.scaffold import Scaffold
+
+__all__ = [
+    "ClientReport",
+    "FedAdagrad",
+    "FedAvg",
+    "FedProx",
+    "ReplyGuardMixin",
+    "RoundScheduleMixin",
+    "Scaffold",
+]

@@ -1,0 +1,163 @@
+"""ReplyGuardMixin: check every client reply before aggregation; drop bad ones, keep the round going."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter, defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from logging import INFO, WARNING
+
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.serverapp import Grid
+from flwr.supercore import log
+
+from fedrl_app.metadata import ClientMetadata, MetadataError, read_metadata
+from fedrl_app.payload import PayloadError, array_spec, check_arrays
+
+
+@dataclass
+class ClientReport:
+    """One accepted training reply, as the hooks and benchmarks see it."""
+
+    node_id: int
+    metadata: ClientMetadata
+    metrics: dict[str, float]
+
+
+@dataclass
+class RoundLog:
+    """What the strategy saw in one round."""
+
+    reports: list[ClientReport] = field(default_factory=list)
+    dropped: list[tuple[int, str]] = field(default_factory=list)  # (node id, reason)
+    train_metrics: dict[str, float] = field(default_factory=dict)
+    evaluate_metrics: dict[str, float] = field(default_factory=dict)
+
+
+class ReplyGuardMixin:
+    """Validate replies (errors, metadata, arrays, metrics) and decode client metadata.
+
+    A reply is dropped, with one WARNING line naming the node and the reason, when it
+    carries an error, its metadata is refused by the allowlist decoder, its arrays do
+    not match the keys/shapes/dtypes the server sent (or hold NaN/Inf/absurd values), or
+    its metrics lack a positive `num-examples`. The remaining replies go to the wrapped
+    strategy's aggregation through `aggregate_valid_replies`.
+
+    Subclasses list the ArrayRecords each reply must carry in `reply_array_records`;
+    each must match the spec of the global arrays.
+    """
+
+    reply_array_records: tuple[str, ...] = ("arrays",)
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.rounds: dict[int, RoundLog] = defaultdict(RoundLog)
+        self._sent_spec: dict[str, tuple[tuple[int, ...], str]] | None = None
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """Remember the spec of the arrays sent out; replies are checked against it."""
+        self._sent_spec = array_spec(arrays)
+        return super().configure_train(server_round, arrays, config, grid)  # type: ignore[misc]
+
+    def filter_train_replies(self, server_round: int, replies: Iterable[Message]) -> list[Message]:
+        """Keep the replies that pass every check; log and record the others."""
+        round_log = self.rounds[server_round]
+        kept: list[Message] = []
+        for msg in replies:
+            node = msg.metadata.src_node_id
+            try:
+                if msg.has_error():
+                    raise PayloadError(f"client error: {msg.error.reason}")
+                content = msg.content
+                meta = read_metadata(content)
+                for name in self.reply_array_records:
+                    if name not in content.array_records:
+                        raise PayloadError(f"reply has no ArrayRecord '{name}'")
+                    if self._sent_spec is not None:
+                        check_arrays(content.array_records[name], self._sent_spec, name=name)
+                metrics = _check_metrics(content)
+            except (MetadataError, PayloadError) as err:
+                log(WARNING, "round %d: dropped reply from node %d: %s", server_round, node, err)
+                round_log.dropped.append((node, str(err)))
+                continue
+            kept.append(msg)
+            round_log.reports.append(ClientReport(node_id=node, metadata=meta, metrics=metrics))
+        # Flower aggregates MetricRecords key by key: keep the common key set only.
+        kept = _majority_metric_keys(kept, server_round, round_log)
+        log(INFO, "round %d: %d replies accepted, %d dropped", server_round, len(kept), len(round_log.dropped))
+        return kept
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Filter the replies, then aggregate the valid ones."""
+        kept = self.filter_train_replies(server_round, replies)
+        arrays, metrics = self.aggregate_valid_replies(server_round, kept)
+        if metrics is not None:
+            self.rounds[server_round].train_metrics = {k: float(v) for k, v in metrics.items() if not isinstance(v, list)}
+        return arrays, metrics
+
+    def aggregate_valid_replies(
+        self, server_round: int, replies: list[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Aggregation of checked replies; the wrapped Flower strategy's by default."""
+        return super().aggregate_train(server_round, replies)  # type: ignore[misc]
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        """Drop evaluation replies with errors or bad metrics, then aggregate."""
+        kept = []
+        for msg in replies:
+            try:
+                if msg.has_error():
+                    raise PayloadError(f"client error: {msg.error.reason}")
+                _check_metrics(msg.content)
+            except PayloadError as err:
+                log(WARNING, "round %d: dropped evaluate reply from node %d: %s", server_round,
+                    msg.metadata.src_node_id, err)
+                continue
+            kept.append(msg)
+        kept = _majority_metric_keys(kept, server_round, None)
+        metrics = super().aggregate_evaluate(server_round, kept)  # type: ignore[misc]
+        if metrics is not None:
+            self.rounds[server_round].evaluate_metrics = {
+                k: float(v) for k, v in metrics.items() if not isinstance(v, list)
+            }
+        return metrics
+
+
+def _check_metrics(content) -> dict[str, float]:
+    if len(content.metric_records) != 1:
+        raise PayloadError(f"expected one MetricRecord, got {len(content.metric_records)}")
+    record = next(iter(content.metric_records.values()))
+    metrics: dict[str, float] = {}
+    for key, value in record.items():
+        values = value if isinstance(value, list) else [value]
+        if not all(math.isfinite(float(v)) for v in values):
+            raise PayloadError(f"metric '{key}' is not finite")
+        if not isinstance(value, list):
+            metrics[key] = float(value)
+    if not metrics.get("num-examples", 0) > 0:
+        raise PayloadError("metric 'num-examples' missing or not positive")
+    return metrics
+
+
+def _majority_metric_keys(kept: list[Message], server_round: int, round_log: RoundLog | None) -> list[Message]:
+    if not kept:
+        return kept
+    keysets = [frozenset(next(iter(m.content.metric_records.values())).keys()) for m in kept]
+    majority, _ = Counter(keysets).most_common(1)[0]
+    out = []
+    for msg, keys in zip(kept, keysets):
+        if keys == majority:
+            out.append(msg)
+            continue
+        reason = f"metric keys {sorted(keys)} differ from the round's {sorted(majority)}"
+        log(WARNING, "round %d: dropped reply from node %d: %s", server_round, msg.metadata.src_node_id, reason)
+        if round_log is not None:
+            round_log.dropped.append((msg.metadata.src_node_id, reason))
+            round_log.reports = [r for r in round_log.reports if r.node_id != msg.metadata.src_node_id]
+    return out
+

@@ -1,0 +1,56 @@
+"""RoundScheduleMixin: per-round learning rate and a round offset for resumed runs."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.serverapp import Grid
+
+from fedrl_app.config import lr_at_round
+
+
+class RoundScheduleMixin:
+    """Send `lr * lr_decay_factor ** (round // lr_decay_every)` to clients each round.
+
+    The learning rate is computed from the round into a fresh ConfigRecord; the config
+    shared across rounds is never mutated. `round_offset` shifts Flower's loop counter
+    (which restarts at 1) so a resumed run continues its round numbers and schedule.
+
+    Place it first in the bases so every inner class sees the true round.
+    """
+
+    round_offset: int = 0
+    lr: float = 0.05
+    lr_decay_factor: float = 0.5
+    lr_decay_every: int = 5
+
+    def configure_schedule(
+        self, lr: float, lr_decay_factor: float, lr_decay_every: int, round_offset: int = 0
+    ) -> None:
+        """Set the schedule (kept out of __init__ so Flower's signatures stay intact)."""
+        self.lr, self.lr_decay_factor, self.lr_decay_every = lr, lr_decay_factor, lr_decay_every
+        self.round_offset = round_offset
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """Inject this round's learning rate, then defer to the strategy."""
+        server_round += self.round_offset
+        config = ConfigRecord(dict(config))
+        config["lr"] = lr_at_round(self.lr, self.lr_decay_factor, self.lr_decay_every, server_round)
+        return super().configure_train(server_round, arrays, config, grid)  # type: ignore[misc]
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        return super().aggregate_train(server_round + self.round_offset, replies)  # type: ignore[misc]
+
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        config = ConfigRecord(dict(config))
+        return super().configure_evaluate(server_round + self.round_offset, arrays, config, grid)  # type: ignore[misc]
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        return super().aggregate_evaluate(server_round + self.round_offset, replies)  # type: ignore[misc]

@@ -1,0 +1,22 @@
+"""Small array helpers shared by the strategies."""
+
+from __future__ import annotations
+
+import numpy as np
+from flwr.app import Array, ArrayRecord
+
+
+def mean_arrays(arrays: list[dict[str, np.ndarray]], weights: list[float] | None = None) -> dict[str, np.ndarray]:
+    """Weighted mean of dicts of arrays (uniform if `weights` is None), in float64, cast back."""
+    w = np.full(len(arrays), 1.0 / len(arrays)) if weights is None else np.asarray(weights, float) / np.sum(weights)
+    return {k: sum(wi * a[k].astype(np.float64) for wi, a in zip(w, arrays)).astype(arrays[0][k].dtype) for k in arrays[0]}
+
+
+def to_numpy(record: ArrayRecord) -> dict[str, np.ndarray]:
+    """ArrayRecord -> dict of numpy arrays."""
+    return {k: v.numpy() for k, v in record.items()}
+
+
+def to_record(arrays: dict[str, np.ndarray]) -> ArrayRecord:
+    """Dict of numpy arrays -> ArrayRecord."""
+    return ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in arrays.items()})
