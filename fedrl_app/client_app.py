@@ -33,7 +33,8 @@ def _partition(context: Context) -> tuple[int, int]:
 def _client_data(cfg: RunConfig, context: Context):
     pid, num = _partition(context)
     source = mnist.resolve_source(cfg.data_path)
-    return pid, mnist.load_partition(source, pid, num, cfg.dirichlet_alpha, cfg.seed, cfg.local_test_fraction)
+    return pid, mnist.load_partition(source, pid, num, cfg.dirichlet_alpha, cfg.seed, cfg.local_test_fraction,
+                                     cfg.max_client_examples)
 
 
 @app.train()

@@ -31,7 +31,7 @@ class RunConfig:
     fraction_evaluate: float = 0.5
     local_epochs: int = 1
     batch_size: int = 32
-    lr: float = 0.05
+    lr: float = 0.1
     momentum: float = 0.0
     lr_decay_factor: float = 0.5
     lr_decay_every: int = 5
@@ -42,6 +42,7 @@ class RunConfig:
     seed: int = 42
     data_path: str = ""
     local_test_fraction: float = 0.1
+    max_client_examples: int = 0
     eval_batch_size: int = 1000
     round_timeout: float = 600.0
     track_metric: str = "accuracy"
@@ -84,6 +85,7 @@ class RunConfig:
         _at_least("batch-size", self.batch_size, 1)
         _at_least("eval-batch-size", self.eval_batch_size, 1)
         _at_least("lr-decay-every", self.lr_decay_every, 1)
+        _at_least("max-client-examples", self.max_client_examples, 0)
         _in_range("fraction-train", self.fraction_train, 0.0, 1.0, low_open=True)
         _in_range("fraction-evaluate", self.fraction_evaluate, 0.0, 1.0)
         _in_range("lr-decay-factor", self.lr_decay_factor, 0.0, 1.0, low_open=True)

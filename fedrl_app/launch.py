@@ -9,6 +9,7 @@ logs, and stops every process it started, by process group, when the run ends.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import signal
@@ -90,7 +91,25 @@ class LocalSimulation:
         cmd = [shutil.which("flwr") or "flwr", "run", str(app_dir), CONNECTION, "--stream"]
         for item in run_config or []:
             cmd += ["--run-config", item]
-        return subprocess.run(cmd, env=self.env, capture_output=capture, text=True, timeout=timeout)
+        result = subprocess.run(cmd, env=self.env, capture_output=capture, text=True, timeout=timeout)
+        # `flwr run` exits 0 even when the ServerApp raised: ask the SuperLink how the run ended.
+        status = self.last_run_status()
+        if result.returncode == 0 and status != "finished:completed":
+            result.returncode = 1
+        if not capture:
+            print(f"fedrl-run: run status {status}", file=sys.stderr)
+        result.status = status  # type: ignore[attr-defined]
+        return result
+
+    def last_run_status(self) -> str:
+        """Status of the newest run on this SuperLink (e.g. 'finished:completed')."""
+        out = subprocess.run([shutil.which("flwr") or "flwr", "ls", CONNECTION, "--format", "json"],
+                             env=self.env, capture_output=True, text=True, timeout=60)
+        try:
+            runs = json.loads(out.stdout)["runs"]
+        except (ValueError, KeyError):
+            return f"unknown ({out.stderr.strip()[-200:]})"
+        return max(runs, key=lambda r: r["pending-at"])["status"] if runs else "no run"
 
     def close(self) -> None:
         """Stop the SuperLink and everything it spawned (by process group id)."""

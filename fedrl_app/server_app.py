@@ -59,13 +59,13 @@ def main(grid: Grid, context: Context) -> None:
             run_dir = new_run_dir(root)
     except (ConfigError, FileNotFoundError) as err:
         log(ERROR, "fedrl: invalid configuration: %s", err)
-        raise SystemExit(f"fedrl: invalid configuration: {err}") from None
+        raise  # marks the run failed (a SystemExit would read as completed)
 
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
     strategy = build_strategy(cfg)
     if resume is not None:
-        initial = ArrayRecord({k: v.numpy() for k, v in resume["arrays"].items()})
+        initial = ArrayRecord(resume["arrays"])
         if hasattr(strategy, "load_state_dict"):
             strategy.load_state_dict({
                 name: {k: t.numpy() for k, t in group.items()} for name, group in resume["strategy-state"].items()

@@ -80,13 +80,20 @@ def _federated_dataset(source: DataSource, num_partitions: int, alpha: float, se
 
 @lru_cache(maxsize=16)
 def load_partition(
-    source: DataSource, partition_id: int, num_partitions: int, alpha: float, seed: int, test_fraction: float
+    source: DataSource, partition_id: int, num_partitions: int, alpha: float, seed: int, test_fraction: float,
+    max_examples: int = 0,
 ) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
-    """A client's (train, local test) tensors; identical in every process for the same arguments."""
+    """A client's (train, local test) tensors; identical in every process for the same arguments.
+
+    `max_examples` > 0 keeps only the first that many examples of the (shuffled)
+    partition, for fast tests; 0 keeps all.
+    """
     if not 0 <= partition_id < num_partitions:
         raise ValueError(f"partition-id {partition_id} outside [0, {num_partitions})")
     fds = _federated_dataset(source, num_partitions, alpha, seed)
     partition = fds.load_partition(partition_id, "train")
+    if 0 < max_examples < len(partition):
+        partition = partition.shuffle(seed=seed).select(range(max_examples))
     split = partition.train_test_split(test_size=test_fraction, seed=seed)
     return _to_tensors(split["train"]), _to_tensors(split["test"])
 

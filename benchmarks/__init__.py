@@ -1,0 +1,1 @@
+"""Benchmarks: scripts that produce the README's tables and plots."""

@@ -1,0 +1,42 @@
+"""Shared helpers for benchmark scripts: run the app through Flower, summarise metrics.jsonl."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from fedrl_app.hooks import METRICS_FILE, read_jsonl
+from fedrl_app.launch import LocalSimulation
+from fedrl_app.paths import project_root
+
+ROOT = project_root() or Path(__file__).resolve().parent.parent
+
+
+def toml_value(value) -> str:
+    """A Python value as a TOML literal for --run-config."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return json.dumps(value)
+    return repr(value)
+
+
+def run_app(run_config: dict, num_supernodes: int, scratch: Path, log_path: Path) -> list[dict]:
+    """One full `flwr run` on a private SuperLink; returns the run's metrics rows."""
+    out_root = scratch / "outputs"
+    if out_root.exists():
+        shutil.rmtree(out_root)
+    overrides = " ".join(f"{k}={toml_value(v)}" for k, v in {**run_config, "outputs-dir": str(out_root)}.items())
+    with LocalSimulation(num_supernodes=num_supernodes) as sim:
+        result = sim.run(ROOT, [overrides], capture=True)
+    log_path.write_text(result.stdout + result.stderr)
+    runs = sorted(out_root.glob(f"*/{METRICS_FILE}"))
+    if result.returncode != 0 or not runs:
+        raise RuntimeError(f"run {overrides!r} failed (rc={result.returncode}); see {log_path}")
+    return read_jsonl(runs[-1])
+
+
+def first_round_reaching(rows: list[dict], key: str, target: float) -> dict | None:
+    """The first metrics row whose `key` is >= target, or None."""
+    return next((r for r in rows if r.get(key) is not None and r[key] >= target), None)

@@ -1,0 +1,117 @@
+"""MNIST baselines: FedAvg, FedProx, SCAFFOLD, FedAdagrad on 10 Dirichlet(0.3) clients, same seed/partitions.
+
+    python -m benchmarks.mnist_baselines                 # run all, write table + plot
+    python -m benchmarks.mnist_baselines --report-only   # rebuild table + plot from saved runs
+
+Each run goes through the real Flower path (`flwr run` on a private simulation
+SuperLink, see fedrl_app/launch.py). Results land in benchmarks/results/mnist_baselines/:
+one <strategy>-seed<k>.jsonl per run (the run's metrics.jsonl), table.md, accuracy.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from benchmarks.common import ROOT, first_round_reaching, run_app  # noqa: E402
+from fedrl_app.hooks import read_jsonl  # noqa: E402
+
+OUT = ROOT / "benchmarks" / "results" / "mnist_baselines"
+STRATEGIES = ("fedavg", "fedprox", "scaffold", "fedadagrad")
+TARGET = 0.97
+
+
+def summarise(rows: list[dict]) -> dict:
+    hit = first_round_reaching(rows, "accuracy", TARGET)
+    trained = [r for r in rows if r["round"] > 0]
+    return {
+        "best": max(r["accuracy"] for r in rows),
+        "final": rows[-1]["accuracy"],
+        "rounds-to-target": hit["round"] if hit else None,
+        "uplink-mb-to-target": hit["uplink-bytes-total"] / 1e6 if hit else None,
+        "uplink-mb-total": rows[-1]["uplink-bytes-total"] / 1e6,
+        "wall-s": sum(r["wall-s"] for r in trained),
+        "round-wall-s": statistics.median(r["wall-s"] for r in trained),
+    }
+
+
+def fmt(values: list, spec: str = ".3f", none: str = "not reached") -> str:
+    """mean ± std over seeds (just the value for one seed); counts runs that never got there."""
+    got = [v for v in values if v is not None]
+    if not got:
+        return none
+    text = f"{statistics.mean(got):{spec}}" + (f" ± {statistics.stdev(got):{spec}}" if len(got) > 1 else "")
+    return text + (f" ({len(values) - len(got)} of {len(values)} not reached)" if len(got) < len(values) else "")
+
+
+def report(strategies: tuple[str, ...], command: str) -> str:
+    runs = {s: [read_jsonl(p) for p in sorted(OUT.glob(f"{s}-seed*.jsonl"))] for s in strategies}
+    lines = [
+        f"MNIST, 10 clients, Dirichlet α=0.3, target {TARGET:.0%} server test accuracy. Command: `{command}`",
+        "",
+        "| strategy | seeds | rounds | best acc. | final acc. | rounds to 97% | uplink MB to 97% | wall s (run) | s / round |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for s, seed_runs in runs.items():
+        if not seed_runs:
+            continue
+        sums = [summarise(r) for r in seed_runs]
+        col = {k: [x[k] for x in sums] for k in sums[0]}
+        lines.append(
+            f"| {s} | {len(seed_runs)} | {seed_runs[0][-1]['round']} | {fmt(col['best'], '.4f')} | {fmt(col['final'], '.4f')} "
+            f"| {fmt(col['rounds-to-target'], '.1f')} | {fmt(col['uplink-mb-to-target'], '.1f')} "
+            f"| {fmt(col['wall-s'], '.0f')} | {fmt(col['round-wall-s'], '.1f')} |"
+        )
+        rounds = [r["round"] for r in seed_runs[0]]
+        mean_acc = [statistics.mean(run[i]["accuracy"] for run in seed_runs) for i in range(len(rounds))]
+        ax.plot(rounds, mean_acc, marker=".", label=s)
+    ax.axhline(TARGET, color="grey", ls="--", lw=0.8)
+    ax.set(xlabel="round", ylabel="server test accuracy", ylim=(0.8, 1.0), title="MNIST, 10 clients, α=0.3")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(OUT / "accuracy.png", dpi=110)
+    plt.close(fig)
+    table = "\n".join(lines) + "\n"
+    (OUT / "table.md").write_text(table)
+    return table
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--strategies", nargs="+", default=list(STRATEGIES), choices=STRATEGIES)
+    parser.add_argument("--rounds", type=int, default=30)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[42])
+    parser.add_argument("--num-clients", type=int, default=10)
+    parser.add_argument("--report-only", action="store_true")
+    args = parser.parse_args()
+    OUT.mkdir(parents=True, exist_ok=True)
+    command = (f"python -m benchmarks.mnist_baselines --rounds {args.rounds} --seeds {' '.join(map(str, args.seeds))}"
+               f" --num-clients {args.num_clients}")
+    if not args.report_only:
+        for seed in args.seeds:
+            for strategy in args.strategies:
+                t0 = time.time()
+                with tempfile.TemporaryDirectory() as scratch:
+                    rows = run_app(
+                        {"strategy": strategy, "num-server-rounds": args.rounds, "seed": seed, "wandb-mode": "disabled"},
+                        args.num_clients, Path(scratch), OUT / f"{strategy}-seed{seed}.log",
+                    )
+                path = OUT / f"{strategy}-seed{seed}.jsonl"
+                path.write_text("".join(__import__("json").dumps(r) + "\n" for r in rows))
+                print(f"{strategy} seed {seed}: best {max(r['accuracy'] for r in rows):.4f} in {time.time() - t0:.0f}s",
+                      flush=True)
+    print(report(tuple(args.strategies), command))
+
+
+if __name__ == "__main__":
+    main()

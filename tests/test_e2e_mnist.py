@@ -1,0 +1,77 @@
+"""End to end: the app through `flwr run` on a private simulation SuperLink (2 rounds, tiny data)."""
+
+import json
+import os
+
+import pytest
+import torch
+
+from benchmarks.common import ROOT, toml_value
+from fedrl_app.hooks import read_jsonl
+from fedrl_app.launch import LocalSimulation, _pids_mentioning
+
+TINY = {"max-client-examples": 400, "local-test-fraction": 0.25, "local-epochs": 2, "eval-batch-size": 2000}
+
+
+@pytest.fixture(scope="module")
+def sim():
+    simulation = LocalSimulation(num_supernodes=3)
+    with simulation:
+        yield simulation
+    assert simulation.process.poll() is not None, "SuperLink still running"
+    assert _pids_mentioning(f"127.0.0.1:{simulation.port}") == [], "processes of the run still alive"
+
+
+def _run(sim, tmp_path, **overrides):
+    config = {**TINY, "outputs-dir": str(tmp_path), **overrides}
+    result = sim.run(ROOT, [" ".join(f"{k}={toml_value(v)}" for k, v in config.items())], capture=True, timeout=300)
+    return result, result.stdout + result.stderr
+
+
+def test_two_rounds_write_every_artefact_then_resume(sim, tmp_path, monkeypatch):
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    result, log = _run(sim, tmp_path, **{"num-server-rounds": 2, "wandb-mode": "offline"})
+    assert result.returncode == 0, log[-3000:]
+    (run_dir,) = [p for p in tmp_path.iterdir() if p.is_dir()]
+    for name in ("metrics.jsonl", "clients.jsonl", "best_model.pt", "best.json", "last.pt", "run.json",
+                 "accuracy.png", "loss.png", "bytes.png"):
+        assert (run_dir / name).is_file(), name
+    assert list((run_dir / "wandb").glob("offline-run-*")), "no offline W&B run"
+    rows = read_jsonl(run_dir / "metrics.jsonl")
+    assert [r["round"] for r in rows] == [0, 1, 2]
+    model_bytes = sum(t.numel() * 4 for t in torch.load(run_dir / "best_model.pt").values())
+    for r in rows[1:]:
+        assert {"accuracy", "loss", "uplink-bytes", "downlink-bytes", "wall-s"} <= set(r)
+        assert r["clients-accepted"] == 3 and r["clients-dropped"] == 0
+        # 3 clients send a model each; downlink adds the evaluate round (fraction 0.5 -> at least 2 nodes)
+        assert 3 * model_bytes <= r["uplink-bytes"] < 3 * model_bytes + 3 * 2000
+        assert 5 * model_bytes <= r["downlink-bytes"] < 5 * model_bytes + 5 * 2000
+    assert rows[2]["accuracy"] > rows[0]["accuracy"] + 0.2  # it learns, even on 900 images
+    clients = read_jsonl(run_dir / "clients.jsonl")
+    assert sorted(c["partition_id"] for c in clients if c["round"] == 1) == [0, 1, 2]
+    assert all(c["num_examples"] == 300 and c["bytes_sent"] > model_bytes for c in clients)
+    assert f"results in {run_dir}" in log
+
+    result, log = _run(sim, tmp_path, **{"num-server-rounds": 3, "resume-from": str(run_dir), "wandb-mode": "disabled"})
+    assert result.returncode == 0, log[-3000:]
+    assert f"resuming {run_dir} from round 2" in log
+    rows = read_jsonl(run_dir / "metrics.jsonl")
+    assert [r["round"] for r in rows] == [0, 1, 2, 3]
+    assert rows[3]["uplink-bytes-total"] == rows[2]["uplink-bytes-total"] + rows[3]["uplink-bytes"]
+    assert json.loads((run_dir / "run.json").read_text())["resumed-at-rounds"] == [2]
+
+
+@pytest.mark.parametrize("strategy", ["fedprox", "scaffold", "fedadagrad"])
+def test_each_strategy_runs(sim, tmp_path, strategy):
+    result, log = _run(sim, tmp_path, strategy=strategy, **{"num-server-rounds": 1, "wandb-mode": "disabled"})
+    assert result.returncode == 0, log[-3000:]
+    (run_dir,) = [p for p in tmp_path.iterdir() if p.is_dir()]
+    rows = read_jsonl(run_dir / "metrics.jsonl")
+    assert rows[-1]["round"] == 1 and rows[-1]["clients-accepted"] == 3
+
+
+def test_bad_config_stops_at_start_naming_the_key(sim, tmp_path):
+    result, log = _run(sim, tmp_path, strategy="fedsgdx", **{"wandb-mode": "disabled"})
+    assert result.returncode != 0 and result.status == "finished:failed"
+    assert "config key 'strategy' is 'fedsgdx'; allowed values" in log
+    assert not any(tmp_path.iterdir()), "a refused run must not create outputs"

@@ -1,0 +1,156 @@
+"""Aggregation math and reply checking, on tiny tensors with mock replies."""
+
+import logging
+
+import numpy as np
+import pytest
+import torch
+from flwr.app import ConfigRecord
+
+from fedrl_app.metadata import METADATA_PAYLOAD_KEY
+from fedrl_app.tasks.mnist import train
+from strategies import FedAdagrad, FedAvg, FedProx, Scaffold
+from strategies.scaffold import scaffold_update
+from tests.helpers import FakeGrid, arrays, error_reply, reply
+
+GLOBAL = arrays(w=[[0.0, 0.0]], b=[0.0])
+
+
+def _configured(strategy, nodes=(1, 2, 3)):
+    list(strategy.configure_train(1, GLOBAL, ConfigRecord({}), FakeGrid(list(nodes))))
+    return strategy
+
+
+def test_fedavg_weights_by_examples():
+    s = _configured(FedAvg())
+    out, _ = s.aggregate_train(1, [reply(1, arrays(w=[[1.0, 2.0]], b=[3.0]), 100),
+                                   reply(2, arrays(w=[[4.0, 8.0]], b=[0.0]), 300)])
+    np.testing.assert_allclose(out["w"].numpy(), [[3.25, 6.5]])
+    np.testing.assert_allclose(out["b"].numpy(), [0.75])
+
+
+def test_bad_replies_are_dropped_with_a_log_line_and_the_round_goes_on(caplog):
+    s = _configured(FedAvg())
+    hostile = ConfigRecord({METADATA_PAYLOAD_KEY: b"cos\nsystem\n(S'echo pwned'\ntR."})
+    replies = [
+        reply(1, arrays(w=[[1.0, 1.0]], b=[1.0]), 10),
+        reply(2, arrays(w=[[np.nan, 1.0]], b=[1.0]), 10),                    # NaN
+        reply(3, arrays(w=[[1.0, 1.0, 1.0]], b=[1.0]), 10),                  # wrong shape
+        reply(4, arrays(w=[[9.0, 9.0]], b=[9.0]), 10, metadata=hostile),     # code in metadata
+        reply(5, arrays(w=[[1e9, 1.0]], b=[1.0]), 10),                       # absurd norm
+        reply(6, arrays(w=[[9.0, 9.0]], b=[9.0]), 0),                        # no examples
+        error_reply(7, "ClientApp raised ZeroDivisionError"),
+        reply(8, arrays(w=[[3.0, 3.0]], b=[3.0]), 30),
+    ]
+    with caplog.at_level(logging.WARNING):
+        out, _ = s.aggregate_train(1, replies)
+    np.testing.assert_allclose(out["w"].numpy(), [[2.5, 2.5]])  # (1*10 + 3*30) / 40
+    dropped = dict(s.rounds[1].dropped)
+    assert sorted(dropped) == [2, 3, 4, 5, 6, 7]
+    assert "NaN" in dropped[2] and "expected float32[1, 2]" in dropped[3]
+    assert "'os.system'" in dropped[4] and "num-examples" in dropped[6] and "ZeroDivisionError" in dropped[7]
+    assert sum("dropped reply from node" in r.getMessage() for r in caplog.records) == 6
+    assert [r.node_id for r in s.rounds[1].reports] == [1, 8]
+
+
+def test_all_replies_bad_keeps_the_model():
+    s = _configured(FedAvg())
+    out, metrics = s.aggregate_train(1, [error_reply(1), error_reply(2)])
+    assert out is None and metrics is None
+
+
+def test_fedprox_sends_mu_and_the_lr_schedule():
+    s = FedProx(proximal_mu=0.3)
+    s.configure_schedule(lr=0.2, lr_decay_factor=0.5, lr_decay_every=5)
+    shared = ConfigRecord({"batch-size": 8})
+    msgs = list(s.configure_train(10, GLOBAL, shared, FakeGrid([1, 2])))
+    config = msgs[0].content["config"]
+    assert config["proximal-mu"] == 0.3 and config["lr"] == pytest.approx(0.05) and config["server-round"] == 10
+    assert dict(shared) == {"batch-size": 8}  # shared config never mutated
+
+
+def test_round_offset_shifts_rounds_after_resume():
+    s = FedAvg()
+    s.configure_schedule(lr=0.2, lr_decay_factor=0.5, lr_decay_every=5, round_offset=7)
+    msgs = list(s.configure_train(3, GLOBAL, ConfigRecord({}), FakeGrid([1, 2])))
+    assert msgs[0].content["config"]["server-round"] == 10
+    assert msgs[0].content["config"]["lr"] == pytest.approx(0.05)
+
+
+def test_scaffold_server_update_exact():
+    x = {"w": np.array([1.0, 1.0], np.float32)}
+    c = {"w": np.array([0.5, 0.0], np.float32)}
+    ys = [{"w": np.array([2.0, 0.0], np.float32)}, {"w": np.array([0.0, 3.0], np.float32)}]
+    dcs = [{"w": np.array([1.0, 1.0], np.float32)}, {"w": np.array([3.0, -1.0], np.float32)}]
+    x_new, c_new = scaffold_update(x, c, ys, dcs, global_lr=1.0, num_total_nodes=4)
+    np.testing.assert_allclose(x_new["w"], [1.0, 1.5])  # x + mean([1, -1], [-1, 2])
+    np.testing.assert_allclose(c_new["w"], [0.5 + 0.5 * 2.0, 0.0])  # c + |S|/N * mean(dc)
+
+
+def test_scaffold_strategy_sends_control_and_aggregates_deltas():
+    s = Scaffold()
+    msgs = list(s.configure_train(1, GLOBAL, ConfigRecord({}), FakeGrid([1, 2, 3, 4])))
+    assert "control" in msgs[0].content.array_records
+    np.testing.assert_array_equal(msgs[0].content["control"]["w"].numpy(), [[0.0, 0.0]])
+    replies = [reply(i, arrays(w=[[2.0 * i, 0.0]], b=[0.0]), 10,
+                     extra={"control-delta": arrays(w=[[1.0, 1.0]], b=[float(i)])}) for i in (1, 2)]
+    out, _ = s.aggregate_train(1, replies)
+    np.testing.assert_allclose(out["w"].numpy(), [[3.0, 0.0]])
+    np.testing.assert_allclose(s.control["w"], [[0.5, 0.5]])  # 2/4 * mean([1,1],[1,1])
+    np.testing.assert_allclose(s.control["b"], [0.75])        # 2/4 * mean(1, 2)
+    # a reply without its control delta is dropped, not aggregated
+    list(s.configure_train(2, out, ConfigRecord({}), FakeGrid([1, 2, 3, 4])))
+    s.aggregate_train(2, [reply(1, arrays(w=[[2.0, 0.0]], b=[0.0]), 10)])
+    assert "no ArrayRecord 'control-delta'" in s.rounds[2].dropped[0][1]
+
+
+def test_fedadagrad_state_round_trips():
+    s = _configured(FedAdagrad(eta=0.1, eta_l=0.1, tau=0.01))
+    s.aggregate_train(1, [reply(1, arrays(w=[[1.0, -1.0]], b=[0.5]), 10)])
+    state = s.state_dict()
+    fresh = FedAdagrad(eta=0.1, eta_l=0.1, tau=0.01)
+    fresh.load_state_dict(state)
+    np.testing.assert_array_equal(fresh.v_t["w"], s.v_t["w"])
+    # first step: x + eta * d / (|d| + tau) with m_t = d (beta_1 = 0)
+    np.testing.assert_allclose(s.v_t["w"], [[1.0, 1.0]])
+
+
+def _tiny_problem():
+    torch.manual_seed(0)
+    net = torch.nn.Linear(3, 2)
+    x = torch.randn(8, 3)
+    y = torch.tensor([0, 1, 1, 0, 1, 0, 0, 1])
+    return net, (x, y)
+
+
+def _manual_sgd(net, data, lr, steps, mu=0.0, correction=None):
+    x, y = data
+    params = [p.detach().clone().requires_grad_(True) for p in net.parameters()]
+    anchor = [p.detach().clone() for p in params]
+    for _ in range(steps):
+        loss = torch.nn.functional.cross_entropy(x @ params[0].T + params[1], y)
+        grads = torch.autograd.grad(loss, params)
+        with torch.no_grad():
+            for i, (p, g) in enumerate(zip(params, grads)):
+                g = g + mu * (p - anchor[i])
+                if correction is not None:
+                    g = g + correction[i]
+                p -= lr * g
+    return [p.detach() for p in params]
+
+
+def test_fedprox_client_step_matches_the_proximal_gradient():
+    net, data = _tiny_problem()
+    expected = _manual_sgd(net, data, lr=0.5, steps=3, mu=2.0)
+    train(net, data, epochs=3, batch_size=8, lr=0.5, proximal_mu=2.0)
+    for p, e in zip(net.parameters(), expected):
+        torch.testing.assert_close(p.detach(), e)
+
+
+def test_scaffold_client_step_adds_the_control_correction():
+    net, data = _tiny_problem()
+    correction = [torch.full_like(p, 0.1) for p in net.parameters()]
+    expected = _manual_sgd(net, data, lr=0.5, steps=2, correction=correction)
+    train(net, data, epochs=2, batch_size=8, lr=0.5, control_correction=correction)
+    for p, e in zip(net.parameters(), expected):
+        torch.testing.assert_close(p.detach(), e)
