@@ -11,6 +11,7 @@ from flwr.clientapp import ClientApp
 from fedrl_app.config import RunConfig
 from fedrl_app.metadata import METADATA_RECORD_KEY, ClientMetadata, encode_metadata
 from fedrl_app.payload import recorddict_nbytes
+from fedrl_app.sync_client import decide_and_encode
 from fedrl_app.tasks import mnist
 
 app = ClientApp()
@@ -41,12 +42,16 @@ def _client_data(cfg: RunConfig, context: Context):
 def train(msg: Message, context: Context) -> Message:
     """Train the received model locally (FedAvg/FedProx/FedAdagrad/SCAFFOLD alike)."""
     cfg = RunConfig.from_run_config(context.run_config)
-    pid, (train_data, _) = _client_data(cfg, context)
+    pid, (train_data, test_data) = _client_data(cfg, context)
     config = msg.content["config"]
     server_round = int(config["server-round"])
     net = mnist.Net()
     net.load_state_dict(msg.content["arrays"].to_torch_state_dict())
     global_params = [p.detach().clone() for p in net.parameters()]
+    use_controller = bool(config.get("sync-controller", False))
+    if use_controller:  # the controller's state and reward need the received model's local accuracy
+        global_weights = {k: v.numpy() for k, v in msg.content["arrays"].items()}
+        _, local_accuracy = mnist.evaluate(net, test_data, cfg.eval_batch_size)
 
     # SCAFFOLD: the server sends its control variate c; we keep ours (c_i) in context.state.
     correction = c_server = c_local = None
@@ -63,10 +68,18 @@ def train(msg: Message, context: Context) -> Message:
         control_correction=correction, seed=cfg.seed * 100_003 + pid * 1_009 + server_round,
     )
 
-    content = RecordDict({
-        "arrays": ArrayRecord(net.state_dict()),
-        "metrics": MetricRecord({"num-examples": len(train_data[0]), "loss": result.epoch_losses[-1]}),
-    })
+    metrics = MetricRecord({"num-examples": len(train_data[0]), "loss": result.epoch_losses[-1]})
+    sync = None
+    if use_controller:
+        local_weights = {k: v.detach().numpy() for k, v in net.state_dict().items()}
+        sync = decide_and_encode(
+            context, global_weights, local_weights, local_accuracy, server_round,
+            int(config["num-server-rounds"]), float(config["bytes-penalty"]), float(config["prune-threshold"]),
+            seed=cfg.seed * 1_000 + pid,
+        )
+        content = RecordDict({**sync.records, "metrics": metrics})
+    else:
+        content = RecordDict({"arrays": ArrayRecord(net.state_dict()), "metrics": metrics})
     if c_server is not None:
         names = [n for n, _ in net.named_parameters()]
         steps = max(result.num_steps, 1)
@@ -85,6 +98,10 @@ def train(msg: Message, context: Context) -> Message:
         epoch_losses=[float(x) for x in result.epoch_losses], converged=bool(converged),
         bytes_sent=recorddict_nbytes(content),
     )
+    if sync is not None:
+        meta.sync_decision, meta.compression_rate = sync.action, sync.compression_rate
+        meta.staleness, meta.gradient_divergence = sync.staleness, sync.divergence
+        meta.local_accuracy, meta.controller_reward, meta.controller_state = local_accuracy, sync.reward, sync.state
     content[METADATA_RECORD_KEY] = encode_metadata(meta)
     return Message(content=content, reply_to=msg)
 

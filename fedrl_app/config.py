@@ -8,7 +8,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 TASKS = ("mnist",)
-STRATEGIES = ("fedavg", "fedprox", "scaffold", "fedadagrad")
+STRATEGIES = ("fedavg", "fedprox", "scaffold", "fedadagrad", "drl-compress")
 WANDB_MODES = ("offline", "online", "disabled")
 TRACK_METRICS = ("accuracy", "loss")
 
@@ -38,6 +38,8 @@ class RunConfig:
     proximal_mu: float = 0.01
     server_lr: float = 0.01
     adagrad_tau: float = 0.001
+    bytes_penalty: float = 0.05
+    prune_threshold: float = 0.0
     dirichlet_alpha: float = 0.3
     seed: int = 42
     data_path: str = ""
@@ -100,6 +102,9 @@ class RunConfig:
         ):
             if not value > 0:
                 raise ConfigError(f"config key '{key}' must be > 0, got {value!r}")
+        for key, value in (("bytes-penalty", self.bytes_penalty), ("prune-threshold", self.prune_threshold)):
+            if value < 0:
+                raise ConfigError(f"config key '{key}' must be >= 0, got {value!r}")
         if self.proximal_mu < 0:
             raise ConfigError(f"config key 'proximal-mu' must be >= 0, got {self.proximal_mu!r}")
         if self.strategy == "scaffold" and self.momentum != 0.0:

@@ -142,6 +142,7 @@ class RunHooks:
             row["clients-dropped"] = len(round_log.dropped)
             row.update({f"train-{k}": v for k, v in round_log.train_metrics.items()})
             row.update({f"client-eval-{k}": v for k, v in round_log.evaluate_metrics.items()})
+            row.update(round_log.extra)
         self._t_round = now
 
         improved = self._is_better(metrics.get(self.cfg.track_metric))

@@ -41,6 +41,9 @@ class ClientMetadata:
     staleness: int | None = None
     gradient_divergence: float | None = None
     compression_rate: float | None = None
+    local_accuracy: float | None = None
+    controller_reward: float | None = None
+    controller_state: list[float] | None = None
 
     def validate(self) -> None:
         """Type- and range-check every field; raise MetadataError naming the field."""
@@ -56,9 +59,17 @@ class ClientMetadata:
         _check(isinstance(self.bytes_sent, int) and self.bytes_sent >= 0, "bytes_sent", self.bytes_sent)
         _check(self.sync_decision is None or isinstance(self.sync_decision, str), "sync_decision", self.sync_decision)
         _check(self.staleness is None or (isinstance(self.staleness, int) and self.staleness >= 0), "staleness", self.staleness)
-        for name in ("gradient_divergence", "compression_rate"):
+        for name in ("gradient_divergence", "compression_rate", "local_accuracy", "controller_reward"):
             value = getattr(self, name)
             _check(value is None or _finite_number(value), name, value)
+        _check(
+            self.controller_state is None
+            or (isinstance(self.controller_state, list) and len(self.controller_state) <= 64
+                and all(_finite_number(x) for x in self.controller_state)),
+            "controller_state",
+            self.controller_state,
+        )
+        _check(len(self.epoch_losses) <= 10_000, "epoch_losses", f"{len(self.epoch_losses)} entries")
 
 
 # (module, qualname) pairs the decoder may resolve. Nothing else is ever imported.

@@ -15,7 +15,7 @@ from fedrl_app.hooks import RunHooks, load_checkpoint, new_run_dir, resolve_resu
 from fedrl_app.metered_grid import MeteredGrid
 from fedrl_app.paths import outputs_root
 from fedrl_app.tasks import mnist
-from strategies import FedAdagrad, FedAvg, FedProx, Scaffold
+from strategies import DrlCompress, FedAdagrad, FedAvg, FedProx, Scaffold
 
 app = ServerApp()
 
@@ -29,6 +29,9 @@ def build_strategy(cfg: RunConfig):
         strategy = FedProx(**common, proximal_mu=cfg.proximal_mu)
     elif cfg.strategy == "scaffold":
         strategy = Scaffold(**common)
+    elif cfg.strategy == "drl-compress":
+        strategy = DrlCompress(**common, bytes_penalty=cfg.bytes_penalty, prune_threshold=cfg.prune_threshold,
+                               num_rounds=cfg.num_server_rounds)
     elif cfg.strategy == "fedadagrad":
         strategy = FedAdagrad(**common, eta=cfg.server_lr, eta_l=cfg.lr, tau=cfg.adagrad_tau)
     else:  # RunConfig.validate already refused it; keep the message if someone bypasses it

@@ -1,5 +1,6 @@
 """Server strategies: Flower's own, extended with reply checking, metadata and LR schedules."""
 
+from strategies.drl_compress import DrlCompress
 from strategies.fedadagrad import FedAdagrad
 from strategies.fedavg import FedAvg
 from strategies.fedprox import FedProx
@@ -9,6 +10,7 @@ from strategies.scaffold import Scaffold
 
 __all__ = [
     "ClientReport",
+    "DrlCompress",
     "FedAdagrad",
     "FedAvg",
     "FedProx",

@@ -12,6 +12,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.supercore import log
 
+from fedrl_app.codecs import CodecError
 from fedrl_app.metadata import ClientMetadata, MetadataError, read_metadata
 from fedrl_app.payload import PayloadError, array_spec, check_arrays
 
@@ -33,6 +34,7 @@ class RoundLog:
     dropped: list[tuple[int, str]] = field(default_factory=list)  # (node id, reason)
     train_metrics: dict[str, float] = field(default_factory=dict)
     evaluate_metrics: dict[str, float] = field(default_factory=dict)
+    extra: dict[str, float] = field(default_factory=dict)  # strategy-specific per-round series
 
 
 class ReplyGuardMixin:
@@ -73,13 +75,9 @@ class ReplyGuardMixin:
                     raise PayloadError(f"client error: {msg.error.reason}")
                 content = msg.content
                 meta = read_metadata(content)
-                for name in self.reply_array_records:
-                    if name not in content.array_records:
-                        raise PayloadError(f"reply has no ArrayRecord '{name}'")
-                    if self._sent_spec is not None:
-                        check_arrays(content.array_records[name], self._sent_spec, name=name)
                 metrics = _check_metrics(content)
-            except (MetadataError, PayloadError) as err:
+                self.check_reply_arrays(msg, meta)
+            except (MetadataError, PayloadError, CodecError) as err:
                 log(WARNING, "round %d: dropped reply from node %d: %s", server_round, node, err)
                 round_log.dropped.append((node, str(err)))
                 continue
@@ -89,6 +87,14 @@ class ReplyGuardMixin:
         kept = _majority_metric_keys(kept, server_round, round_log)
         log(INFO, "round %d: %d replies accepted, %d dropped", server_round, len(kept), len(round_log.dropped))
         return kept
+
+    def check_reply_arrays(self, msg: Message, meta: ClientMetadata) -> None:
+        """Raise PayloadError unless every record in `reply_array_records` matches the sent spec."""
+        for name in self.reply_array_records:
+            if name not in msg.content.array_records:
+                raise PayloadError(f"reply has no ArrayRecord '{name}'")
+            if self._sent_spec is not None:
+                check_arrays(msg.content.array_records[name], self._sent_spec, name=name)
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]

@@ -23,7 +23,7 @@ def test_defaults_match_pyproject():
 @pytest.mark.parametrize(
     ("override", "message"),
     [
-        ({"strategy": "fedsgdx"}, r"'strategy' is 'fedsgdx'; allowed values: \['fedavg', 'fedprox', 'scaffold', 'fedadagrad'\]"),
+        ({"strategy": "fedsgdx"}, r"'strategy' is 'fedsgdx'; allowed values: \['fedavg', 'fedprox', 'scaffold', 'fedadagrad', 'drl-compress'\]"),
         ({"task": "cifar"}, r"'task' is 'cifar'; allowed values: \['mnist'\]"),
         ({"num-server-rounds": -3}, r"'num-server-rounds' must be >= 1, got -3"),
         ({"num-server-rounds": "ten"}, r"'num-server-rounds' must be an integer"),

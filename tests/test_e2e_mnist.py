@@ -75,3 +75,24 @@ def test_bad_config_stops_at_start_naming_the_key(sim, tmp_path):
     assert result.returncode != 0 and result.status == "finished:failed"
     assert "config key 'strategy' is 'fedsgdx'; allowed values" in log
     assert not any(tmp_path.iterdir()), "a refused run must not create outputs"
+
+
+def test_drl_compress_sends_fewer_uplink_bytes_than_fedavg(sim, tmp_path):
+    uplink = {}
+    for strategy in ("fedavg", "drl-compress"):
+        out = tmp_path / strategy
+        result, log = _run(sim, out, strategy=strategy, **{"num-server-rounds": 2, "wandb-mode": "disabled"})
+        assert result.returncode == 0, log[-3000:]
+        (run_dir,) = [p for p in out.iterdir() if p.is_dir()]
+        rows = read_jsonl(run_dir / "metrics.jsonl")
+        uplink[strategy] = rows[-1]["uplink-bytes-total"]
+        if strategy == "drl-compress":
+            for r in rows[1:]:
+                assert r["sync-full"] + r["sync-compressed"] + r["sync-skip"] + r["sync-raise-compression"] \
+                    + r["sync-lower-compression"] == 3
+            clients = read_jsonl(run_dir / "clients.jsonl")
+            assert all(c["sync_decision"] is not None and c["local_accuracy"] is not None for c in clients)
+            assert all(c["controller_reward"] is not None for c in clients if c["round"] == 2)
+    # a controller that picks full sync for every client in both rounds would tie; with ε=1 at
+    # the start that has probability (1/5)^6, and any other choice sends less
+    assert uplink["drl-compress"] < uplink["fedavg"], uplink

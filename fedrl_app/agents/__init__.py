@@ -1,0 +1,1 @@
+"""Agents: the learning controllers that clients run beside their task."""

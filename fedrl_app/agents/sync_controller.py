@@ -1,0 +1,204 @@
+"""DQN sync controller: each round a client picks full sync, compressed sync, skip, or a new compression rate.
+
+CleanRL-style: the whole agent is here, every hyperparameter is a field of
+`ControllerConfig`. One controller lives on each client, persisted between rounds in
+`context.state` as a `torch.save` blob (client-local and never sent, so never untrusted).
+
+State (5 numbers, all roughly in [0, 1]):
+    local validation accuracy of the received global model,
+    gradient divergence: 1 − cos(local update, last global update), halved to [0, 1],
+    staleness: rounds since this client last sent anything, / `staleness_scale`, clipped to 1,
+    progress: round / total rounds,
+    current top-k ratio, log-scaled between `rate_min` (0) and `rate_max` (1).
+Reward for the previous decision, observed one round later:
+    (accuracy now − accuracy then) − bytes_penalty · bytes sent / full-model bytes.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import random
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+FULL, COMPRESSED, SKIP, RAISE_COMPRESSION, LOWER_COMPRESSION = range(5)
+ACTIONS = ("full", "compressed", "skip", "raise-compression", "lower-compression")
+STATE_DIM = 5
+
+
+@dataclass(frozen=True)
+class ControllerConfig:
+    """Every hyperparameter of the controller, named once."""
+
+    bytes_penalty: float = 0.05       # λ: reward cost of sending a full model's worth of bytes
+    gamma: float = 0.9                # discount
+    hidden: int = 32                  # width of the two hidden layers
+    learning_rate: float = 1e-3       # Adam
+    batch_size: int = 16
+    buffer_size: int = 512            # replay capacity (transitions)
+    updates_per_round: int = 8        # gradient steps after each new transition
+    target_update_every: int = 16     # gradient steps between hard target-network copies
+    epsilon_start: float = 1.0
+    epsilon_end: float = 0.05
+    epsilon_decay_rounds: int = 15    # linear decay over this many decisions
+    initial_rate: float = 0.01        # top-k ratio before any change
+    rate_min: float = 0.001
+    rate_max: float = 0.25
+    rate_factor: float = 2.0          # raise compression: ratio / factor; lower: ratio * factor
+    staleness_scale: float = 10.0
+
+
+class QNetwork(nn.Module):
+    """MLP: state -> one Q-value per action."""
+
+    def __init__(self, hidden: int) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Linear(STATE_DIM, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, len(ACTIONS))
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class SyncController:
+    """ε-greedy DQN with experience replay and a hard-updated target network."""
+
+    def __init__(self, config: ControllerConfig = ControllerConfig(), seed: int = 0) -> None:
+        self.config = config
+        torch.manual_seed(seed)
+        self.q = QNetwork(config.hidden)
+        self.target = QNetwork(config.hidden)
+        self.target.load_state_dict(self.q.state_dict())
+        self.optimizer = torch.optim.Adam(self.q.parameters(), lr=config.learning_rate)
+        self.rng = random.Random(seed)
+        self.buffer: list[tuple[list[float], int, float, list[float]]] = []
+        self.buffer_pos = 0
+        self.decisions = 0
+        self.gradient_steps = 0
+        self.rate = config.initial_rate
+        # the decision awaiting its reward: (state, action, accuracy then, bytes fraction sent)
+        self.pending: tuple[list[float], int, float, float] | None = None
+
+    # --- acting -------------------------------------------------------------------------
+    @property
+    def epsilon(self) -> float:
+        c = self.config
+        frac = min(self.decisions / max(c.epsilon_decay_rounds, 1), 1.0)
+        return c.epsilon_start + frac * (c.epsilon_end - c.epsilon_start)
+
+    def act(self, state: list[float], greedy: bool = False) -> int:
+        """Pick an action for `state` (ε-greedy unless `greedy`)."""
+        explore = not greedy and self.rng.random() < self.epsilon
+        self.decisions += 0 if greedy else 1
+        if explore:
+            return self.rng.randrange(len(ACTIONS))
+        with torch.no_grad():
+            return int(self.q(torch.tensor([state], dtype=torch.float32)).argmax(1).item())
+
+    def apply_rate_action(self, action: int) -> float:
+        """Raise/lower compression change the top-k ratio (within bounds); returns the ratio to use."""
+        c = self.config
+        if action == RAISE_COMPRESSION:
+            self.rate = max(self.rate / c.rate_factor, c.rate_min)
+        elif action == LOWER_COMPRESSION:
+            self.rate = min(self.rate * c.rate_factor, c.rate_max)
+        return self.rate
+
+    def encode_state(self, accuracy: float, divergence: float, staleness: int, progress: float) -> list[float]:
+        """The 5-number state, each scaled to about [0, 1]."""
+        c = self.config
+        rate_pos = math.log(self.rate / c.rate_min) / math.log(c.rate_max / c.rate_min)
+        return [float(accuracy), float(divergence), min(staleness / c.staleness_scale, 1.0), float(progress), rate_pos]
+
+    def reward(self, accuracy_before: float, accuracy_after: float, bytes_fraction: float) -> float:
+        """Accuracy gain minus λ · bytes sent / full-model bytes."""
+        return (accuracy_after - accuracy_before) - self.config.bytes_penalty * bytes_fraction
+
+    # --- learning -------------------------------------------------------------------------
+    def remember(self, state: list[float], action: int, reward: float, next_state: list[float]) -> None:
+        """Store a transition (ring buffer)."""
+        item = (list(state), int(action), float(reward), list(next_state))
+        if len(self.buffer) < self.config.buffer_size:
+            self.buffer.append(item)
+        else:
+            self.buffer[self.buffer_pos] = item
+        self.buffer_pos = (self.buffer_pos + 1) % self.config.buffer_size
+
+    def learn(self) -> float | None:
+        """`updates_per_round` DQN steps on replayed minibatches; returns the last TD loss."""
+        c = self.config
+        if not self.buffer:
+            return None
+        loss_value = None
+        for _ in range(c.updates_per_round):
+            batch = [self.buffer[self.rng.randrange(len(self.buffer))] for _ in range(c.batch_size)]
+            s = torch.tensor([b[0] for b in batch], dtype=torch.float32)
+            a = torch.tensor([b[1] for b in batch])
+            r = torch.tensor([b[2] for b in batch], dtype=torch.float32)
+            s2 = torch.tensor([b[3] for b in batch], dtype=torch.float32)
+            with torch.no_grad():  # the episode never ends: federated training is a continuing task
+                td_target = r + c.gamma * self.target(s2).max(1).values
+            q_sa = self.q(s).gather(1, a[:, None]).squeeze(1)
+            loss = nn.functional.smooth_l1_loss(q_sa, td_target)
+            self.optimizer.zero_grad()
+            loss.backward()
+            self.optimizer.step()
+            self.gradient_steps += 1
+            if self.gradient_steps % c.target_update_every == 0:
+                self.target.load_state_dict(self.q.state_dict())
+            loss_value = float(loss.item())
+        return loss_value
+
+    # --- persistence (context.state) --------------------------------------------------------
+    def to_bytes(self) -> bytes:
+        """Everything needed to continue next round, as a torch.save blob."""
+        state = {
+            "config": asdict(self.config),
+            "q": self.q.state_dict(),
+            "target": self.target.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "buffer": [[*b[0], b[1], b[2], *b[3]] for b in self.buffer],
+            "buffer_pos": self.buffer_pos,
+            "decisions": self.decisions,
+            "gradient_steps": self.gradient_steps,
+            "rate": self.rate,
+            "pending": list(self.pending) if self.pending else None,
+            "rng": list(self.rng.getstate()[1]),
+        }
+        out = io.BytesIO()
+        torch.save(state, out)
+        return out.getvalue()
+
+    @classmethod
+    def from_bytes(cls, blob: bytes) -> SyncController:
+        """Inverse of `to_bytes` (weights-only loading: tensors and plain containers)."""
+        state = torch.load(io.BytesIO(blob), weights_only=True)
+        ctrl = cls(ControllerConfig(**state["config"]))
+        ctrl.q.load_state_dict(state["q"])
+        ctrl.target.load_state_dict(state["target"])
+        ctrl.optimizer.load_state_dict(state["optimizer"])
+        n = STATE_DIM
+        ctrl.buffer = [(row[:n], int(row[n]), float(row[n + 1]), row[n + 2:]) for row in state["buffer"]]
+        ctrl.buffer_pos, ctrl.decisions = state["buffer_pos"], state["decisions"]
+        ctrl.gradient_steps, ctrl.rate = state["gradient_steps"], state["rate"]
+        p = state["pending"]
+        ctrl.pending = (list(p[0]), int(p[1]), float(p[2]), float(p[3])) if p else None
+        ctrl.rng.setstate((3, tuple(state["rng"]), None))
+        return ctrl
+
+
+def divergence(local_update: dict[str, np.ndarray], global_update: dict[str, np.ndarray] | None) -> float:
+    """(1 − cos(local, global)) / 2 in [0, 1]; 0.5 (orthogonal) when there is no global update yet."""
+    if global_update is None:
+        return 0.5
+    a = np.concatenate([v.ravel() for v in local_update.values()]).astype(np.float64)
+    b = np.concatenate([global_update[k].ravel() for k in local_update]).astype(np.float64)
+    na, nb = np.linalg.norm(a), np.linalg.norm(b)
+    if na == 0 or nb == 0:
+        return 0.5
+    return float((1.0 - a @ b / (na * nb)) / 2.0)

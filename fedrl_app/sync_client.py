@@ -1,0 +1,112 @@
+"""Client side of drl-compress: the DQN controller decides what to send, the codecs encode it.
+
+Everything that must survive between rounds lives in `context.state`: the controller
+(a torch.save blob), the error-feedback residual, the last global model seen (to know
+the last global update) and the round this client last sent anything.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, RecordDict
+
+from fedrl_app.agents.sync_controller import (
+    ACTIONS,
+    FULL,
+    SKIP,
+    ControllerConfig,
+    SyncController,
+    divergence,
+)
+from fedrl_app.codecs import CompressionConfig, encode_update
+from fedrl_app.payload import recorddict_nbytes
+
+CONTROLLER_KEY = "sync-controller"
+RESIDUAL_KEY = "ef-residual"
+LAST_GLOBAL_KEY = "last-global"
+SYNC_META_KEY = "sync-meta"
+
+
+@dataclass
+class SyncDecision:
+    """What the controller chose this round and what it cost."""
+
+    action: str
+    compression_rate: float
+    records: dict[str, ArrayRecord]   # what goes into the reply (empty on skip)
+    bytes_fraction: float             # serialized update bytes / dense model bytes
+    reward: float | None              # reward of the previous decision, observed now
+    state: list[float]
+    divergence: float
+    staleness: int
+
+
+def _to_record(arrays: dict[str, np.ndarray]) -> ArrayRecord:
+    return ArrayRecord({k: Array(np.ascontiguousarray(v, dtype=np.float32)) for k, v in arrays.items()})
+
+
+def _from_record(record: ArrayRecord | None) -> dict[str, np.ndarray] | None:
+    return None if record is None else {k: v.numpy() for k, v in record.items()}
+
+
+def decide_and_encode(
+    context: Context,
+    global_weights: dict[str, np.ndarray],
+    local_weights: dict[str, np.ndarray],
+    local_accuracy: float,
+    server_round: int,
+    num_rounds: int,
+    bytes_penalty: float,
+    prune_threshold: float,
+    seed: int,
+) -> SyncDecision:
+    """Run one controller step and encode the update it chose to send."""
+    state = context.state
+    blob = state.config_records.get(CONTROLLER_KEY)
+    controller = (SyncController.from_bytes(blob["blob"]) if blob is not None
+                  else SyncController(ControllerConfig(bytes_penalty=bytes_penalty), seed=seed))
+    residual = _from_record(state.array_records.get(RESIDUAL_KEY))
+    last_global = _from_record(state.array_records.get(LAST_GLOBAL_KEY))
+    meta = state.config_records.get(SYNC_META_KEY, ConfigRecord({"last-sent-round": 0}))
+
+    delta = {k: (local_weights[k] - global_weights[k]).astype(np.float32) for k in global_weights}
+    global_update = None if last_global is None else {k: global_weights[k] - last_global[k] for k in global_weights}
+    div = divergence(delta, global_update)
+    staleness = server_round - int(meta["last-sent-round"]) - 1 if int(meta["last-sent-round"]) else server_round - 1
+    observation = controller.encode_state(local_accuracy, div, staleness, server_round / max(num_rounds, 1))
+
+    reward = None
+    if controller.pending is not None:  # the previous decision's outcome is visible only now
+        prev_state, prev_action, prev_accuracy, prev_bytes = controller.pending
+        reward = controller.reward(prev_accuracy, local_accuracy, prev_bytes)
+        controller.remember(prev_state, prev_action, reward, observation)
+        controller.learn()
+
+    action = controller.act(observation)
+    rate = controller.apply_rate_action(action)
+    dense_bytes = recorddict_nbytes(RecordDict({"delta": _to_record(delta)}))
+    if action == SKIP:
+        records: dict[str, ArrayRecord] = {}
+        residual = {k: delta[k] + (residual[k] if residual else 0.0) for k in delta}
+    elif action == FULL:
+        records = {"delta": _to_record({k: delta[k] + (residual[k] if residual else 0.0) for k in delta})}
+        residual = None
+    else:  # compressed, at the (possibly just changed) rate
+        compressed, residual, _ = encode_update(
+            delta, residual, global_weights, CompressionConfig(topk_ratio=rate, quantize=True,
+                                                               prune_threshold=prune_threshold))
+        records = {"delta-compressed": compressed}
+    bytes_fraction = recorddict_nbytes(RecordDict(records)) / dense_bytes if records else 0.0
+    controller.pending = (observation, action, float(local_accuracy), float(bytes_fraction))
+
+    state[CONTROLLER_KEY] = ConfigRecord({"blob": controller.to_bytes()})
+    if residual is None:
+        if RESIDUAL_KEY in state.array_records:
+            del state[RESIDUAL_KEY]
+    else:
+        state[RESIDUAL_KEY] = _to_record(residual)
+    state[LAST_GLOBAL_KEY] = _to_record(global_weights)
+    state[SYNC_META_KEY] = ConfigRecord({"last-sent-round": server_round if records else int(meta["last-sent-round"])})
+    return SyncDecision(ACTIONS[action], rate, records, bytes_fraction, reward, observation, div, max(staleness, 0))

@@ -1,0 +1,126 @@
+"""DrlCompress: aggregate the updates of clients whose DQN controller chose to send one.
+
+Each client replies with one of: a dense update (`"delta"`, full sync), a compressed
+update (`"delta-compressed"`: top-k + 8-bit, pruned layers absent), or nothing (skip).
+The server decodes each into a dense Δ_i and applies
+
+    x ← x + Σ_{i ∈ senders} n_i Δ_i / Σ_{i ∈ senders} n_i
+
+so the step is an example-weighted mean over the clients that sent (renormalised),
+whatever the mix of full, compressed and skipped replies. Skipped clients cost no uplink.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable
+from logging import INFO
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import FedAvg as FlowerFedAvg
+from flwr.supercore import log
+
+from fedrl_app.agents.sync_controller import ACTIONS
+from fedrl_app.codecs import decode_update
+from fedrl_app.metadata import ClientMetadata
+from fedrl_app.payload import PayloadError, check_arrays
+from strategies.reply_guard import ReplyGuardMixin
+from strategies.round_schedule import RoundScheduleMixin
+from strategies.strategy_utils import mean_arrays, to_numpy, to_record
+
+DENSE_KEY = "delta"
+COMPRESSED_KEY = "delta-compressed"
+
+
+class DrlCompress(RoundScheduleMixin, ReplyGuardMixin, FlowerFedAvg):
+    """Communication-efficient aggregation driven by per-client DQN sync controllers.
+
+    Parameters
+    ----------
+    bytes_penalty : float (default: 0.05)
+        λ in the controllers' reward (accuracy gain − λ · bytes / full-model bytes).
+    prune_threshold : float (default: 0.0)
+        Layers whose relative update norm is below this are not sent (0 disables).
+    num_rounds : int (default: 30)
+        Total rounds, for the controllers' progress feature.
+    **kwargs
+        Passed to :class:`flwr.serverapp.strategy.FedAvg`.
+    """
+
+    def __init__(self, *, bytes_penalty: float = 0.05, prune_threshold: float = 0.0, num_rounds: int = 30,
+                 **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.bytes_penalty, self.prune_threshold, self.num_rounds = bytes_penalty, prune_threshold, num_rounds
+        self.current: dict[str, np.ndarray] | None = None
+        self._deltas: dict[int, dict[str, np.ndarray]] = {}
+
+    def summary(self) -> None:
+        """Log summary configuration of the strategy."""
+        log(INFO, "\t├──> DrlCompress settings:")
+        log(INFO, "\t│\t├── bytes penalty λ: %s | prune threshold: %s", self.bytes_penalty, self.prune_threshold)
+        super().summary()
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """Send the model and the controller settings."""
+        self.current = to_numpy(arrays)
+        self._deltas = {}
+        config = ConfigRecord(dict(config))
+        config["sync-controller"] = True
+        config["bytes-penalty"] = self.bytes_penalty
+        config["prune-threshold"] = self.prune_threshold
+        config["num-server-rounds"] = self.num_rounds
+        return super().configure_train(server_round, arrays, config, grid)
+
+    def check_reply_arrays(self, msg: Message, meta: ClientMetadata) -> None:
+        """Decode the reply's update according to the client's decision (CodecError/PayloadError if bad)."""
+        decision = meta.sync_decision
+        if decision not in ACTIONS:
+            raise PayloadError(f"sync_decision {decision!r} is not one of {list(ACTIONS)}")
+        records = msg.content.array_records
+        if decision == "skip":
+            if records:
+                raise PayloadError(f"a skip reply must carry no arrays, got {sorted(records)}")
+            return
+        spec = self._sent_spec or {}
+        if decision == "full":
+            if DENSE_KEY not in records:
+                raise PayloadError(f"full-sync reply has no ArrayRecord '{DENSE_KEY}'")
+            delta = check_arrays(records[DENSE_KEY], spec, name=DENSE_KEY)
+        else:
+            if COMPRESSED_KEY not in records:
+                raise PayloadError(f"compressed reply has no ArrayRecord '{COMPRESSED_KEY}'")
+            delta = decode_update(records[COMPRESSED_KEY], spec)
+        self._deltas[msg.metadata.src_node_id] = delta
+
+    def aggregate_valid_replies(
+        self, server_round: int, replies: list[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """x + example-weighted mean of the senders' Δ; decision counts go to the round log."""
+        round_log = self.rounds[server_round]
+        decisions = Counter(r.metadata.sync_decision for r in round_log.reports)
+        rewards = [r.metadata.controller_reward for r in round_log.reports if r.metadata.controller_reward is not None]
+        rates = [r.metadata.compression_rate for r in round_log.reports if r.metadata.compression_rate is not None]
+        round_log.extra.update({f"sync-{a}": decisions.get(a, 0) for a in ACTIONS})
+        round_log.extra["senders"] = len(self._deltas)
+        if rewards:
+            round_log.extra["controller-reward"] = float(np.mean(rewards))
+        if rates:
+            round_log.extra["compression-rate"] = float(np.mean(rates))
+        if not replies:
+            return None, None
+        metrics = self.train_metrics_aggr_fn([m.content for m in replies], self.weighted_by_key)
+        senders = [m for m in replies if m.metadata.src_node_id in self._deltas]
+        if not senders or self.current is None:
+            return None, metrics  # everyone skipped: the model stays
+        weights = [next(iter(m.content.metric_records.values()))[self.weighted_by_key] for m in senders]
+        step = mean_arrays([self._deltas[m.metadata.src_node_id] for m in senders], weights)
+        return to_record(apply_update(self.current, step)), metrics
+
+
+def apply_update(x: dict[str, np.ndarray], step: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """x + step, in x's dtypes."""
+    return {k: (x[k] + step[k]).astype(x[k].dtype) for k in x}

@@ -1,0 +1,68 @@
+"""DrlCompress aggregation: any mix of full, compressed and skipped replies gives the right step."""
+
+import numpy as np
+from flwr.app import ConfigRecord
+
+from fedrl_app.codecs import CompressionConfig, encode_update
+from fedrl_app.metadata import ClientMetadata, encode_metadata
+from strategies import DrlCompress
+from tests.helpers import FakeGrid, arrays, reply
+
+X = {"w": np.array([[1.0, 2.0, 3.0, 4.0]], np.float32), "b": np.array([0.5], np.float32)}
+
+
+def _meta(node, n, decision):
+    return encode_metadata(ClientMetadata(partition_id=node, num_examples=n, train_time_s=0.1,
+                                          epoch_losses=[0.3], sync_decision=decision, compression_rate=0.5))
+
+
+def _drl_reply(node, n, decision, delta=None):
+    msg = reply(node, arrays(w=[[0.0] * 4], b=[0.0]), n, metadata=_meta(node, n, decision))
+    del msg.content["arrays"]
+    if decision == "full":
+        msg.content["delta"] = arrays(**delta)
+    elif decision != "skip":
+        record, _, _ = encode_update(delta, None, X, CompressionConfig(topk_ratio=0.5, quantize=False))
+        msg.content["delta-compressed"] = record
+    return msg
+
+
+def _strategy():
+    s = DrlCompress(num_rounds=10)
+    msgs = list(s.configure_train(1, arrays(**X), ConfigRecord({}), FakeGrid([1, 2, 3])))
+    assert msgs[0].content["config"]["sync-controller"] is True
+    return s
+
+
+def test_mixed_full_compressed_skip_renormalises_over_senders():
+    s = _strategy()
+    full = {"w": np.array([[1.0, 1.0, 1.0, 1.0]], np.float32), "b": np.array([1.0], np.float32)}
+    sparse = {"w": np.array([[0.0, 4.0, 0.0, -8.0]], np.float32), "b": np.array([2.0], np.float32)}
+    out, _ = s.aggregate_train(1, [_drl_reply(1, 100, "full", full), _drl_reply(2, 300, "compressed", sparse),
+                                   _drl_reply(3, 600, "skip")])
+    # senders 1 and 2 only: weights 0.25 / 0.75; top-k at 0.5 keeps the two largest entries of w and b
+    np.testing.assert_allclose(out["w"].numpy(), X["w"] + 0.25 * full["w"] + 0.75 * np.array([[0, 4, 0, -8]]))
+    np.testing.assert_allclose(out["b"].numpy(), X["b"] + 0.25 * 1.0 + 0.75 * 2.0)
+    extra = s.rounds[1].extra
+    assert (extra["sync-full"], extra["sync-compressed"], extra["sync-skip"], extra["senders"]) == (1, 1, 1, 2)
+
+
+def test_all_skip_keeps_the_model():
+    s = _strategy()
+    out, metrics = s.aggregate_train(1, [_drl_reply(1, 10, "skip"), _drl_reply(2, 10, "skip")])
+    assert out is None and metrics is not None and s.rounds[1].extra["senders"] == 0
+
+
+def test_bad_compressed_payload_and_unknown_decision_are_dropped():
+    s = _strategy()
+    bad = _drl_reply(1, 10, "compressed", X)
+    idx_key = next(k for k in bad.content["delta-compressed"].keys() if k.endswith("/idx"))
+    bad.content["delta-compressed"][idx_key] = arrays(x=[0.0])["x"]  # float indices
+    weird = _drl_reply(2, 10, "skip")
+    weird.content["config-smuggle"] = ConfigRecord({"a": 1})
+    weird.content["metadata"] = _meta(2, 10, "rm -rf")
+    ok = _drl_reply(3, 10, "full", {k: np.ones_like(v) for k, v in X.items()})
+    out, _ = s.aggregate_train(1, [bad, weird, ok])
+    np.testing.assert_allclose(out["w"].numpy(), X["w"] + 1.0)
+    reasons = dict(s.rounds[1].dropped)
+    assert "idx" in reasons[1] and "not one of" in reasons[2]
