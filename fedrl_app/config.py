@@ -9,6 +9,7 @@ from typing import Any
 
 TASKS = ("mnist",)
 STRATEGIES = ("fedavg", "fedprox", "scaffold", "fedadagrad", "drl-compress")
+ASYNC_STRATEGIES = ("fedavg", "fedprox", "drl-compress")
 WANDB_MODES = ("offline", "online", "disabled")
 TRACK_METRICS = ("accuracy", "loss")
 
@@ -39,6 +40,10 @@ class RunConfig:
     server_lr: float = 0.01
     adagrad_tau: float = 0.001
     bytes_penalty: float = 0.05
+    async_aggregation: bool = False
+    buffer_size: int = 5
+    staleness_exponent: float = 0.5
+    speed_sigma: float = 1.0
     prune_threshold: float = 0.0
     dirichlet_alpha: float = 0.3
     seed: int = 42
@@ -88,6 +93,13 @@ class RunConfig:
         _at_least("eval-batch-size", self.eval_batch_size, 1)
         _at_least("lr-decay-every", self.lr_decay_every, 1)
         _at_least("max-client-examples", self.max_client_examples, 0)
+        _at_least("buffer-size", self.buffer_size, 1)
+        for key, value in (("staleness-exponent", self.staleness_exponent), ("speed-sigma", self.speed_sigma)):
+            if value < 0:
+                raise ConfigError(f"config key '{key}' must be >= 0, got {value!r}")
+        if self.async_aggregation and self.strategy not in ASYNC_STRATEGIES:
+            raise ConfigError(f"config key 'async-aggregation' works with strategy in {list(ASYNC_STRATEGIES)}, "
+                              f"not {self.strategy!r}")
         _in_range("fraction-train", self.fraction_train, 0.0, 1.0, low_open=True)
         _in_range("fraction-evaluate", self.fraction_evaluate, 0.0, 1.0)
         _in_range("lr-decay-factor", self.lr_decay_factor, 0.0, 1.0, low_open=True)

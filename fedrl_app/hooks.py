@@ -166,7 +166,7 @@ class RunHooks:
             server_round, row["accuracy"] or 0.0, row["loss"] or 0.0, up / 1e6, down / 1e6,
             " (best, checkpointed)" if improved else "")
         if self.wandb_run is not None:
-            data = {k: v for k, v in row.items() if k != "round" and v is not None}
+            data = {k: v for k, v in row.items() if k != "round" and isinstance(v, (int, float))}
             for r in reports:
                 prefix = f"clients/{r.metadata.partition_id}"
                 data[f"{prefix}/train-time-s"] = r.metadata.train_time_s

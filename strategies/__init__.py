@@ -1,5 +1,6 @@
 """Server strategies: Flower's own, extended with reply checking, metadata and LR schedules."""
 
+from strategies.async_buffer import AsyncBuffer
 from strategies.drl_compress import DrlCompress
 from strategies.fedadagrad import FedAdagrad
 from strategies.fedavg import FedAvg
@@ -9,6 +10,7 @@ from strategies.round_schedule import RoundScheduleMixin
 from strategies.scaffold import Scaffold
 
 __all__ = [
+    "AsyncBuffer",
     "ClientReport",
     "DrlCompress",
     "FedAdagrad",

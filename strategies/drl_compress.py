@@ -100,16 +100,7 @@ class DrlCompress(RoundScheduleMixin, ReplyGuardMixin, FlowerFedAvg):
         self, server_round: int, replies: list[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """x + example-weighted mean of the senders' Δ; decision counts go to the round log."""
-        round_log = self.rounds[server_round]
-        decisions = Counter(r.metadata.sync_decision for r in round_log.reports)
-        rewards = [r.metadata.controller_reward for r in round_log.reports if r.metadata.controller_reward is not None]
-        rates = [r.metadata.compression_rate for r in round_log.reports if r.metadata.compression_rate is not None]
-        round_log.extra.update({f"sync-{a}": decisions.get(a, 0) for a in ACTIONS})
-        round_log.extra["senders"] = len(self._deltas)
-        if rewards:
-            round_log.extra["controller-reward"] = float(np.mean(rewards))
-        if rates:
-            round_log.extra["compression-rate"] = float(np.mean(rates))
+        self.record_round_stats(server_round)
         if not replies:
             return None, None
         metrics = self.train_metrics_aggr_fn([m.content for m in replies], self.weighted_by_key)
@@ -119,6 +110,25 @@ class DrlCompress(RoundScheduleMixin, ReplyGuardMixin, FlowerFedAvg):
         weights = [next(iter(m.content.metric_records.values()))[self.weighted_by_key] for m in senders]
         step = mean_arrays([self._deltas[m.metadata.src_node_id] for m in senders], weights)
         return to_record(apply_update(self.current, step)), metrics
+
+
+    def reply_delta(self, msg: Message, start: dict[str, np.ndarray]) -> dict[str, np.ndarray] | None:
+        """The decoded Δ of a checked reply (None for a skip): already relative to `start`."""
+        return self._deltas.pop(msg.metadata.src_node_id, None)
+
+    def record_round_stats(self, server_round: int) -> None:
+        """Decision counts, senders, mean reward and compression rate of a round's reports."""
+        round_log = self.rounds[server_round]
+        reports = [r.metadata for r in round_log.reports]
+        decisions = Counter(m.sync_decision for m in reports)
+        round_log.extra.update({f"sync-{a}": decisions.get(a, 0) for a in ACTIONS})
+        round_log.extra["senders"] = sum(m.sync_decision != "skip" for m in reports)
+        rewards = [m.controller_reward for m in reports if m.controller_reward is not None]
+        rates = [m.compression_rate for m in reports if m.compression_rate is not None]
+        if rewards:
+            round_log.extra["controller-reward"] = float(np.mean(rewards))
+        if rates:
+            round_log.extra["compression-rate"] = float(np.mean(rates))
 
 
 def apply_update(x: dict[str, np.ndarray], step: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

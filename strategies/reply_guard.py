@@ -8,6 +8,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from logging import INFO, WARNING
 
+import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.supercore import log
@@ -95,6 +96,10 @@ class ReplyGuardMixin:
                 raise PayloadError(f"reply has no ArrayRecord '{name}'")
             if self._sent_spec is not None:
                 check_arrays(msg.content.array_records[name], self._sent_spec, name=name)
+
+    def reply_delta(self, msg: Message, start: dict[str, np.ndarray]) -> dict[str, np.ndarray] | None:
+        """The update a checked reply carries, relative to the model the client started from."""
+        return {k: v.numpy() - start[k] for k, v in msg.content["arrays"].items()}
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]

@@ -20,3 +20,10 @@ def to_numpy(record: ArrayRecord) -> dict[str, np.ndarray]:
 def to_record(arrays: dict[str, np.ndarray]) -> ArrayRecord:
     """Dict of numpy arrays -> ArrayRecord."""
     return ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in arrays.items()})
+
+
+def staleness_weight(tau: int, exponent: float) -> float:
+    """s(τ) = (1 + τ)^(−a): the weight of an update computed on a model τ versions old."""
+    if tau < 0:
+        raise ValueError(f"staleness must be >= 0, got {tau}")
+    return float((1.0 + tau) ** (-exponent))

@@ -17,7 +17,7 @@ def instruction(node_id: int) -> Message:
 
 
 def reply(node_id: int, weights: ArrayRecord, num_examples: int, *, metadata: ConfigRecord | None = None,
-          extra: dict | None = None, metrics: dict | None = None) -> Message:
+          extra: dict | None = None, metrics: dict | None = None, to: Message | None = None) -> Message:
     meta = metadata if metadata is not None else encode_metadata(
         ClientMetadata(partition_id=node_id, num_examples=num_examples, train_time_s=0.1, epoch_losses=[0.5]))
     content = RecordDict({
@@ -27,7 +27,7 @@ def reply(node_id: int, weights: ArrayRecord, num_examples: int, *, metadata: Co
     })
     for key, value in (extra or {}).items():
         content[key] = value
-    return Message(content, reply_to=instruction(node_id))
+    return Message(content, reply_to=to if to is not None else instruction(node_id))
 
 
 def error_reply(node_id: int, reason: str = "client crashed") -> Message:

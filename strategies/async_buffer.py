@@ -1,0 +1,245 @@
+"""AsyncBuffer: asynchronous buffered aggregation (FedBuff) with staleness weighting, over any update strategy.
+
+Clients have heterogeneous simulated speeds. The server keeps every client busy: each
+one trains on the model version current when it was dispatched; its update arrives
+at a simulated time (dispatch time + its duration); updates are applied in order of
+arrival. Every `buffer_size` arrivals the server aggregates
+
+    x ← x + η · Σ_i n_i s(τ_i) Δ_i / Σ_i n_i s(τ_i),   s(τ) = (1 + τ)^(−a),
+
+where τ_i is the number of versions the model advanced while client i was training,
+and redispatches each reporting client with the newest model. Staleness is real: the
+ClientApps do train on old versions. Messages go through `Grid.push_messages` /
+`pull_messages`; the simulated clock only decides the order in which arrivals are
+consumed, so no run sleeps to imitate a slow client.
+
+The wrapped strategy builds the messages and checks the replies (`configure_train`,
+`filter_train_replies`); its `reply_delta` turns a checked reply into Δ relative to
+the version the client started from.
+"""
+
+from __future__ import annotations
+
+import heapq
+import io
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from logging import INFO, WARNING
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Result, Strategy
+from flwr.supercore import log
+
+from strategies.strategy_utils import mean_arrays, staleness_weight, to_numpy, to_record
+
+
+@dataclass(order=True)
+class _Job:
+    finish_time: float
+    seq: int
+    node_id: int
+    version: int
+    message_id: str
+
+
+class _OneNodeGrid:
+    """Grid view with a single node, so the wrapped strategy's sampling picks exactly it."""
+
+    def __init__(self, grid: Grid, node_id: int) -> None:
+        self._grid, self._node_id = grid, node_id
+
+    def get_node_ids(self) -> list[int]:
+        return [self._node_id]
+
+    def __getattr__(self, name):
+        return getattr(self._grid, name)
+
+
+def client_speeds(node_ids: list[int], sigma: float, seed: int) -> dict[int, float]:
+    """Per-client time per job: LogNormal(0, sigma) slowness, seeded, in sorted node order (1.0 if sigma=0)."""
+    rng = np.random.default_rng(seed)
+    return {n: float(rng.lognormal(0.0, sigma)) if sigma > 0 else 1.0 for n in sorted(node_ids)}
+
+
+class AsyncBuffer(Strategy):
+    """Asynchronous buffered aggregation with staleness weighting around an update strategy.
+
+    Parameters
+    ----------
+    inner : Strategy
+        A :class:`ReplyGuardMixin` strategy with `reply_delta` (FedAvg or DrlCompress).
+    buffer_size : int (default: 5)
+        K: arrivals per aggregation (one aggregation = one "round" / model version).
+    staleness_exponent : float (default: 0.5)
+        a in s(τ) = (1 + τ)^(−a); 0 weights every update equally.
+    server_lr : float (default: 1.0)
+        η, the server step on the weighted mean update.
+    speed_sigma : float (default: 1.0)
+        Spread of the clients' log-normal slowness (0: all equally fast).
+    seed : int (default: 0)
+        Seeds speeds and jitter.
+    poll_interval : float (default: 0.2)
+        Seconds between pulls while waiting for the next arrival.
+    jitter : float (default: 0.1)
+        Each job's duration is the client's slowness times U(1 − jitter, 1 + jitter).
+    speeds : dict[int, float], optional
+        Explicit per-node slowness (overrides `speed_sigma`), for tests and replays.
+    """
+
+    def __init__(self, inner, *, buffer_size: int = 5, staleness_exponent: float = 0.5, server_lr: float = 1.0,
+                 speed_sigma: float = 1.0, seed: int = 0, poll_interval: float = 0.2, jitter: float = 0.1,
+                 speeds: dict[int, float] | None = None) -> None:
+        self.inner = inner
+        inner.min_train_nodes = inner.min_available_nodes = 1  # one dispatch addresses one node
+        self.buffer_size, self.staleness_exponent, self.server_lr = buffer_size, staleness_exponent, server_lr
+        self.speed_sigma, self.seed, self.poll_interval = speed_sigma, seed, poll_interval
+        self.jitter, self.speeds = jitter, speeds
+        self.rng = np.random.default_rng(seed + 1)
+        self.staleness: list[tuple[int, int, int]] = []  # (version aggregated into, node, τ)
+        self.sim_time = 0.0
+
+    # Flower's Strategy interface: the wrapped strategy does per-message work.
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid):
+        return self.inner.configure_train(server_round, arrays, config, grid)
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]):
+        raise NotImplementedError("AsyncBuffer aggregates inside start(); it has no synchronous round")
+
+    def configure_evaluate(self, server_round, arrays, config, grid):
+        return []
+
+    def aggregate_evaluate(self, server_round, replies):
+        return None
+
+    def summary(self) -> None:
+        """Log summary configuration of the strategy."""
+        log(INFO, "\t├──> AsyncBuffer: K=%d, s(τ)=(1+τ)^-%s, η=%s, speed σ=%s", self.buffer_size,
+            self.staleness_exponent, self.server_lr, self.speed_sigma)
+        self.inner.summary()
+
+    @property
+    def rounds(self):
+        """Per-version logs (reports, drops, extra series) for the hooks."""
+        return self.inner.rounds
+
+    @property
+    def round_offset(self) -> int:
+        return self.inner.round_offset
+
+    @round_offset.setter
+    def round_offset(self, value: int) -> None:
+        self.inner.round_offset = value
+
+    def state_dict(self) -> dict:
+        getter = getattr(self.inner, "state_dict", None)
+        return getter() if getter else {}
+
+    def load_state_dict(self, state: dict) -> None:
+        if hasattr(self.inner, "load_state_dict"):
+            self.inner.load_state_dict(state)
+
+    # --- the event loop -------------------------------------------------------------------
+    def start(  # pylint: disable=too-many-locals
+        self,
+        grid: Grid,
+        initial_arrays: ArrayRecord,
+        num_rounds: int = 3,
+        timeout: float = 3600,
+        train_config: ConfigRecord | None = None,
+        evaluate_config: ConfigRecord | None = None,
+        evaluate_fn: Callable[[int, ArrayRecord], MetricRecord | None] | None = None,
+    ) -> Result:
+        """Run until `num_rounds` aggregations have been made."""
+        log(INFO, "Starting AsyncBuffer strategy:")
+        self.summary()
+        train_config = train_config or ConfigRecord()
+        result = Result()
+        if evaluate_fn:
+            res = evaluate_fn(0, initial_arrays)
+            if res is not None:
+                result.evaluate_metrics_serverapp[0] = res
+
+        offset = self.inner.round_offset
+        x = to_numpy(initial_arrays)
+        version = 0
+        models = {0: x}                     # versions still referenced by in-flight jobs
+        node_ids = sorted(grid.get_node_ids())
+        speeds = self.speeds or client_speeds(node_ids, self.speed_sigma, self.seed)
+        jobs: list[_Job] = []
+        arrived: dict[str, Message] = {}
+        seq = 0
+
+        def dispatch(node: int) -> None:
+            nonlocal seq
+            # The wrapped strategy sees the true (offset) round through its schedule mixin.
+            msgs = list(self.inner.configure_train(version + 1, to_record(models[version]),
+                                                   ConfigRecord(dict(train_config)), _OneNodeGrid(grid, node)))
+            (msg_id,) = list(grid.push_messages(msgs))
+            duration = speeds[node] * float(self.rng.uniform(1.0 - self.jitter, 1.0 + self.jitter))
+            heapq.heappush(jobs, _Job(self.sim_time + duration, seq, node, version, msg_id))
+            seq += 1
+
+        for node in node_ids:
+            dispatch(node)
+
+        buffer: list[tuple[dict[str, np.ndarray], float, int]] = []
+        wall_deadline = time.time() + timeout * max(num_rounds, 1)
+        while version < num_rounds:
+            job = heapq.heappop(jobs)
+            reply = self._wait_for(grid, job, jobs, arrived, wall_deadline)
+            self.sim_time = job.finish_time
+            tau = version - job.version
+            round_no = version + 1 + offset
+            delta = None
+            if reply is not None:
+                kept = self.inner.filter_train_replies(round_no, [reply])
+                if kept:
+                    delta = self.inner.reply_delta(kept[0], models[job.version])
+            if delta is not None:
+                n = float(next(iter(reply.content.metric_records.values()))["num-examples"])
+                buffer.append((delta, n * staleness_weight(tau, self.staleness_exponent), tau))
+                self.staleness.append((version + 1, job.node_id, tau))
+            if len(buffer) >= self.buffer_size:
+                step = mean_arrays([d for d, _, _ in buffer], [w for _, w, _ in buffer])
+                x = {k: (x[k] + self.server_lr * step[k]).astype(x[k].dtype) for k in x}
+                version += 1
+                models[version] = x
+                taus = [t for _, _, t in buffer]
+                extra = self.inner.rounds[version + offset].extra
+                extra.update({"staleness-mean": float(np.mean(taus)), "staleness-max": int(max(taus)),
+                              "staleness": taus, "sim-time": self.sim_time, "buffer-size": len(buffer)})
+                buffer = []
+                if hasattr(self.inner, "record_round_stats"):
+                    self.inner.record_round_stats(version + offset)
+                result.arrays = to_record(x)
+                if evaluate_fn:
+                    res = evaluate_fn(version, to_record(x))
+                    if res is not None:
+                        result.evaluate_metrics_serverapp[version] = res
+            if version < num_rounds:
+                dispatch(job.node_id)
+            # forget model versions no in-flight job started from
+            live = {j.version for j in jobs} | {version}
+            for v in [v for v in models if v not in live]:
+                del models[v]
+        log(INFO, "AsyncBuffer: %d aggregations, %d updates, mean staleness %.2f, simulated time %.1f",
+            version, len(self.staleness), float(np.mean([t for *_, t in self.staleness] or [0])), self.sim_time)
+        return result
+
+    def _wait_for(self, grid: Grid, job: _Job, jobs: list[_Job], arrived: dict[str, Message],
+                  deadline: float) -> Message | None:
+        """Pull until `job`'s reply is in; keep replies of other jobs for later."""
+        pending = {job.message_id} | {j.message_id for j in jobs}
+        while job.message_id not in arrived:
+            for msg in grid.pull_messages(pending - set(arrived)):
+                arrived[msg.metadata.reply_to_message_id] = msg
+            if job.message_id in arrived:
+                break
+            if time.time() > deadline:
+                log(WARNING, "AsyncBuffer: no reply from node %d before the deadline; dropping it", job.node_id)
+                return None
+            time.sleep(self.poll_interval)
+        return arrived.pop(job.message_id)
