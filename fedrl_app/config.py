@@ -44,6 +44,9 @@ class RunConfig:
     buffer_size: int = 5
     staleness_exponent: float = 0.5
     speed_sigma: float = 1.0
+    clustering: bool = False
+    cluster_every: int = 5
+    max_clusters: int = 4
     prune_threshold: float = 0.0
     dirichlet_alpha: float = 0.3
     seed: int = 42
@@ -94,6 +97,11 @@ class RunConfig:
         _at_least("lr-decay-every", self.lr_decay_every, 1)
         _at_least("max-client-examples", self.max_client_examples, 0)
         _at_least("buffer-size", self.buffer_size, 1)
+        _at_least("cluster-every", self.cluster_every, 1)
+        _at_least("max-clusters", self.max_clusters, 2)
+        if self.clustering and (self.async_aggregation or self.strategy not in ASYNC_STRATEGIES):
+            raise ConfigError(f"config key 'clustering' works with synchronous strategy in {list(ASYNC_STRATEGIES)}"
+                              f" (got strategy={self.strategy!r}, async-aggregation={self.async_aggregation})")
         for key, value in (("staleness-exponent", self.staleness_exponent), ("speed-sigma", self.speed_sigma)):
             if value < 0:
                 raise ConfigError(f"config key '{key}' must be >= 0, got {value!r}")

@@ -15,7 +15,7 @@ from fedrl_app.hooks import RunHooks, load_checkpoint, new_run_dir, resolve_resu
 from fedrl_app.metered_grid import MeteredGrid
 from fedrl_app.paths import outputs_root
 from fedrl_app.tasks import mnist
-from strategies import AsyncBuffer, DrlCompress, FedAdagrad, FedAvg, FedProx, Scaffold
+from strategies import AsyncBuffer, Clustered, DrlCompress, FedAdagrad, FedAvg, FedProx, Scaffold
 
 app = ServerApp()
 
@@ -37,6 +37,8 @@ def build_strategy(cfg: RunConfig):
     else:  # RunConfig.validate already refused it; keep the message if someone bypasses it
         raise ConfigError(f"config key 'strategy' is {cfg.strategy!r}")
     strategy.configure_schedule(cfg.lr, cfg.lr_decay_factor, cfg.lr_decay_every)
+    if cfg.clustering:
+        return Clustered(strategy, cluster_every=cfg.cluster_every, max_clusters=cfg.max_clusters, seed=cfg.seed)
     if cfg.async_aggregation:
         return AsyncBuffer(strategy, buffer_size=cfg.buffer_size, staleness_exponent=cfg.staleness_exponent,
                            speed_sigma=cfg.speed_sigma, seed=cfg.seed)

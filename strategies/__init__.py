@@ -1,6 +1,7 @@
 """Server strategies: Flower's own, extended with reply checking, metadata and LR schedules."""
 
 from strategies.async_buffer import AsyncBuffer
+from strategies.clustering import Clustered
 from strategies.drl_compress import DrlCompress
 from strategies.fedadagrad import FedAdagrad
 from strategies.fedavg import FedAvg
@@ -12,6 +13,7 @@ from strategies.scaffold import Scaffold
 __all__ = [
     "AsyncBuffer",
     "ClientReport",
+    "Clustered",
     "DrlCompress",
     "FedAdagrad",
     "FedAvg",

@@ -6,6 +6,7 @@ import math
 from collections import Counter, defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 from logging import INFO, WARNING
 
 import numpy as np
@@ -35,7 +36,7 @@ class RoundLog:
     dropped: list[tuple[int, str]] = field(default_factory=list)  # (node id, reason)
     train_metrics: dict[str, float] = field(default_factory=dict)
     evaluate_metrics: dict[str, float] = field(default_factory=dict)
-    extra: dict[str, float] = field(default_factory=dict)  # strategy-specific per-round series
+    extra: dict[str, Any] = field(default_factory=dict)  # strategy-specific per-round series (JSON-able)
 
 
 class ReplyGuardMixin:

@@ -1,0 +1,233 @@
+"""Clustered: group clients by the direction of their updates; one model per cluster.
+
+Every `cluster_every` rounds the server takes each client's latest update direction,
+and runs KMeans on the unit-normalised directions (Euclidean distance between unit
+vectors is a monotone function of cosine similarity) for k = 2..`max_clusters`,
+keeping the k with the best silhouette score (cosine metric) if that score reaches
+`min_silhouette`, else one cluster. Each cluster gets its own copy of the wrapped
+strategy and its own model, initialised as the example-weighted mean of its members'
+previous models; clients train and are evaluated on their cluster's model, so client
+evaluation measures personalised accuracy.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections import defaultdict
+from collections.abc import Iterable
+from logging import INFO
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Strategy
+from flwr.supercore import log
+from sklearn.cluster import KMeans
+from sklearn.metrics import silhouette_score
+
+from strategies.reply_guard import RoundLog
+from strategies.strategy_utils import mean_arrays, to_numpy, to_record
+
+
+class _SubsetGrid:
+    """Grid view restricted to some nodes, so a cluster's strategy samples only its members."""
+
+    def __init__(self, grid: Grid, node_ids: list[int]) -> None:
+        self._grid, self._node_ids = grid, node_ids
+
+    def get_node_ids(self) -> list[int]:
+        return list(self._node_ids)
+
+    def __getattr__(self, name):
+        return getattr(self._grid, name)
+
+
+def choose_clusters(directions: np.ndarray, max_clusters: int, min_silhouette: float, seed: int) -> tuple[np.ndarray, float]:
+    """Labels for each row of `directions` and the silhouette of the chosen k (0.0 for one cluster)."""
+    n = len(directions)
+    unit = directions / np.maximum(np.linalg.norm(directions, axis=1, keepdims=True), 1e-12)
+    best_labels, best_score = np.zeros(n, dtype=int), -1.0
+    for k in range(2, min(max_clusters, n - 1) + 1):
+        labels = KMeans(n_clusters=k, n_init=10, random_state=seed).fit_predict(unit)
+        if len(set(labels)) < 2:
+            continue
+        score = float(silhouette_score(unit, labels, metric="cosine"))
+        if score > best_score:
+            best_labels, best_score = labels, score
+    if best_score < min_silhouette:
+        return np.zeros(n, dtype=int), 0.0
+    return best_labels, best_score
+
+
+class Clustered(Strategy):
+    """One wrapped-strategy instance and one model per cluster of similar clients.
+
+    Parameters
+    ----------
+    template : Strategy
+        A ReplyGuardMixin strategy (FedAvg, FedProx or DrlCompress); deep-copied per cluster.
+    cluster_every : int (default: 5)
+        Re-cluster after every this many rounds.
+    max_clusters : int (default: 4)
+        Largest k tried.
+    min_silhouette : float (default: 0.05)
+        Below this best silhouette, all clients form one cluster.
+    seed : int (default: 0)
+        KMeans seed.
+    """
+
+    def __init__(self, template, *, cluster_every: int = 5, max_clusters: int = 4, min_silhouette: float = 0.05,
+                 seed: int = 0) -> None:
+        template.min_train_nodes = template.min_evaluate_nodes = template.min_available_nodes = 1
+        template.fraction_evaluate = 1.0  # personalised accuracy needs every client's view
+        self.template, self.cluster_every, self.max_clusters = template, cluster_every, max_clusters
+        self.min_silhouette, self.seed = min_silhouette, seed
+        self.rounds: dict[int, RoundLog] = defaultdict(RoundLog)
+        self.assignment: dict[int, int] = {}                 # node -> cluster
+        self.models: dict[int, dict[str, np.ndarray]] = {}   # cluster -> model
+        self.members: dict[int, list[int]] = {}
+        self.inners: dict[int, Strategy] = {}
+        self.directions: dict[int, np.ndarray] = {}          # node -> latest flattened update
+        self.examples: dict[int, float] = {}
+        self.history: list[dict] = []                        # one entry per (re)clustering
+        self._sent: dict[int, dict[str, np.ndarray]] = {}
+
+    @property
+    def round_offset(self) -> int:
+        return self.template.round_offset
+
+    @round_offset.setter
+    def round_offset(self, value: int) -> None:
+        self.template.round_offset = value
+        for inner in self.inners.values():
+            inner.round_offset = value
+
+    def summary(self) -> None:
+        """Log summary configuration of the strategy."""
+        log(INFO, "\t├──> Clustered: every %d rounds, k ≤ %d, min silhouette %s", self.cluster_every,
+            self.max_clusters, self.min_silhouette)
+        self.template.summary()
+
+    def _ensure_clusters(self, arrays: ArrayRecord, grid: Grid) -> None:
+        nodes = sorted(grid.get_node_ids())
+        if not self.models:
+            self.models = {0: to_numpy(arrays)}
+            self.members = {0: nodes}
+            self.assignment = {n: 0 for n in nodes}
+            self.inners = {0: copy.deepcopy(self.template)}
+        for n in nodes:  # nodes that joined later start in cluster 0
+            if n not in self.assignment:
+                self.assignment[n] = 0
+                self.members.setdefault(0, []).append(n)
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+                        ) -> Iterable[Message]:
+        """Each cluster's strategy addresses its members with the cluster's model."""
+        self._ensure_clusters(arrays, grid)
+        messages: list[Message] = []
+        self._sent = {}
+        for c, inner in self.inners.items():
+            if not self.members.get(c):
+                continue
+            self._sent[c] = self.models[c]
+            messages += list(inner.configure_train(server_round, to_record(self.models[c]), config,
+                                                   _SubsetGrid(grid, self.members[c])))
+        return messages
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]
+                        ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Aggregate per cluster; re-cluster every `cluster_every` rounds; return the mean model."""
+        by_cluster: dict[int, list[Message]] = defaultdict(list)
+        for msg in replies:
+            by_cluster[self.assignment.get(msg.metadata.src_node_id, -1)].append(msg)
+        true_round = server_round + self.round_offset
+        merged = self.rounds[true_round]
+        for c, inner in self.inners.items():
+            if c not in self._sent:
+                continue
+            new, _ = inner.aggregate_train(server_round, by_cluster.get(c, []))
+            log_c = inner.rounds[true_round]
+            merged.reports += log_c.reports
+            merged.dropped += log_c.dropped
+            for k, v in log_c.extra.items():
+                if isinstance(v, (int, float)):
+                    merged.extra[k] = merged.extra.get(k, 0) + v if k.startswith(("sync-", "senders")) else v
+            accepted = {r.node_id for r in log_c.reports}
+            for msg in by_cluster.get(c, []):
+                node = msg.metadata.src_node_id
+                if node not in accepted:
+                    continue
+                delta = inner.reply_delta(msg, self._sent[c])
+                if delta is not None:
+                    self.directions[node] = np.concatenate([v.ravel() for v in delta.values()])
+                self.examples[node] = float(next(iter(msg.content.metric_records.values()))["num-examples"])
+            if new is not None:
+                self.models[c] = to_numpy(new)
+        if dropped := by_cluster.get(-1):
+            merged.dropped += [(m.metadata.src_node_id, "node is in no cluster") for m in dropped]
+        if true_round % self.cluster_every == 0:
+            self._recluster(true_round)
+        merged.extra["clusters"] = len([c for c in self.members if self.members[c]])
+        merged.extra["cluster-of-node"] = {str(n): c for n, c in sorted(self.assignment.items())}
+        return to_record(self._mean_model()), None
+
+    def _mean_model(self) -> dict[str, np.ndarray]:
+        clusters = [c for c in self.members if self.members[c]]
+        weights = [sum(self.examples.get(n, 1.0) for n in self.members[c]) for c in clusters]
+        return mean_arrays([self.models[c] for c in clusters], weights)
+
+    def _recluster(self, server_round: int) -> None:
+        nodes = sorted(n for n in self.assignment if n in self.directions)
+        if len(nodes) < 3:
+            return
+        labels, score = choose_clusters(np.stack([self.directions[n] for n in nodes]), self.max_clusters,
+                                        self.min_silhouette, self.seed + server_round)
+        new_members: dict[int, list[int]] = defaultdict(list)
+        for n, label in zip(nodes, labels):
+            new_members[int(label)].append(n)
+        for n in self.assignment:  # nodes with no direction yet keep cluster 0 of the new split
+            if n not in self.directions:
+                new_members[0].append(n)
+        models, inners = {}, {}
+        for c, members in new_members.items():
+            prev = [self.models[self.assignment[n]] for n in members]
+            models[c] = mean_arrays(prev, [self.examples.get(n, 1.0) for n in members])
+            inners[c] = copy.deepcopy(self.template)
+        self.models, self.members, self.inners = models, dict(new_members), inners
+        self.assignment = {n: c for c, members in new_members.items() for n in members}
+        self.history.append({"round": server_round, "k": len(new_members), "silhouette": score,
+                             "assignment": {str(n): c for n, c in sorted(self.assignment.items())}})
+        log(INFO, "round %d: %d cluster(s), silhouette %.3f, sizes %s", server_round, len(new_members), score,
+            [len(m) for m in new_members.values()])
+
+    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+                           ) -> Iterable[Message]:
+        """Every client evaluates its own cluster's model (personalised accuracy)."""
+        messages: list[Message] = []
+        for c, inner in self.inners.items():
+            if self.members.get(c):
+                messages += list(inner.configure_evaluate(server_round, to_record(self.models[c]), config,
+                                                          _SubsetGrid(grid, self.members[c])))
+        return messages
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        """Per-cluster and overall personalised accuracy (example-weighted)."""
+        by_cluster: dict[int, list[Message]] = defaultdict(list)
+        for msg in replies:
+            by_cluster[self.assignment.get(msg.metadata.src_node_id, -1)].append(msg)
+        true_round = server_round + self.round_offset
+        merged = self.rounds[true_round]
+        total_n, total_acc = 0.0, 0.0
+        for c, inner in self.inners.items():
+            metrics = inner.aggregate_evaluate(server_round, by_cluster.get(c, []))
+            if metrics is None or "accuracy" not in metrics:
+                continue
+            n = sum(float(next(iter(m.content.metric_records.values())).get("num-examples", 0))
+                    for m in by_cluster.get(c, []) if not m.has_error())
+            merged.extra[f"cluster-{c}-accuracy"] = float(metrics["accuracy"])
+            total_n, total_acc = total_n + n, total_acc + n * float(metrics["accuracy"])
+        if total_n:
+            merged.evaluate_metrics = {"accuracy": total_acc / total_n}
+            merged.extra["personalized-accuracy"] = total_acc / total_n
+            return MetricRecord({"accuracy": total_acc / total_n})
+        return None
