@@ -6,7 +6,9 @@ import json
 import shutil
 from pathlib import Path
 
-from fedrl_app.hooks import METRICS_FILE, read_jsonl
+import statistics
+
+from fedrl_app.hooks import CLIENTS_FILE, METRICS_FILE, read_jsonl
 from fedrl_app.launch import LocalSimulation
 from fedrl_app.paths import project_root
 
@@ -22,8 +24,8 @@ def toml_value(value) -> str:
     return repr(value)
 
 
-def run_app(run_config: dict, num_supernodes: int, scratch: Path, log_path: Path) -> list[dict]:
-    """One full `flwr run` on a private SuperLink; returns the run's metrics rows."""
+def run_app(run_config: dict, num_supernodes: int, scratch: Path, log_path: Path) -> tuple[list[dict], list[dict]]:
+    """One full `flwr run` on a private SuperLink; returns the run's metrics and client rows."""
     out_root = scratch / "outputs"
     if out_root.exists():
         shutil.rmtree(out_root)
@@ -34,9 +36,23 @@ def run_app(run_config: dict, num_supernodes: int, scratch: Path, log_path: Path
     runs = sorted(out_root.glob(f"*/{METRICS_FILE}"))
     if result.returncode != 0 or not runs:
         raise RuntimeError(f"run {overrides!r} failed (rc={result.returncode}); see {log_path}")
-    return read_jsonl(runs[-1])
+    return read_jsonl(runs[-1]), read_jsonl(runs[-1].parent / CLIENTS_FILE)
 
 
 def first_round_reaching(rows: list[dict], key: str, target: float) -> dict | None:
     """The first metrics row whose `key` is >= target, or None."""
     return next((r for r in rows if r.get(key) is not None and r[key] >= target), None)
+
+
+def fmt(values: list, spec: str = ".3f", none: str = "not reached") -> str:
+    """mean ± std over seeds (the value alone for one seed); says how many runs never got there."""
+    got = [v for v in values if v is not None]
+    if not got:
+        return none
+    text = f"{statistics.mean(got):{spec}}" + (f" ± {statistics.stdev(got):{spec}}" if len(got) > 1 else "")
+    return text + (f" ({len(values) - len(got)} of {len(values)} not reached)" if len(got) < len(values) else "")
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> None:
+    """Rows as JSON lines (what the report step reads back)."""
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))

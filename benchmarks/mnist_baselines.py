@@ -21,7 +21,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from benchmarks.common import ROOT, first_round_reaching, run_app  # noqa: E402
+from benchmarks.common import ROOT, first_round_reaching, fmt, run_app, write_jsonl  # noqa: E402
 from fedrl_app.hooks import read_jsonl  # noqa: E402
 
 OUT = ROOT / "benchmarks" / "results" / "mnist_baselines"
@@ -41,15 +41,6 @@ def summarise(rows: list[dict]) -> dict:
         "wall-s": sum(r["wall-s"] for r in trained),
         "round-wall-s": statistics.median(r["wall-s"] for r in trained),
     }
-
-
-def fmt(values: list, spec: str = ".3f", none: str = "not reached") -> str:
-    """mean ± std over seeds (just the value for one seed); counts runs that never got there."""
-    got = [v for v in values if v is not None]
-    if not got:
-        return none
-    text = f"{statistics.mean(got):{spec}}" + (f" ± {statistics.stdev(got):{spec}}" if len(got) > 1 else "")
-    return text + (f" ({len(values) - len(got)} of {len(values)} not reached)" if len(got) < len(values) else "")
 
 
 def report(strategies: tuple[str, ...], command: str) -> str:
@@ -102,12 +93,11 @@ def main() -> None:
             for strategy in args.strategies:
                 t0 = time.time()
                 with tempfile.TemporaryDirectory() as scratch:
-                    rows = run_app(
+                    rows, _ = run_app(
                         {"strategy": strategy, "num-server-rounds": args.rounds, "seed": seed, "wandb-mode": "disabled"},
                         args.num_clients, Path(scratch), OUT / f"{strategy}-seed{seed}.log",
                     )
-                path = OUT / f"{strategy}-seed{seed}.jsonl"
-                path.write_text("".join(__import__("json").dumps(r) + "\n" for r in rows))
+                write_jsonl(OUT / f"{strategy}-seed{seed}.jsonl", rows)
                 print(f"{strategy} seed {seed}: best {max(r['accuracy'] for r in rows):.4f} in {time.time() - t0:.0f}s",
                       flush=True)
     print(report(tuple(args.strategies), command))

@@ -75,7 +75,7 @@ def train(msg: Message, context: Context) -> Message:
         sync = decide_and_encode(
             context, global_weights, local_weights, local_accuracy, server_round,
             int(config["num-server-rounds"]), float(config["bytes-penalty"]), float(config["prune-threshold"]),
-            seed=cfg.seed * 1_000 + pid,
+            seed=cfg.seed * 1_000 + pid, policy=str(config.get("sync-policy", "dqn")),
         )
         content = RecordDict({**sync.records, "metrics": metrics})
     else:

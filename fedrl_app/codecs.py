@@ -269,10 +269,10 @@ def _decode_layer(name: str, part: dict[str, np.ndarray], numel: int) -> tuple[n
         raise CodecError(f"{name}: {idx.size} entries but the layer has only {numel}")
     if idx.size and (idx.min() < 0 or idx.max() >= numel):
         raise CodecError(f"{name}/idx: index out of range [0, {numel})")
-    if np.unique(idx).size != idx.size:
-        raise CodecError(f"{name}/idx: duplicate index")
-    if np.any(np.diff(idx) < 0):
-        raise CodecError(f"{name}/idx: indices not sorted ascending")
+    steps = np.diff(idx)
+    if np.any(steps <= 0):  # one pass: strictly increasing means sorted and free of duplicates
+        kind = "duplicate index" if np.any(steps == 0) else "indices not sorted ascending"
+        raise CodecError(f"{name}/idx: {kind}")
 
     if val.dtype == np.float32:
         for extra in ("scale", "zero"):

@@ -10,6 +10,7 @@ from typing import Any
 TASKS = ("mnist",)
 STRATEGIES = ("fedavg", "fedprox", "scaffold", "fedadagrad", "drl-compress")
 ASYNC_STRATEGIES = ("fedavg", "fedprox", "drl-compress")
+SYNC_POLICIES = ("dqn", "compressed", "full")
 WANDB_MODES = ("offline", "online", "disabled")
 TRACK_METRICS = ("accuracy", "loss")
 
@@ -39,7 +40,8 @@ class RunConfig:
     proximal_mu: float = 0.01
     server_lr: float = 0.01
     adagrad_tau: float = 0.001
-    bytes_penalty: float = 0.05
+    bytes_penalty: float = 1.0
+    sync_policy: str = "dqn"
     async_aggregation: bool = False
     buffer_size: int = 5
     staleness_exponent: float = 0.5
@@ -90,6 +92,7 @@ class RunConfig:
         _choice("strategy", self.strategy, STRATEGIES)
         _choice("wandb-mode", self.wandb_mode, WANDB_MODES)
         _choice("track-metric", self.track_metric, TRACK_METRICS)
+        _choice("sync-policy", self.sync_policy, SYNC_POLICIES)
         _at_least("num-server-rounds", self.num_server_rounds, 1)
         _at_least("local-epochs", self.local_epochs, 1)
         _at_least("batch-size", self.batch_size, 1)

@@ -174,6 +174,8 @@ def main(argv: list[str] | None = None) -> int:
     app_dir = args.app or (Path.cwd() if (Path.cwd() / "pyproject.toml").is_file() else project_root())
     if app_dir is None:
         parser.error("cannot find the fedrl project; pass --app PATH")
+    # SIGTERM (kill, CI timeouts) must still run the clean-up below, like Ctrl-C does.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     with LocalSimulation(args.num_supernodes, args.cpus_per_client) as sim:
         result = sim.run(app_dir, args.run_config)
     return result.returncode

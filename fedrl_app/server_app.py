@@ -31,7 +31,7 @@ def build_strategy(cfg: RunConfig):
         strategy = Scaffold(**common)
     elif cfg.strategy == "drl-compress":
         strategy = DrlCompress(**common, bytes_penalty=cfg.bytes_penalty, prune_threshold=cfg.prune_threshold,
-                               num_rounds=cfg.num_server_rounds)
+                               num_rounds=cfg.num_server_rounds, sync_policy=cfg.sync_policy)
     elif cfg.strategy == "fedadagrad":
         strategy = FedAdagrad(**common, eta=cfg.server_lr, eta_l=cfg.lr, tau=cfg.adagrad_tau)
     else:  # RunConfig.validate already refused it; keep the message if someone bypasses it

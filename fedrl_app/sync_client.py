@@ -14,6 +14,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, RecordDict
 
 from fedrl_app.agents.sync_controller import (
     ACTIONS,
+    COMPRESSED,
     FULL,
     SKIP,
     ControllerConfig,
@@ -61,8 +62,13 @@ def decide_and_encode(
     bytes_penalty: float,
     prune_threshold: float,
     seed: int,
+    policy: str = "dqn",
 ) -> SyncDecision:
-    """Run one controller step and encode the update it chose to send."""
+    """Run one controller step and encode the update it chose to send.
+
+    `policy` "compressed" or "full" fixes the action (ablations); the controller still
+    records the state and reward it would have learned from.
+    """
     state = context.state
     blob = state.config_records.get(CONTROLLER_KEY)
     controller = (SyncController.from_bytes(blob["blob"]) if blob is not None
@@ -81,10 +87,13 @@ def decide_and_encode(
     if controller.pending is not None:  # the previous decision's outcome is visible only now
         prev_state, prev_action, prev_accuracy, prev_bytes = controller.pending
         reward = controller.reward(prev_accuracy, local_accuracy, prev_bytes)
-        controller.remember(prev_state, prev_action, reward, observation)
-        controller.learn()
+        if policy == "dqn":
+            controller.remember(prev_state, prev_action, reward, observation)
+            controller.learn()
 
-    action = controller.act(observation)
+    action = {"dqn": None, "compressed": COMPRESSED, "full": FULL}[policy]
+    if action is None:
+        action = controller.act(observation)
     rate = controller.apply_rate_action(action)
     dense_bytes = recorddict_nbytes(RecordDict({"delta": _to_record(delta)}))
     if action == SKIP:

@@ -39,19 +39,23 @@ class DrlCompress(RoundScheduleMixin, ReplyGuardMixin, FlowerFedAvg):
 
     Parameters
     ----------
-    bytes_penalty : float (default: 0.05)
+    bytes_penalty : float (default: 1.0)
         λ in the controllers' reward (accuracy gain − λ · bytes / full-model bytes).
     prune_threshold : float (default: 0.0)
         Layers whose relative update norm is below this are not sent (0 disables).
     num_rounds : int (default: 30)
         Total rounds, for the controllers' progress feature.
+    sync_policy : str (default: "dqn")
+        "dqn" lets each client's controller decide; "compressed" / "full" fix the
+        decision (ablations: what the codec alone gives, and dense deltas).
     **kwargs
         Passed to :class:`flwr.serverapp.strategy.FedAvg`.
     """
 
-    def __init__(self, *, bytes_penalty: float = 0.05, prune_threshold: float = 0.0, num_rounds: int = 30,
-                 **kwargs) -> None:
+    def __init__(self, *, bytes_penalty: float = 1.0, prune_threshold: float = 0.0, num_rounds: int = 30,
+                 sync_policy: str = "dqn", **kwargs) -> None:
         super().__init__(**kwargs)
+        self.sync_policy = sync_policy
         self.bytes_penalty, self.prune_threshold, self.num_rounds = bytes_penalty, prune_threshold, num_rounds
         self.current: dict[str, np.ndarray] | None = None
         self._deltas: dict[int, dict[str, np.ndarray]] = {}
@@ -73,6 +77,7 @@ class DrlCompress(RoundScheduleMixin, ReplyGuardMixin, FlowerFedAvg):
         config["bytes-penalty"] = self.bytes_penalty
         config["prune-threshold"] = self.prune_threshold
         config["num-server-rounds"] = self.num_rounds
+        config["sync-policy"] = self.sync_policy
         return super().configure_train(server_round, arrays, config, grid)
 
     def check_reply_arrays(self, msg: Message, meta: ClientMetadata) -> None:

@@ -96,3 +96,23 @@ def test_drl_compress_sends_fewer_uplink_bytes_than_fedavg(sim, tmp_path):
     # a controller that picks full sync for every client in both rounds would tie; with ε=1 at
     # the start that has probability (1/5)^6, and any other choice sends less
     assert uplink["drl-compress"] < uplink["fedavg"], uplink
+
+
+@pytest.mark.parametrize(
+    ("overrides", "check"),
+    [
+        ({"async-aggregation": True, "buffer-size": 2, "num-server-rounds": 3},
+         lambda rows: all(len(r["staleness"]) == 2 and r["sim-time"] > 0 for r in rows[1:])
+         and max(t for r in rows[1:] for t in r["staleness"]) >= 1),
+        ({"clustering": True, "cluster-every": 1, "num-server-rounds": 2},
+         lambda rows: all(r["clusters"] >= 1 and 0 <= r["personalized-accuracy"] <= 1 for r in rows[1:])),
+    ],
+    ids=["async", "clustering"],
+)
+def test_drl_compress_async_and_clustered(sim, tmp_path, overrides, check):
+    result, log = _run(sim, tmp_path, strategy="drl-compress", **{"wandb-mode": "disabled", **overrides})
+    assert result.returncode == 0, log[-3000:]
+    (run_dir,) = [p for p in tmp_path.iterdir() if p.is_dir()]
+    rows = read_jsonl(run_dir / "metrics.jsonl")
+    assert [r["round"] for r in rows] == list(range(overrides["num-server-rounds"] + 1))
+    assert check(rows), rows

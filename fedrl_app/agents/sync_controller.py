@@ -34,7 +34,7 @@ STATE_DIM = 5
 class ControllerConfig:
     """Every hyperparameter of the controller, named once."""
 
-    bytes_penalty: float = 0.05       # λ: reward cost of sending a full model's worth of bytes
+    bytes_penalty: float = 1.0        # λ: reward cost of sending a full model's worth of bytes
     gamma: float = 0.9                # discount
     hidden: int = 32                  # width of the two hidden layers
     learning_rate: float = 1e-3       # Adam
@@ -42,9 +42,12 @@ class ControllerConfig:
     buffer_size: int = 512            # replay capacity (transitions)
     updates_per_round: int = 8        # gradient steps after each new transition
     target_update_every: int = 16     # gradient steps between hard target-network copies
-    epsilon_start: float = 1.0
-    epsilon_end: float = 0.05
-    epsilon_decay_rounds: int = 15    # linear decay over this many decisions
+    epsilon_start: float = 0.3
+    epsilon_end: float = 0.02
+    epsilon_decay_rounds: int = 10    # linear decay over this many decisions
+    # Exploration draws actions with these weights (full, compressed, skip, raise, lower):
+    # a random full sync costs a whole model, so it is explored rarely.
+    explore_weights: tuple[float, ...] = (0.02, 0.38, 0.2, 0.2, 0.2)
     initial_rate: float = 0.01        # top-k ratio before any change
     rate_min: float = 0.001
     rate_max: float = 0.25
@@ -72,6 +75,10 @@ class SyncController:
         self.config = config
         torch.manual_seed(seed)
         self.q = QNetwork(config.hidden)
+        with torch.no_grad():  # prior: Q starts at the known byte cost of full sync, 0 elsewhere
+            out = self.q.net[-1]
+            out.weight.mul_(0.1)
+            out.bias.copy_(torch.tensor([-config.bytes_penalty, 0.0, 0.0, 0.0, 0.0]))
         self.target = QNetwork(config.hidden)
         self.target.load_state_dict(self.q.state_dict())
         self.optimizer = torch.optim.Adam(self.q.parameters(), lr=config.learning_rate)
@@ -96,7 +103,7 @@ class SyncController:
         explore = not greedy and self.rng.random() < self.epsilon
         self.decisions += 0 if greedy else 1
         if explore:
-            return self.rng.randrange(len(ACTIONS))
+            return self.rng.choices(range(len(ACTIONS)), weights=self.config.explore_weights)[0]
         with torch.no_grad():
             return int(self.q(torch.tensor([state], dtype=torch.float32)).argmax(1).item())
 
