@@ -8,11 +8,14 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from fedrl_app.config import RunConfig
+from fedrl_app import rl_client
+from fedrl_app.agents.dqn import QNetwork
+from fedrl_app.config import RL_TASKS, RunConfig
 from fedrl_app.metadata import METADATA_RECORD_KEY, ClientMetadata, encode_metadata
 from fedrl_app.payload import recorddict_nbytes
 from fedrl_app.sync_client import decide_and_encode
 from fedrl_app.tasks import mnist
+from fedrl_app.tasks.gym_rl import env_dims, evaluate_policy
 
 app = ClientApp()
 
@@ -42,6 +45,8 @@ def _client_data(cfg: RunConfig, context: Context):
 def train(msg: Message, context: Context) -> Message:
     """Train the received model locally (FedAvg/FedProx/FedAdagrad/SCAFFOLD alike)."""
     cfg = RunConfig.from_run_config(context.run_config)
+    if cfg.task in RL_TASKS:
+        return rl_client.train(msg, context, cfg, _partition(context)[0])
     pid, (train_data, test_data) = _client_data(cfg, context)
     config = msg.content["config"]
     server_round = int(config["server-round"])
@@ -108,8 +113,15 @@ def train(msg: Message, context: Context) -> Message:
 
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
-    """Evaluate the received model on this client's held-out local test split."""
+    """Evaluate the received model on this client's held-out local test split (RL: greedy episodes)."""
     cfg = RunConfig.from_run_config(context.run_config)
+    if cfg.task in RL_TASKS:
+        pid = _partition(context)[0]
+        q = QNetwork(*env_dims(cfg.task), cfg.dqn_hidden, "dueling" in cfg.agent)
+        q.load_state_dict(msg.content["arrays"].to_torch_state_dict())
+        returns = evaluate_policy(q, cfg.task, cfg.eval_episodes, seed=20_000 + 100 * pid)
+        metrics = MetricRecord({"num-examples": len(returns), "return": sum(returns) / len(returns)})
+        return Message(content=RecordDict({"metrics": metrics}), reply_to=msg)
     _, (_, test_data) = _client_data(cfg, context)
     net = mnist.Net()
     net.load_state_dict(msg.content["arrays"].to_torch_state_dict())

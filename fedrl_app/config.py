@@ -7,12 +7,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
-TASKS = ("mnist",)
+TASKS = ("mnist", "cartpole", "lunarlander")
+RL_TASKS = ("cartpole", "lunarlander")
+AGENTS = ("dqn", "double", "dueling", "double-dueling")
 STRATEGIES = ("fedavg", "fedprox", "scaffold", "fedadagrad", "drl-compress")
 ASYNC_STRATEGIES = ("fedavg", "fedprox", "drl-compress")
+RL_STRATEGIES = ("fedavg",)
 SYNC_POLICIES = ("dqn", "compressed", "full")
 WANDB_MODES = ("offline", "online", "disabled")
-TRACK_METRICS = ("accuracy", "loss")
+TRACK_METRICS = ("", "accuracy", "loss", "return")
 
 
 class ConfigError(ValueError):
@@ -57,7 +60,16 @@ class RunConfig:
     max_client_examples: int = 0
     eval_batch_size: int = 1000
     round_timeout: float = 600.0
-    track_metric: str = "accuracy"
+    track_metric: str = ""
+    agent: str = "dqn"
+    steps_per_round: int = 1000
+    eval_episodes: int = 5
+    dqn_hidden: int = 256
+    dqn_learning_starts: int = 1000
+    dqn_epsilon_decay_steps: int = 20000
+    dqn_batch_size: int = 128
+    dqn_train_frequency: int = 4
+    dqn_target_update_every: int = 250
     outputs_dir: str = ""
     resume_from: str = ""
     wandb_mode: str = "offline"
@@ -92,6 +104,15 @@ class RunConfig:
         _choice("strategy", self.strategy, STRATEGIES)
         _choice("wandb-mode", self.wandb_mode, WANDB_MODES)
         _choice("track-metric", self.track_metric, TRACK_METRICS)
+        _choice("agent", self.agent, AGENTS)
+        for key in ("steps-per-round", "eval-episodes", "dqn-hidden", "dqn-batch-size", "dqn-train-frequency",
+                    "dqn-target-update-every"):
+            _at_least(key, getattr(self, key.replace("-", "_")), 1)
+        _at_least("dqn-learning-starts", self.dqn_learning_starts, 0)
+        _at_least("dqn-epsilon-decay-steps", self.dqn_epsilon_decay_steps, 1)
+        if self.task in RL_TASKS and self.strategy not in RL_STRATEGIES:
+            raise ConfigError(f"config key 'strategy' is {self.strategy!r}; with task {self.task!r} allowed values: "
+                              f"{list(RL_STRATEGIES)}")
         _choice("sync-policy", self.sync_policy, SYNC_POLICIES)
         _at_least("num-server-rounds", self.num_server_rounds, 1)
         _at_least("local-epochs", self.local_epochs, 1)
@@ -135,6 +156,11 @@ class RunConfig:
                 "config key 'momentum' must be 0.0 with strategy='scaffold': the "
                 "SCAFFOLD control-variate update (option II) assumes plain SGD steps"
             )
+
+    @property
+    def tracked_metric(self) -> str:
+        """The metric the best checkpoint follows: 'track-metric', or the task's natural one."""
+        return self.track_metric or ("return" if self.task in RL_TASKS else "accuracy")
 
     def as_dict(self) -> dict[str, Any]:
         """Kebab-case dict, as in pyproject.toml (for JSON and W&B)."""

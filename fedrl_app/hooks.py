@@ -128,8 +128,7 @@ class RunHooks:
         round_log = self.strategy.rounds.get(server_round) if server_round else None
         row: dict[str, Any] = {
             "round": server_round,
-            "accuracy": metrics.get("accuracy"),
-            "loss": metrics.get("loss"),
+            **metrics,
             "uplink-bytes": up,
             "downlink-bytes": down,
             "uplink-bytes-total": self.uplink_total,
@@ -145,12 +144,12 @@ class RunHooks:
             row.update(round_log.extra)
         self._t_round = now
 
-        improved = self._is_better(metrics.get(self.cfg.track_metric))
+        improved = self._is_better(metrics.get(self.cfg.tracked_metric))
         if improved:
-            self.best_value = float(metrics[self.cfg.track_metric])
+            self.best_value = float(metrics[self.cfg.tracked_metric])
             torch.save(arrays_to_tensors(arrays), self.run_dir / BEST_MODEL)
             (self.run_dir / BEST_INFO).write_text(json.dumps(
-                {"round": server_round, "metric": self.cfg.track_metric, "value": self.best_value,
+                {"round": server_round, "metric": self.cfg.tracked_metric, "value": self.best_value,
                  "metrics": metrics, "config": self.cfg.as_dict()}, indent=2))
         self._save_last(server_round, arrays)
 
@@ -162,9 +161,9 @@ class RunHooks:
                 for r in reports:
                     f.write(json.dumps({"round": server_round, "node-id": r.node_id, **asdict(r.metadata),
                                         "metrics": r.metrics}) + "\n")
-        log(INFO, "fedrl round %d: accuracy=%.4f loss=%.4f uplink=%.2f MB downlink=%.2f MB%s",
-            server_round, row["accuracy"] or 0.0, row["loss"] or 0.0, up / 1e6, down / 1e6,
-            " (best, checkpointed)" if improved else "")
+        shown = " ".join(f"{k}={v:.4f}" for k, v in metrics.items() if isinstance(v, float))
+        log(INFO, "fedrl round %d: %s uplink=%.2f MB downlink=%.2f MB%s", server_round, shown, up / 1e6,
+            down / 1e6, " (best, checkpointed)" if improved else "")
         if self.wandb_run is not None:
             data = {k: v for k, v in row.items() if k != "round" and isinstance(v, (int, float))}
             for r in reports:
@@ -180,7 +179,7 @@ class RunHooks:
             return False
         if self.best_value is None:
             return True
-        return value > self.best_value if self.cfg.track_metric == "accuracy" else value < self.best_value
+        return value < self.best_value if self.cfg.tracked_metric == "loss" else value > self.best_value
 
     def _save_last(self, server_round: int, arrays: ArrayRecord) -> None:
         state_dict = getattr(self.strategy, "state_dict", None)
@@ -217,7 +216,7 @@ class RunHooks:
                 self.run_dir / "wandb", self.run_dir)
         best = json.loads((self.run_dir / BEST_INFO).read_text()) if (self.run_dir / BEST_INFO).exists() else {}
         log(INFO, "fedrl: results in %s (best %s=%s at round %s)", self.run_dir,
-            self.cfg.track_metric, best.get("value"), best.get("round"))
+            self.cfg.tracked_metric, best.get("value"), best.get("round"))
 
 
 def read_jsonl(path: Path) -> list[dict]:

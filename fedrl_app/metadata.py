@@ -44,6 +44,11 @@ class ClientMetadata:
     local_accuracy: float | None = None
     controller_reward: float | None = None
     controller_state: list[float] | None = None
+    episode_returns: list[float] | None = None
+    episode_lengths: list[int] | None = None
+    env_steps: int | None = None
+    act_flops: int | None = None
+    train_flops: int | None = None
 
     def validate(self) -> None:
         """Type- and range-check every field; raise MetadataError naming the field."""
@@ -70,6 +75,23 @@ class ClientMetadata:
             self.controller_state,
         )
         _check(len(self.epoch_losses) <= 10_000, "epoch_losses", f"{len(self.epoch_losses)} entries")
+        _check(
+            self.episode_returns is None
+            or (isinstance(self.episode_returns, list) and len(self.episode_returns) <= 100_000
+                and all(_finite_number(x) for x in self.episode_returns)),
+            "episode_returns",
+            self.episode_returns,
+        )
+        _check(
+            self.episode_lengths is None
+            or (isinstance(self.episode_lengths, list) and len(self.episode_lengths) <= 100_000
+                and all(isinstance(x, int) and x >= 0 for x in self.episode_lengths)),
+            "episode_lengths",
+            self.episode_lengths,
+        )
+        for name in ("env_steps", "act_flops", "train_flops"):
+            value = getattr(self, name)
+            _check(value is None or (isinstance(value, int) and not isinstance(value, bool) and value >= 0), name, value)
 
 
 # (module, qualname) pairs the decoder may resolve. Nothing else is ever imported.

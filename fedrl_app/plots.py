@@ -1,4 +1,4 @@
-"""PNG plots of a run's metrics.jsonl: accuracy, loss and bytes per round."""
+"""PNG plots of a run's metrics.jsonl: the server's metrics (accuracy, loss or return) and bytes per round."""
 
 from __future__ import annotations
 
@@ -10,13 +10,22 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 
+CENTRAL_METRICS = {
+    "accuracy": "test accuracy (server, 10k images)",
+    "loss": "test loss (server)",
+    "return": "greedy-policy return (server evaluation)",
+}
+
+
 def plot_run(rows: list[dict], run_dir: Path) -> list[Path]:
-    """Write accuracy.png, loss.png and bytes.png into `run_dir`; return their paths."""
+    """Write <metric>.png for each server metric present, and bytes.png, into `run_dir`; return their paths."""
     rounds = [r["round"] for r in rows]
     paths = []
-    for key, label in (("accuracy", "test accuracy (server, 10k images)"), ("loss", "test loss (server)")):
+    for key, label in CENTRAL_METRICS.items():
+        if not any(key in r for r in rows):
+            continue
         fig, ax = plt.subplots(figsize=(6, 4))
-        ax.plot(rounds, [r.get(key) for r in rows], marker="o")
+        ax.plot(rounds, [r.get(key, float("nan")) for r in rows], marker="o")
         ax.set(xlabel="round", ylabel=label, title=f"{run_dir.name}: {key}")
         ax.grid(alpha=0.3)
         paths.append(run_dir / f"{key}.png")

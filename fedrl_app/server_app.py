@@ -10,11 +10,14 @@ from flwr.app import ArrayRecord, ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
 from flwr.supercore import log
 
-from fedrl_app.config import ConfigError, RunConfig
+from fedrl_app.agents.dqn import QNetwork
+from fedrl_app.config import RL_TASKS, ConfigError, RunConfig
 from fedrl_app.hooks import RunHooks, load_checkpoint, new_run_dir, resolve_resume_dir
 from fedrl_app.metered_grid import MeteredGrid
 from fedrl_app.paths import outputs_root
+from fedrl_app.rl_client import dqn_config
 from fedrl_app.tasks import mnist
+from fedrl_app.tasks.gym_rl import env_dims, evaluate_policy
 from strategies import AsyncBuffer, Clustered, DrlCompress, FedAdagrad, FedAvg, FedProx, Scaffold
 
 app = ServerApp()
@@ -45,6 +48,33 @@ def build_strategy(cfg: RunConfig):
     return strategy
 
 
+def task_model(cfg: RunConfig) -> torch.nn.Module:
+    """The network the federation trains: the MNIST CNN, or the agent's Q-network."""
+    if cfg.task in RL_TASKS:
+        agent_cfg = dqn_config(cfg)
+        return QNetwork(*env_dims(cfg.task), agent_cfg.hidden, agent_cfg.dueling)
+    return mnist.Net()
+
+
+def central_evaluator(cfg: RunConfig, source):
+    """Server-side evaluation of the global model: test accuracy/loss, or greedy-policy return."""
+    net = task_model(cfg)
+    if cfg.task in RL_TASKS:
+        def evaluate_rl(arrays: ArrayRecord) -> dict[str, float]:
+            net.load_state_dict(arrays.to_torch_state_dict())
+            returns = evaluate_policy(net, cfg.task, cfg.eval_episodes, seed=10_000 + cfg.seed)
+            return {"return": float(np.mean(returns)), "return-std": float(np.std(returns))}
+        return evaluate_rl
+
+    test_set = mnist.load_test_set(source)
+
+    def evaluate_mnist(arrays: ArrayRecord) -> dict[str, float]:
+        net.load_state_dict(arrays.to_torch_state_dict())
+        loss, accuracy = mnist.evaluate(net, test_set, cfg.eval_batch_size)
+        return {"accuracy": accuracy, "loss": loss}
+    return evaluate_mnist
+
+
 def client_train_config(cfg: RunConfig) -> ConfigRecord:
     """What clients need besides the per-round values the strategy injects."""
     return ConfigRecord({
@@ -57,7 +87,7 @@ def main(grid: Grid, context: Context) -> None:
     """Run one experiment end to end; stop at once with a clear message on bad config."""
     try:
         cfg = RunConfig.from_run_config(context.run_config)
-        source = mnist.resolve_source(cfg.data_path)
+        source = mnist.resolve_source(cfg.data_path) if cfg.task == "mnist" else None
         root = outputs_root(cfg.outputs_dir)
         resume = None
         if cfg.resume_from:
@@ -81,17 +111,11 @@ def main(grid: Grid, context: Context) -> None:
         strategy.round_offset = int(resume["round"])
         log(INFO, "fedrl: resuming %s from round %d", run_dir, strategy.round_offset)
     else:
-        initial = ArrayRecord(mnist.Net().state_dict())
+        initial = ArrayRecord(task_model(cfg).state_dict())
     remaining = cfg.num_server_rounds - strategy.round_offset
     log(INFO, "fedrl: task=%s strategy=%s rounds=%d; outputs in %s", cfg.task, cfg.strategy, remaining, run_dir)
 
-    test_set = mnist.load_test_set(source)
-    net = mnist.Net()
-
-    def central_evaluate(arrays: ArrayRecord) -> dict[str, float]:
-        net.load_state_dict(arrays.to_torch_state_dict())
-        loss, accuracy = mnist.evaluate(net, test_set, cfg.eval_batch_size)
-        return {"accuracy": accuracy, "loss": loss}
+    central_evaluate = central_evaluator(cfg, source)
 
     metered = MeteredGrid(grid)
     hooks = RunHooks(cfg, run_dir, strategy, metered, central_evaluate, resume=resume)

@@ -24,7 +24,9 @@ def test_defaults_match_pyproject():
     ("override", "message"),
     [
         ({"strategy": "fedsgdx"}, r"'strategy' is 'fedsgdx'; allowed values: \['fedavg', 'fedprox', 'scaffold', 'fedadagrad', 'drl-compress'\]"),
-        ({"task": "cifar"}, r"'task' is 'cifar'; allowed values: \['mnist'\]"),
+        ({"task": "cifar"}, r"'task' is 'cifar'; allowed values: \['mnist', 'cartpole', 'lunarlander'\]"),
+        ({"task": "cartpole", "strategy": "scaffold"}, r"with task 'cartpole' allowed values: \['fedavg'\]"),
+        ({"agent": "rainbow"}, r"'agent' is 'rainbow'; allowed values"),
         ({"num-server-rounds": -3}, r"'num-server-rounds' must be >= 1, got -3"),
         ({"num-server-rounds": "ten"}, r"'num-server-rounds' must be an integer"),
         ({"fraction-train": 0.0}, r"'fraction-train' must be in \(0.0, 1.0\]"),
