@@ -10,9 +10,9 @@ from typing import Any
 TASKS = ("mnist", "cartpole", "lunarlander")
 RL_TASKS = ("cartpole", "lunarlander")
 AGENTS = ("dqn", "double", "dueling", "double-dueling")
-STRATEGIES = ("fedavg", "fedprox", "scaffold", "fedadagrad", "drl-compress")
+STRATEGIES = ("fedavg", "fedprox", "scaffold", "fedadagrad", "drl-compress", "fusion")
 ASYNC_STRATEGIES = ("fedavg", "fedprox", "drl-compress")
-RL_STRATEGIES = ("fedavg",)
+RL_STRATEGIES = ("fedavg", "fusion")
 SYNC_POLICIES = ("dqn", "compressed", "full")
 WANDB_MODES = ("offline", "online", "disabled")
 TRACK_METRICS = ("", "accuracy", "loss", "return")
@@ -70,6 +70,12 @@ class RunConfig:
     dqn_batch_size: int = 128
     dqn_train_frequency: int = 4
     dqn_target_update_every: int = 250
+    fusion_mix: float = 0.5
+    diversity_filter: bool = True
+    diversity_threshold: float = 0.15
+    filter_k: int = 16
+    server_updates_per_round: int = 100
+    experience_sample: int = 256
     outputs_dir: str = ""
     resume_from: str = ""
     wandb_mode: str = "offline"
@@ -109,6 +115,14 @@ class RunConfig:
                     "dqn-target-update-every"):
             _at_least(key, getattr(self, key.replace("-", "_")), 1)
         _at_least("dqn-learning-starts", self.dqn_learning_starts, 0)
+        _at_least("filter-k", self.filter_k, 1)
+        _at_least("server-updates-per-round", self.server_updates_per_round, 0)
+        _at_least("experience-sample", self.experience_sample, 0)
+        _in_range("fusion-mix", self.fusion_mix, 0.0, 1.0, high_open=True)
+        if self.diversity_threshold < 0:
+            raise ConfigError(f"config key 'diversity-threshold' must be >= 0, got {self.diversity_threshold!r}")
+        if self.strategy == "fusion" and self.task not in RL_TASKS:
+            raise ConfigError(f"config key 'strategy' is 'fusion', which needs task in {list(RL_TASKS)}")
         _at_least("dqn-epsilon-decay-steps", self.dqn_epsilon_decay_steps, 1)
         if self.task in RL_TASKS and self.strategy not in RL_STRATEGIES:
             raise ConfigError(f"config key 'strategy' is {self.strategy!r}; with task {self.task!r} allowed values: "

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import time
 
+import numpy as np
+
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 
 from fedrl_app.agents.dqn import DQNAgent, DQNConfig
 from fedrl_app.config import RunConfig
+from fedrl_app.experience import EXPERIENCE_KEY, pack_experience
 from fedrl_app.metadata import METADATA_RECORD_KEY, ClientMetadata, encode_metadata
 from fedrl_app.payload import recorddict_nbytes
 from fedrl_app.tasks.gym_rl import env_dims, run_steps
@@ -22,6 +25,15 @@ def dqn_config(cfg: RunConfig) -> DQNConfig:
         epsilon_decay_steps=cfg.dqn_epsilon_decay_steps, batch_size=cfg.dqn_batch_size,
         train_frequency=cfg.dqn_train_frequency, target_update_every=cfg.dqn_target_update_every,
     )
+
+
+def recent_sample(agent: DQNAgent, recent: int, n: int, seed: int):
+    """Up to n transitions drawn without replacement from the `recent` newest in the replay buffer."""
+    buf = agent.buffer
+    recent = min(recent, buf.size)
+    newest = (buf.pos - 1 - np.arange(recent)) % buf.capacity
+    idx = np.random.default_rng(seed + agent.env_steps).choice(newest, size=min(n, recent), replace=False)
+    return buf.obs[idx], buf.actions[idx], buf.rewards[idx], buf.next_obs[idx], buf.dones[idx]
 
 
 def train(msg: Message, context: Context, cfg: RunConfig, pid: int) -> Message:
@@ -46,6 +58,8 @@ def train(msg: Message, context: Context, cfg: RunConfig, pid: int) -> Message:
         "arrays": ArrayRecord(agent.q.state_dict()),
         "metrics": MetricRecord({"num-examples": stats.env_steps, "episodes": len(stats.episode_returns)}),
     })
+    if msg.content["config"].get("share-experience", False):
+        content[EXPERIENCE_KEY], _ = pack_experience(*recent_sample(agent, stats.env_steps, cfg.experience_sample, seed))
     meta = ClientMetadata(
         partition_id=pid, num_examples=stats.env_steps, train_time_s=elapsed,
         epoch_losses=[float(sum(stats.losses) / len(stats.losses))] if stats.losses else [],

@@ -18,7 +18,7 @@ from fedrl_app.paths import outputs_root
 from fedrl_app.rl_client import dqn_config
 from fedrl_app.tasks import mnist
 from fedrl_app.tasks.gym_rl import env_dims, evaluate_policy
-from strategies import AsyncBuffer, Clustered, DrlCompress, FedAdagrad, FedAvg, FedProx, Scaffold
+from strategies import AsyncBuffer, Clustered, DrlCompress, FedAdagrad, FedAvg, FedProx, Fusion, Scaffold
 
 app = ServerApp()
 
@@ -35,6 +35,12 @@ def build_strategy(cfg: RunConfig):
     elif cfg.strategy == "drl-compress":
         strategy = DrlCompress(**common, bytes_penalty=cfg.bytes_penalty, prune_threshold=cfg.prune_threshold,
                                num_rounds=cfg.num_server_rounds, sync_policy=cfg.sync_policy)
+    elif cfg.strategy == "fusion":
+        obs_dim, n_actions = env_dims(cfg.task)
+        strategy = Fusion(**common, obs_dim=obs_dim, n_actions=n_actions, agent_config=dqn_config(cfg),
+                          mix=cfg.fusion_mix, diversity_filter=cfg.diversity_filter,
+                          diversity_threshold=cfg.diversity_threshold, filter_k=cfg.filter_k,
+                          server_updates=cfg.server_updates_per_round, seed=cfg.seed)
     elif cfg.strategy == "fedadagrad":
         strategy = FedAdagrad(**common, eta=cfg.server_lr, eta_l=cfg.lr, tau=cfg.adagrad_tau)
     else:  # RunConfig.validate already refused it; keep the message if someone bypasses it

@@ -6,6 +6,7 @@ from strategies.drl_compress import DrlCompress
 from strategies.fedadagrad import FedAdagrad
 from strategies.fedavg import FedAvg
 from strategies.fedprox import FedProx
+from strategies.fusion import Fusion
 from strategies.reply_guard import ClientReport, ReplyGuardMixin
 from strategies.round_schedule import RoundScheduleMixin
 from strategies.scaffold import Scaffold
@@ -18,6 +19,7 @@ __all__ = [
     "FedAdagrad",
     "FedAvg",
     "FedProx",
+    "Fusion",
     "ReplyGuardMixin",
     "RoundScheduleMixin",
     "Scaffold",

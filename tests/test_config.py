@@ -23,9 +23,9 @@ def test_defaults_match_pyproject():
 @pytest.mark.parametrize(
     ("override", "message"),
     [
-        ({"strategy": "fedsgdx"}, r"'strategy' is 'fedsgdx'; allowed values: \['fedavg', 'fedprox', 'scaffold', 'fedadagrad', 'drl-compress'\]"),
+        ({"strategy": "fedsgdx"}, r"'strategy' is 'fedsgdx'; allowed values: \['fedavg', 'fedprox', 'scaffold', 'fedadagrad', 'drl-compress', 'fusion'\]"),
         ({"task": "cifar"}, r"'task' is 'cifar'; allowed values: \['mnist', 'cartpole', 'lunarlander'\]"),
-        ({"task": "cartpole", "strategy": "scaffold"}, r"with task 'cartpole' allowed values: \['fedavg'\]"),
+        ({"task": "cartpole", "strategy": "scaffold"}, r"with task 'cartpole' allowed values: \['fedavg', 'fusion'\]"),
         ({"agent": "rainbow"}, r"'agent' is 'rainbow'; allowed values"),
         ({"num-server-rounds": -3}, r"'num-server-rounds' must be >= 1, got -3"),
         ({"num-server-rounds": "ten"}, r"'num-server-rounds' must be an integer"),

@@ -38,3 +38,21 @@ def test_cartpole_fedavg_two_rounds(sim, tmp_path, agent):
     # round 2 trains: learning starts after 100 steps, one gradient step every 4 env steps
     assert all(c["train_flops"] > 0 for c in clients if c["round"] == 2)
     assert (run_dir / "return.png").is_file() and (run_dir / "best_model.pt").is_file()
+
+
+def test_cartpole_fusion_two_rounds(sim, tmp_path):
+    config = {"task": "cartpole", "strategy": "fusion", "num-server-rounds": 2, "steps-per-round": 300,
+              "dqn-hidden": 32, "dqn-learning-starts": 100, "dqn-batch-size": 32, "eval-episodes": 2,
+              "experience-sample": 64, "server-updates-per-round": 20, "fraction-evaluate": 0.0,
+              "wandb-mode": "disabled", "outputs-dir": str(tmp_path)}
+    result = sim.run(ROOT, [" ".join(f"{k}={toml_value(v)}" for k, v in config.items())], capture=True, timeout=300)
+    log = result.stdout + result.stderr
+    assert result.returncode == 0, log[-3000:]
+    (run_dir,) = [p for p in tmp_path.iterdir() if p.is_dir()]
+    rows = read_jsonl(run_dir / "metrics.jsonl")
+    assert [r["round"] for r in rows] == [0, 1, 2]
+    for r in rows[1:]:
+        assert r["experience-offered"] == 2 * 64 and 0 < r["experience-admitted"] <= 128
+        assert len(r["trust-weights"]) == 2 and abs(sum(r["trust-weights"]) - 1) < 1e-9
+        assert r["server-updates"] == 20
+    assert rows[2]["global-buffer-size"] >= rows[1]["global-buffer-size"]
