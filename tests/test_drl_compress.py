@@ -66,3 +66,21 @@ def test_bad_compressed_payload_and_unknown_decision_are_dropped():
     np.testing.assert_allclose(out["w"].numpy(), X["w"] + 1.0)
     reasons = dict(s.rounds[1].dropped)
     assert "idx" in reasons[1] and "not one of" in reasons[2]
+
+
+def test_skip_drops_the_update_and_keeps_the_compression_residual(monkeypatch):
+    from flwr.app import Context, RecordDict
+
+    from fedrl_app.agents.sync_controller import SKIP, SyncController
+    from fedrl_app.sync_client import RESIDUAL_KEY, decide_and_encode
+
+    context = Context(run_id=1, node_id=1, node_config={}, state=RecordDict(), run_config={})
+    g = {"w": np.zeros(100, np.float32)}
+    first = decide_and_encode(context, g, {"w": np.arange(100, dtype=np.float32)}, 0.5, 1, 10, 1.0, 0.0,
+                              seed=0, policy="compressed")
+    residual = context.state[RESIDUAL_KEY]["w"].numpy().copy()
+    assert first.action == "compressed" and np.count_nonzero(residual) == 98  # 99 was sent; 0 is zero anyway
+    monkeypatch.setattr(SyncController, "act", lambda self, state, greedy=False: SKIP)
+    skipped = decide_and_encode(context, g, {"w": np.full(100, 7.0, np.float32)}, 0.5, 2, 10, 1.0, 0.0, seed=0)
+    assert skipped.action == "skip" and skipped.records == {} and skipped.bytes_fraction == 0.0
+    np.testing.assert_array_equal(context.state[RESIDUAL_KEY]["w"].numpy(), residual)  # nothing banked
