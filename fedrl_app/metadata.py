@@ -67,28 +67,12 @@ class ClientMetadata:
         for name in ("gradient_divergence", "compression_rate", "local_accuracy", "controller_reward"):
             value = getattr(self, name)
             _check(value is None or _finite_number(value), name, value)
-        _check(
-            self.controller_state is None
-            or (isinstance(self.controller_state, list) and len(self.controller_state) <= 64
-                and all(_finite_number(x) for x in self.controller_state)),
-            "controller_state",
-            self.controller_state,
-        )
+        _check(_optional_list(self.controller_state, _finite_number, max_len=64), "controller_state",
+               self.controller_state)
         _check(len(self.epoch_losses) <= 10_000, "epoch_losses", f"{len(self.epoch_losses)} entries")
-        _check(
-            self.episode_returns is None
-            or (isinstance(self.episode_returns, list) and len(self.episode_returns) <= 100_000
-                and all(_finite_number(x) for x in self.episode_returns)),
-            "episode_returns",
-            self.episode_returns,
-        )
-        _check(
-            self.episode_lengths is None
-            or (isinstance(self.episode_lengths, list) and len(self.episode_lengths) <= 100_000
-                and all(isinstance(x, int) and x >= 0 for x in self.episode_lengths)),
-            "episode_lengths",
-            self.episode_lengths,
-        )
+        _check(_optional_list(self.episode_returns, _finite_number), "episode_returns", self.episode_returns)
+        _check(_optional_list(self.episode_lengths, lambda x: isinstance(x, int) and x >= 0), "episode_lengths",
+               self.episode_lengths)
         for name in ("env_steps", "act_flops", "train_flops"):
             value = getattr(self, name)
             _check(value is None or (isinstance(value, int) and not isinstance(value, bool) and value >= 0), name, value)
@@ -160,6 +144,11 @@ def read_metadata(content: RecordDict) -> ClientMetadata:
 
 def _finite_number(x: object) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _optional_list(value: object, item_ok, max_len: int = 100_000) -> bool:
+    """None, or a list of at most `max_len` items that each pass `item_ok`."""
+    return value is None or (isinstance(value, list) and len(value) <= max_len and all(item_ok(x) for x in value))
 
 
 def _check(ok: bool, name: str, value: object) -> None:

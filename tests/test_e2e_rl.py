@@ -15,15 +15,23 @@ def sim():
     assert _pids_mentioning(f"127.0.0.1:{simulation.port}") == []
 
 
+SMALL = {"task": "cartpole", "num-server-rounds": 2, "steps-per-round": 300, "dqn-hidden": 32,
+         "dqn-learning-starts": 100, "dqn-batch-size": 32, "eval-episodes": 2, "fraction-evaluate": 0.0,
+         "wandb-mode": "disabled"}
+
+
+def _run(sim, tmp_path, **overrides):
+    """One small CartPole run; returns its run directory."""
+    config = {**SMALL, "outputs-dir": str(tmp_path), **overrides}
+    result = sim.run(ROOT, [" ".join(f"{k}={toml_value(v)}" for k, v in config.items())], capture=True, timeout=300)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    (run_dir,) = [p for p in tmp_path.iterdir() if p.is_dir()]
+    return run_dir
+
+
 @pytest.mark.parametrize("agent", ["double-dueling"])
 def test_cartpole_fedavg_two_rounds(sim, tmp_path, agent):
-    config = {"task": "cartpole", "agent": agent, "num-server-rounds": 2, "steps-per-round": 300,
-              "dqn-hidden": 32, "dqn-learning-starts": 100, "dqn-batch-size": 32, "eval-episodes": 2,
-              "fraction-evaluate": 0.0, "wandb-mode": "disabled", "outputs-dir": str(tmp_path)}
-    result = sim.run(ROOT, [" ".join(f"{k}={toml_value(v)}" for k, v in config.items())], capture=True, timeout=300)
-    log = result.stdout + result.stderr
-    assert result.returncode == 0, log[-3000:]
-    (run_dir,) = [p for p in tmp_path.iterdir() if p.is_dir()]
+    run_dir = _run(sim, tmp_path, agent=agent)
     rows = read_jsonl(run_dir / "metrics.jsonl")
     assert [r["round"] for r in rows] == [0, 1, 2]
     assert all(r["return"] >= 8 for r in rows)  # CartPole returns at least ~8 steps per episode
@@ -41,14 +49,7 @@ def test_cartpole_fedavg_two_rounds(sim, tmp_path, agent):
 
 
 def test_cartpole_fusion_two_rounds(sim, tmp_path):
-    config = {"task": "cartpole", "strategy": "fusion", "num-server-rounds": 2, "steps-per-round": 300,
-              "dqn-hidden": 32, "dqn-learning-starts": 100, "dqn-batch-size": 32, "eval-episodes": 2,
-              "experience-sample": 64, "server-updates-per-round": 20, "fraction-evaluate": 0.0,
-              "wandb-mode": "disabled", "outputs-dir": str(tmp_path)}
-    result = sim.run(ROOT, [" ".join(f"{k}={toml_value(v)}" for k, v in config.items())], capture=True, timeout=300)
-    log = result.stdout + result.stderr
-    assert result.returncode == 0, log[-3000:]
-    (run_dir,) = [p for p in tmp_path.iterdir() if p.is_dir()]
+    run_dir = _run(sim, tmp_path, strategy="fusion", **{"experience-sample": 64, "server-updates-per-round": 20})
     rows = read_jsonl(run_dir / "metrics.jsonl")
     assert [r["round"] for r in rows] == [0, 1, 2]
     for r in rows[1:]:

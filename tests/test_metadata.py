@@ -67,7 +67,8 @@ def test_truncated_payload_is_refused():
 @pytest.mark.parametrize(
     ("field", "value"),
     [("train_time_s", float("nan")), ("num_examples", -1), ("epoch_losses", ["x"]), ("staleness", 1.5),
-     ("converged", "yes")],
+     ("converged", "yes"), ("episode_lengths", [3, -1]), ("episode_returns", [1.0, float("inf")]),
+     ("controller_state", [0.0] * 65), ("env_steps", True)],
 )
 def test_fields_of_the_wrong_type_are_refused(field, value):
     meta = _meta()
