@@ -1,0 +1,180 @@
+"""Federated DQN on LunarLander-v3: Local vs FedAvg vs Fusion, DQN and Double DQN, N clients, several seeds.
+
+    python -m benchmarks.lunarlander                                  # the full sweep (hours on 2 cores)
+    python -m benchmarks.lunarlander --clients 3 --seeds 1 --rounds 20 --methods fusion-double local-double
+    python -m benchmarks.lunarlander --report-only
+
+Local agents run in-process with the same agent and rollout code as the ClientApp
+(`fedrl_app.rl_client`, `fedrl_app.tasks.gym_rl`), for the same per-client step budget;
+federated methods go through `flwr run`. A client "solves" when the 100-episode moving
+average of its own episode returns reaches 200 (the environment's reward, no shaping);
+we record the episode and the env step at which that happens. Results land in
+benchmarks/results/lunarlander/ (per-run JSON, table.md, returns.png).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from benchmarks.common import ROOT, fmt, run_app  # noqa: E402
+from fedrl_app.agents.dqn import DQNAgent  # noqa: E402
+from fedrl_app.config import RunConfig  # noqa: E402
+from fedrl_app.rl_client import dqn_config  # noqa: E402
+from fedrl_app.tasks.gym_rl import SOLVED_RETURN, env_dims, moving_average_solved, run_steps  # noqa: E402
+
+OUT = ROOT / "benchmarks" / "results" / "lunarlander"
+TASK = "lunarlander"
+METHODS = {
+    "local-dqn": {"agent": "dqn", "local": True},
+    "local-double": {"agent": "double", "local": True},
+    "fedavg-dqn": {"agent": "dqn", "strategy": "fedavg"},
+    "fedavg-double": {"agent": "double", "strategy": "fedavg"},
+    "fusion-dqn": {"agent": "dqn", "strategy": "fusion"},
+    "fusion-double": {"agent": "double", "strategy": "fusion"},
+    "fusion-double-nofilter": {"agent": "double", "strategy": "fusion", "diversity-filter": False},
+}
+
+
+def client_curves(clients_rows: list[dict]) -> dict[int, dict]:
+    """Per partition: episode returns in order, and the env step at which each episode ended."""
+    curves: dict[int, dict] = {}
+    for row in sorted(clients_rows, key=lambda r: r["round"]):
+        c = curves.setdefault(row["partition_id"], {"returns": [], "end-steps": [], "steps": 0, "act-flops": 0,
+                                                    "train-flops": 0})
+        # within a round we know episode lengths, not start offsets: place ends by cumulative length
+        step = c["steps"]
+        for ret, length in zip(row["episode_returns"], row["episode_lengths"]):
+            step = min(step + length, c["steps"] + row["env_steps"])
+            c["returns"].append(ret)
+            c["end-steps"].append(step)
+        c["steps"] += row["env_steps"]
+        c["act-flops"] += row["act_flops"]
+        c["train-flops"] += row["train_flops"]
+    return curves
+
+
+def run_local(overrides: dict, rounds: int, clients: int, seed: int) -> list[dict]:
+    """Each of `clients` agents trains alone for rounds × steps-per-round steps; rows shaped like clients.jsonl."""
+    cfg = RunConfig.from_run_config({k: v for k, v in overrides.items() if k != "local"} | {"task": TASK, "seed": seed})
+    rows = []
+    for pid in range(clients):
+        agent = DQNAgent(*env_dims(TASK), dqn_config(cfg), seed=cfg.seed * 1_000 + pid)
+        for r in range(1, rounds + 1):
+            act0, train0 = agent.act_flops, agent.train_flops
+            stats = run_steps(agent, TASK, key=("local", seed, pid), seed=cfg.seed * 1_000 + pid,
+                              steps=cfg.steps_per_round)
+            rows.append({"round": r, "partition_id": pid, "episode_returns": stats.episode_returns,
+                         "episode_lengths": stats.episode_lengths, "env_steps": stats.env_steps,
+                         "act_flops": agent.act_flops - act0, "train_flops": agent.train_flops - train0,
+                         "bytes_sent": 0})
+    return rows
+
+
+def summarise(run: dict) -> dict:
+    curves = client_curves(run["clients"])
+    solve_episodes, solve_steps, final = [], [], []
+    for c in curves.values():
+        hit = moving_average_solved(c["returns"], SOLVED_RETURN[TASK])
+        solve_episodes.append(hit + 1 if hit is not None else None)
+        solve_steps.append(c["end-steps"][hit] if hit is not None else None)
+        final.append(float(np.mean(c["returns"][-100:])) if c["returns"] else None)
+    episodes = sum(len(c["returns"]) for c in curves.values())
+    flops = sum(c["act-flops"] + c["train-flops"] for c in curves.values())
+    rows = run["metrics"]
+    return {
+        "final-100": statistics.mean(x for x in final if x is not None) if any(x is not None for x in final) else None,
+        "solve-episode": statistics.mean(solve_episodes) if all(x is not None for x in solve_episodes) else None,
+        "solve-steps-per-client": (statistics.mean(solve_steps) if all(x is not None for x in solve_steps) else None),
+        "env-steps-total": sum(c["steps"] for c in curves.values()),
+        "flops-per-episode": flops / episodes if episodes else None,
+        "flops-total": flops + (rows[-1].get("server-train-flops", 0) if rows else 0),
+        "uplink-mb": rows[-1]["uplink-bytes-total"] / 1e6 if rows else 0.0,
+        "downlink-mb": rows[-1]["downlink-bytes-total"] / 1e6 if rows else 0.0,
+        "server-return": rows[-1].get("return") if rows else None,
+    }
+
+
+def report(command: str, out: Path = OUT) -> str:
+    runs: dict[str, list[dict]] = {}
+    for path in sorted(out.glob("*.json")):
+        run = json.loads(path.read_text())
+        runs.setdefault(f"{run['method']} N={run['n']}", []).append(run)
+    lines = [f"LunarLander-v3, env reward, solved = 100-episode moving average ≥ 200. Command: `{command}`", "",
+             "| method | seeds | final 100-ep return | episodes to solve | env steps to solve (per client) | "
+             "env steps total | FLOPs / episode | FLOPs total | uplink MB | downlink MB | server greedy return |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    for i, (name, seed_runs) in enumerate(sorted(runs.items())):
+        sums = [summarise(r) for r in seed_runs]
+        col = {k: [s[k] for s in sums] for k in sums[0]}
+        lines.append(f"| {name} | {len(sums)} | {fmt(col['final-100'], '.1f', 'n/a')} | {fmt(col['solve-episode'], '.0f')} "
+                     f"| {fmt(col['solve-steps-per-client'], '.3g')} | {fmt(col['env-steps-total'], '.3g')} "
+                     f"| {fmt(col['flops-per-episode'], '.3g', 'n/a')} | {fmt(col['flops-total'], '.3g')} "
+                     f"| {fmt(col['uplink-mb'], '.1f')} | {fmt(col['downlink-mb'], '.1f')} "
+                     f"| {fmt(col['server-return'], '.1f', 'n/a')} |")
+        curve = client_curves(seed_runs[0]["clients"])
+        for j, c in enumerate(curve.values()):
+            if len(c["returns"]) >= 20:
+                ma = np.convolve(c["returns"], np.ones(20) / 20, mode="valid")
+                ax.plot(c["end-steps"][19:], ma, color=f"C{i}", lw=0.8, label=name if j == 0 else None)
+    ax.axhline(SOLVED_RETURN[TASK], color="grey", ls="--", lw=0.8)
+    ax.set(xlabel="env steps (per client)", ylabel="20-episode moving average return", title="LunarLander-v3")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "returns.png", dpi=110)
+    plt.close(fig)
+    table = "\n".join(lines) + "\n"
+    (out / "table.md").write_text(table)
+    return table
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    parser.add_argument("--clients", type=int, nargs="+", default=[3, 5])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    parser.add_argument("--rounds", type=int, default=100)
+    parser.add_argument("--steps-per-round", type=int, default=1000)
+    parser.add_argument("--report-only", action="store_true")
+    parser.add_argument("--out", type=Path, default=OUT, help="results directory")
+    args = parser.parse_args()
+    out = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    command = (f"python -m benchmarks.lunarlander --methods {' '.join(args.methods)} --clients "
+               f"{' '.join(map(str, args.clients))} --seeds {' '.join(map(str, args.seeds))} --rounds {args.rounds} "
+               f"--steps-per-round {args.steps_per_round}")
+    if not args.report_only:
+        for seed in args.seeds:
+            for n in args.clients:
+                for method in args.methods:
+                    spec = dict(METHODS[method])
+                    overrides = {**{k: v for k, v in spec.items() if k != "local"}, "task": TASK,
+                                 "num-server-rounds": args.rounds, "steps-per-round": args.steps_per_round,
+                                 "seed": seed, "wandb-mode": "disabled", "fraction-evaluate": 0.0}
+                    t0 = time.time()
+                    if spec.get("local"):
+                        run = {"metrics": [], "clients": run_local(overrides, args.rounds, n, seed)}
+                    else:
+                        with tempfile.TemporaryDirectory() as scratch:
+                            metrics, clients = run_app(overrides, n, Path(scratch), out / f"{method}-n{n}-seed{seed}.log")
+                        run = {"metrics": metrics, "clients": clients}
+                    run.update({"method": method, "n": n, "seed": seed, "wall-s": time.time() - t0})
+                    (out / f"{method}-n{n}-seed{seed}.json").write_text(json.dumps(run))
+                    print(f"{method} N={n} seed {seed}: {time.time() - t0:.0f}s", flush=True)
+    print(report(command, out))
+
+
+if __name__ == "__main__":
+    main()
