@@ -47,7 +47,8 @@ class LocalSimulation:
         self.flwr_home = Path(flwr_home or tempfile.mkdtemp(prefix="fedrl-flwr-home-"))
         self.port = free_port()
         self.startup_timeout = startup_timeout
-        self.process: subprocess.Popen | None = None
+        self.process: subprocess.Popen | None = None  # the SuperLink
+        self.processes: list[subprocess.Popen] = []   # everything started, SuperLink first
 
     @property
     def env(self) -> dict[str, str]:
@@ -55,22 +56,33 @@ class LocalSimulation:
         env.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
         return env
 
+    def connection_toml(self) -> str:
+        """The `[superlink.fedrl-local]` connection `flwr run` uses."""
+        return (f'[superlink.{CONNECTION}]\naddress = "127.0.0.1:{self.port}"\ninsecure = true\n'
+                f"options.num-supernodes = {self.num_supernodes}\n"
+                f"options.backend.client-resources.num-cpus = {self.cpus_per_client}\n")
+
+    def superlink_args(self) -> list[str]:
+        return ["--insecure", "--simulation", "--isolation", "subprocess", "--host", "127.0.0.1",
+                "--port", str(self.port), "--disable-runtime-dependency-installation"]
+
+    def health_url_opener(self):
+        return lambda url: urllib.request.urlopen(url.replace("https://", "http://"), timeout=1)
+
+    def start(self, name: str, argv: list[str]) -> subprocess.Popen:
+        """Start a process in its own session (so its whole group can be stopped), logging to FLWR_HOME."""
+        with open(self.flwr_home / f"{name}.log", "ab") as log_file:
+            process = subprocess.Popen([shutil.which(argv[0]) or argv[0], *argv[1:]], env=self.env,
+                                       stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
+        self.processes.append(process)
+        return process
+
     def __enter__(self) -> LocalSimulation:
         self.flwr_home.mkdir(parents=True, exist_ok=True)
-        (self.flwr_home / "config.toml").write_text(
-            f'[superlink]\ndefault = "{CONNECTION}"\n\n'
-            f'[superlink.{CONNECTION}]\naddress = "127.0.0.1:{self.port}"\ninsecure = true\n'
-            f"options.num-supernodes = {self.num_supernodes}\n"
-            f"options.backend.client-resources.num-cpus = {self.cpus_per_client}\n"
-        )
-        log_file = open(self.flwr_home / "superlink.log", "ab")
-        self.process = subprocess.Popen(
-            [shutil.which("flower-superlink") or "flower-superlink", "--insecure", "--simulation",
-             "--isolation", "subprocess", "--host", "127.0.0.1", "--port", str(self.port),
-             "--disable-runtime-dependency-installation"],
-            env=self.env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True,
-        )
-        log_file.close()
+        (self.flwr_home / "config.toml").write_text(f'[superlink]\ndefault = "{CONNECTION}"\n\n'
+                                                    + self.connection_toml())
+        self.process = self.start("superlink", ["flower-superlink", *self.superlink_args()])
+        opener = self.health_url_opener()
         deadline = time.monotonic() + self.startup_timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -78,7 +90,7 @@ class LocalSimulation:
                 raise RuntimeError(f"flower-superlink exited with {self.process.returncode}; "
                                    f"see {self.flwr_home / 'superlink.log'}")
             try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=1):
+                with opener(f"https://127.0.0.1:{self.port}/health"):
                     return self
             except OSError:
                 time.sleep(0.2)
@@ -112,30 +124,35 @@ class LocalSimulation:
         return max(runs, key=lambda r: r["pending-at"])["status"] if runs else "no run"
 
     def close(self) -> None:
-        """Stop the SuperLink and everything it spawned (by process group id)."""
-        if self.process is not None and self.process.poll() is None:
-            pgid = self.process.pid  # start_new_session: the group id is the leader's pid
-            for sig, wait_s in ((signal.SIGTERM, 15), (signal.SIGKILL, 5)):
-                try:
-                    os.killpg(pgid, sig)
-                except ProcessLookupError:
-                    break
-                try:
-                    self.process.wait(timeout=wait_s)
-                    break
-                except subprocess.TimeoutExpired:
-                    continue
-        if self.process is not None:
-            try:  # the group can outlive its leader: make sure nothing is left
-                os.killpg(self.process.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        """Stop every process started here and everything they spawned (by process group id)."""
+        for process in reversed(self.processes):  # SuperNodes before the SuperLink
+            stop_process_group(process)
         _kill_stragglers(f"127.0.0.1:{self.port}")
         if self._own_home:
             shutil.rmtree(self.flwr_home, ignore_errors=True)
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def stop_process_group(process: subprocess.Popen, grace_s: float = 15.0) -> None:
+    """SIGTERM the process's group (it leads one: start_new_session), SIGKILL what lingers."""
+    pgid = process.pid
+    if process.poll() is None:
+        for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5)):
+            try:
+                os.killpg(pgid, sig)
+            except ProcessLookupError:
+                break
+            try:
+                process.wait(timeout=wait_s)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+    try:  # the group can outlive its leader: make sure nothing is left
+        os.killpg(pgid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
 
 
 def _pids_mentioning(needle: str) -> list[int]:
