@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
@@ -34,6 +35,15 @@ def _partition(context: Context) -> tuple[int, int]:
                          "--node-config 'partition-id=N num-partitions=M'") from None
 
 
+def inject_fault(cfg: RunConfig, pid: int, server_round: int) -> None:
+    """Fault injection for tests and drills: this partition raises, or answers late, in that round."""
+    if not cfg.fault_mode or pid != cfg.fault_partition or cfg.fault_round not in (0, server_round):
+        return
+    if cfg.fault_mode == "raise":
+        raise RuntimeError(f"injected fault: partition {pid} raises in round {server_round}")
+    time.sleep(cfg.fault_hang_s)  # "hang": the reply comes after the server's round timeout
+
+
 def _client_data(cfg: RunConfig, context: Context):
     pid, num = _partition(context)
     source = mnist.resolve_source(cfg.data_path)
@@ -45,6 +55,7 @@ def _client_data(cfg: RunConfig, context: Context):
 def train(msg: Message, context: Context) -> Message:
     """Train the received model locally (FedAvg/FedProx/FedAdagrad/SCAFFOLD alike)."""
     cfg = RunConfig.from_run_config(context.run_config)
+    inject_fault(cfg, _partition(context)[0], int(msg.content["config"]["server-round"]))
     if cfg.task in RL_TASKS:
         return rl_client.train(msg, context, cfg, _partition(context)[0])
     pid, (train_data, test_data) = _client_data(cfg, context)

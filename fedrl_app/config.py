@@ -13,6 +13,7 @@ AGENTS = ("dqn", "double", "dueling", "double-dueling")
 STRATEGIES = ("fedavg", "fedprox", "scaffold", "fedadagrad", "drl-compress", "fusion")
 ASYNC_STRATEGIES = ("fedavg", "fedprox", "drl-compress")
 RL_STRATEGIES = ("fedavg", "fusion")
+FAULT_MODES = ("", "raise", "hang")
 SYNC_POLICIES = ("dqn", "compressed", "full")
 WANDB_MODES = ("offline", "online", "disabled")
 TRACK_METRICS = ("", "accuracy", "loss", "return")
@@ -78,6 +79,10 @@ class RunConfig:
     experience_sample: int = 256
     outputs_dir: str = ""
     resume_from: str = ""
+    fault_mode: str = ""
+    fault_partition: int = -1
+    fault_round: int = 0
+    fault_hang_s: float = 30.0
     wandb_mode: str = "offline"
     wandb_project: str = "fedrl"
 
@@ -128,6 +133,8 @@ class RunConfig:
             raise ConfigError(f"config key 'strategy' is {self.strategy!r}; with task {self.task!r} allowed values: "
                               f"{list(RL_STRATEGIES)}")
         _choice("sync-policy", self.sync_policy, SYNC_POLICIES)
+        _choice("fault-mode", self.fault_mode, FAULT_MODES)
+        _at_least("fault-round", self.fault_round, 0)
         _at_least("num-server-rounds", self.num_server_rounds, 1)
         _at_least("local-epochs", self.local_epochs, 1)
         _at_least("batch-size", self.batch_size, 1)
