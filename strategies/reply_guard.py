@@ -58,17 +58,23 @@ class ReplyGuardMixin:
         super().__init__(*args, **kwargs)
         self.rounds: dict[int, RoundLog] = defaultdict(RoundLog)
         self._sent_spec: dict[str, tuple[tuple[int, ...], str]] | None = None
+        self._expected_replies: int | None = None
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         """Remember the spec of the arrays sent out; replies are checked against it."""
         self._sent_spec = array_spec(arrays)
-        return super().configure_train(server_round, arrays, config, grid)  # type: ignore[misc]
+        messages = list(super().configure_train(server_round, arrays, config, grid))  # type: ignore[misc]
+        self._expected_replies = len(messages)
+        return messages
 
     def filter_train_replies(self, server_round: int, replies: Iterable[Message]) -> list[Message]:
         """Keep the replies that pass every check; log and record the others."""
         round_log = self.rounds[server_round]
+        replies = list(replies)
+        if self._expected_replies is not None:  # sampled nodes whose reply never came (timeout, crash)
+            round_log.extra["clients-no-reply"] = max(self._expected_replies - len(replies), 0)
         kept: list[Message] = []
         for msg in replies:
             node = msg.metadata.src_node_id

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import os
 import time
 from dataclasses import dataclass
 from functools import lru_cache
@@ -78,6 +80,14 @@ def _federated_dataset(source: DataSource, num_partitions: int, alpha: float, se
     return source.federated({"train": partitioner})
 
 
+def _cache_path(*key) -> Path:
+    """Decoded partitions are cached on disk: a SuperNode starts a fresh ClientApp process every
+    round, and re-partitioning plus PNG decoding took 5-15 s of each round there."""
+    root = Path(os.environ.get("FEDRL_CACHE_DIR", Path.home() / ".cache" / "fedrl"))
+    digest = hashlib.sha256(repr(key).encode()).hexdigest()[:24]
+    return root / f"mnist-partition-{digest}.pt"
+
+
 @lru_cache(maxsize=16)
 def load_partition(
     source: DataSource, partition_id: int, num_partitions: int, alpha: float, seed: int, test_fraction: float,
@@ -86,10 +96,32 @@ def load_partition(
     """A client's (train, local test) tensors; identical in every process for the same arguments.
 
     `max_examples` > 0 keeps only the first that many examples of the (shuffled)
-    partition, for fast tests; 0 keeps all.
+    partition, for fast tests; 0 keeps all. Results are cached in memory and on disk
+    (`FEDRL_CACHE_DIR`, default ~/.cache/fedrl), keyed by every argument and the data files' sizes.
     """
     if not 0 <= partition_id < num_partitions:
         raise ValueError(f"partition-id {partition_id} outside [0, {num_partitions})")
+    files = [(path, Path(path).stat().st_size) for _, path in source.data_files or ()]
+    cache = _cache_path(source.dataset, files, partition_id, num_partitions, alpha, seed, test_fraction, max_examples)
+    if cache.is_file():
+        try:
+            cached = torch.load(cache, weights_only=True)
+            return (cached["x_train"], cached["y_train"]), (cached["x_test"], cached["y_test"])
+        except Exception:  # a torn or stale file: rebuild it below
+            pass
+    result = _load_partition_uncached(source, partition_id, num_partitions, alpha, seed, test_fraction, max_examples)
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_suffix(f".{os.getpid()}.tmp")
+        (xtr, ytr), (xte, yte) = result
+        torch.save({"x_train": xtr, "y_train": ytr, "x_test": xte, "y_test": yte}, tmp)
+        os.replace(tmp, cache)  # atomic, so concurrent clients never read half a file
+    except OSError:
+        pass  # a read-only home is fine: we just do not cache
+    return result
+
+
+def _load_partition_uncached(source, partition_id, num_partitions, alpha, seed, test_fraction, max_examples):
     fds = _federated_dataset(source, num_partitions, alpha, seed)
     partition = fds.load_partition(partition_id, "train")
     if 0 < max_examples < len(partition):
