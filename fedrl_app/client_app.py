@@ -9,8 +9,9 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from fedrl_app import rl_client
+from fedrl_app import pg_client, rl_client
 from fedrl_app.agents.dqn import QNetwork
+from fedrl_app.agents.policy_gradient import PolicyNetwork
 from fedrl_app.config import RL_TASKS, RunConfig
 from fedrl_app.metadata import METADATA_RECORD_KEY, ClientMetadata, encode_metadata
 from fedrl_app.payload import recorddict_nbytes
@@ -57,6 +58,8 @@ def train(msg: Message, context: Context) -> Message:
     cfg = RunConfig.from_run_config(context.run_config)
     inject_fault(cfg, _partition(context)[0], int(msg.content["config"]["server-round"]))
     if cfg.task in RL_TASKS:
+        if msg.content["config"].get("pg", False):  # fedpg / lapg / afedpg: reply with a gradient estimate
+            return pg_client.train(msg, context, cfg, _partition(context)[0])
         return rl_client.train(msg, context, cfg, _partition(context)[0])
     pid, (train_data, test_data) = _client_data(cfg, context)
     config = msg.content["config"]
@@ -128,9 +131,12 @@ def evaluate(msg: Message, context: Context) -> Message:
     cfg = RunConfig.from_run_config(context.run_config)
     if cfg.task in RL_TASKS:
         pid = _partition(context)[0]
-        q = QNetwork(*env_dims(cfg.task), cfg.dqn_hidden, "dueling" in cfg.agent)
-        q.load_state_dict(msg.content["arrays"].to_torch_state_dict())
-        returns = evaluate_policy(q, cfg.task, cfg.eval_episodes, seed=20_000 + 100 * pid)
+        if msg.content["config"].get("pg", False):
+            net = PolicyNetwork(*env_dims(cfg.task), cfg.pg_hidden)
+        else:
+            net = QNetwork(*env_dims(cfg.task), cfg.dqn_hidden, "dueling" in cfg.agent)
+        net.load_state_dict(msg.content["arrays"].to_torch_state_dict())
+        returns = evaluate_policy(net, cfg.task, cfg.eval_episodes, seed=20_000 + 100 * pid)
         metrics = MetricRecord({"num-examples": len(returns), "return": sum(returns) / len(returns)})
         return Message(content=RecordDict({"metrics": metrics}), reply_to=msg)
     _, (_, test_data) = _client_data(cfg, context)

@@ -10,9 +10,10 @@ from typing import Any
 TASKS = ("mnist", "cartpole", "lunarlander")
 RL_TASKS = ("cartpole", "lunarlander")
 AGENTS = ("dqn", "double", "dueling", "double-dueling")
-STRATEGIES = ("fedavg", "fedprox", "scaffold", "fedadagrad", "drl-compress", "fusion")
+STRATEGIES = ("fedavg", "fedprox", "scaffold", "fedadagrad", "drl-compress", "fusion", "fedpg", "lapg", "afedpg")
 ASYNC_STRATEGIES = ("fedavg", "fedprox", "drl-compress")
-RL_STRATEGIES = ("fedavg", "fusion")
+PG_STRATEGIES = ("fedpg", "lapg", "afedpg")  # clients send policy-gradient estimates, not parameters
+RL_STRATEGIES = ("fedavg", "fusion", *PG_STRATEGIES)
 FAULT_MODES = ("", "raise", "hang")
 SYNC_POLICIES = ("dqn", "compressed", "full")
 WANDB_MODES = ("offline", "online", "disabled")
@@ -77,6 +78,15 @@ class RunConfig:
     filter_k: int = 16
     server_updates_per_round: int = 100
     experience_sample: int = 256
+    pg_lr: float = 0.001
+    pg_batch_episodes: int = 10
+    pg_hidden: int = 64
+    pg_gamma: float = 0.99
+    lapg_threshold: float = 1.0
+    lapg_memory: int = 10
+    afedpg_step_size: float = 0.1
+    afedpg_eta_exponent: float = 0.8
+    afedpg_delay_adaptive: bool = True
     outputs_dir: str = ""
     resume_from: str = ""
     fault_mode: str = ""
@@ -126,8 +136,14 @@ class RunConfig:
         _in_range("fusion-mix", self.fusion_mix, 0.0, 1.0, high_open=True)
         if self.diversity_threshold < 0:
             raise ConfigError(f"config key 'diversity-threshold' must be >= 0, got {self.diversity_threshold!r}")
-        if self.strategy == "fusion" and self.task not in RL_TASKS:
-            raise ConfigError(f"config key 'strategy' is 'fusion', which needs task in {list(RL_TASKS)}")
+        if self.strategy in ("fusion", *PG_STRATEGIES) and self.task not in RL_TASKS:
+            raise ConfigError(f"config key 'strategy' is {self.strategy!r}, which needs task in {list(RL_TASKS)}")
+        for key in ("pg-batch-episodes", "pg-hidden", "lapg-memory"):
+            _at_least(key, getattr(self, key.replace("-", "_")), 1)
+        _in_range("pg-gamma", self.pg_gamma, 0.0, 1.0, low_open=True)
+        _in_range("afedpg-eta-exponent", self.afedpg_eta_exponent, 0.0, 1.0)
+        if self.lapg_threshold < 0:
+            raise ConfigError(f"config key 'lapg-threshold' must be >= 0, got {self.lapg_threshold!r}")
         _at_least("dqn-epsilon-decay-steps", self.dqn_epsilon_decay_steps, 1)
         if self.task in RL_TASKS and self.strategy not in RL_STRATEGIES:
             raise ConfigError(f"config key 'strategy' is {self.strategy!r}; with task {self.task!r} allowed values: "
@@ -164,6 +180,8 @@ class RunConfig:
             ("adagrad-tau", self.adagrad_tau),
             ("dirichlet-alpha", self.dirichlet_alpha),
             ("round-timeout", self.round_timeout),
+            ("pg-lr", self.pg_lr),
+            ("afedpg-step-size", self.afedpg_step_size),
         ):
             if not value > 0:
                 raise ConfigError(f"config key '{key}' must be > 0, got {value!r}")

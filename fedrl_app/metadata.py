@@ -49,6 +49,12 @@ class ClientMetadata:
     env_steps: int | None = None
     act_flops: int | None = None
     train_flops: int | None = None
+    # policy-gradient strategies (fedpg, lapg, afedpg)
+    trajectories: int | None = None          # episodes behind the gradient estimate
+    gradient_norm: float | None = None       # ‖ĝ‖₂ of this round's estimate (sent or not)
+    gradient_uploaded: bool | None = None    # lapg: False = lazy skip, the server reuses the last upload
+    gradient_change: float | None = None     # lapg: ‖ĝ_new − ĝ_last uploaded‖² (None before a first upload)
+    lazy_bound: float | None = None          # lapg: the right-hand side the change was compared with
 
     def validate(self) -> None:
         """Type- and range-check every field; raise MetadataError naming the field."""
@@ -73,7 +79,12 @@ class ClientMetadata:
         _check(_optional_list(self.episode_returns, _finite_number), "episode_returns", self.episode_returns)
         _check(_optional_list(self.episode_lengths, lambda x: isinstance(x, int) and x >= 0), "episode_lengths",
                self.episode_lengths)
-        for name in ("env_steps", "act_flops", "train_flops"):
+        for name in ("gradient_norm", "gradient_change", "lazy_bound"):
+            value = getattr(self, name)
+            _check(value is None or (_finite_number(value) and value >= 0), name, value)
+        _check(self.gradient_uploaded is None or isinstance(self.gradient_uploaded, bool), "gradient_uploaded",
+               self.gradient_uploaded)
+        for name in ("env_steps", "act_flops", "train_flops", "trajectories"):
             value = getattr(self, name)
             _check(value is None or (isinstance(value, int) and not isinstance(value, bool) and value >= 0), name, value)
 

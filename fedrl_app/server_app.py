@@ -11,14 +11,16 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.supercore import log
 
 from fedrl_app.agents.dqn import QNetwork
-from fedrl_app.config import RL_TASKS, ConfigError, RunConfig
+from fedrl_app.agents.policy_gradient import PolicyNetwork
+from fedrl_app.config import PG_STRATEGIES, RL_TASKS, ConfigError, RunConfig
 from fedrl_app.hooks import RunHooks, load_checkpoint, new_run_dir, resolve_resume_dir
 from fedrl_app.metered_grid import MeteredGrid
 from fedrl_app.paths import outputs_root
 from fedrl_app.rl_client import dqn_config
 from fedrl_app.tasks import mnist
 from fedrl_app.tasks.gym_rl import env_dims, evaluate_policy
-from strategies import AsyncBuffer, Clustered, DrlCompress, FedAdagrad, FedAvg, FedProx, Fusion, Scaffold
+from strategies import (AFedPG, LAPG, AsyncBuffer, Clustered, DrlCompress, FedAdagrad, FedAvg, FedPG, FedProx, Fusion,
+                        Scaffold)
 
 app = ServerApp()
 
@@ -26,6 +28,8 @@ app = ServerApp()
 def build_strategy(cfg: RunConfig):
     """The strategy named by config key `strategy`, with the LR schedule attached."""
     common = dict(fraction_train=cfg.fraction_train, fraction_evaluate=cfg.fraction_evaluate)
+    if cfg.strategy in PG_STRATEGIES:
+        return build_pg_strategy(cfg, common)
     if cfg.strategy == "fedavg":
         strategy = FedAvg(**common)
     elif cfg.strategy == "fedprox":
@@ -54,8 +58,21 @@ def build_strategy(cfg: RunConfig):
     return strategy
 
 
+def build_pg_strategy(cfg: RunConfig, common: dict):
+    """fedpg / lapg / afedpg: the server steps with `pg-lr` (or AFedPG's α), not the clients' lr schedule."""
+    clock = dict(speed_sigma=cfg.speed_sigma, seed=cfg.seed)
+    if cfg.strategy == "lapg":
+        return LAPG(**common, **clock, lr=cfg.pg_lr, threshold=cfg.lapg_threshold, memory=cfg.lapg_memory)
+    if cfg.strategy == "afedpg":
+        return AFedPG(FedPG(**common, **clock, lr=cfg.pg_lr), **clock, step_size=cfg.afedpg_step_size,
+                      eta_exponent=cfg.afedpg_eta_exponent, delay_adaptive=cfg.afedpg_delay_adaptive)
+    return FedPG(**common, **clock, lr=cfg.pg_lr)
+
+
 def task_model(cfg: RunConfig) -> torch.nn.Module:
-    """The network the federation trains: the MNIST CNN, or the agent's Q-network."""
+    """The network the federation trains: the MNIST CNN, the agent's Q-network, or (fedpg/lapg/afedpg) the policy."""
+    if cfg.task in RL_TASKS and cfg.strategy in PG_STRATEGIES:
+        return PolicyNetwork(*env_dims(cfg.task), cfg.pg_hidden)
     if cfg.task in RL_TASKS:
         agent_cfg = dqn_config(cfg)
         return QNetwork(*env_dims(cfg.task), agent_cfg.hidden, agent_cfg.dueling)
@@ -63,7 +80,10 @@ def task_model(cfg: RunConfig) -> torch.nn.Module:
 
 
 def central_evaluator(cfg: RunConfig, source):
-    """Server-side evaluation of the global model: test accuracy/loss, or greedy-policy return."""
+    """Server-side evaluation of the global model: test accuracy/loss, or greedy-policy return.
+
+    RL: the greedy policy, argmax of the network's outputs (Q-values, or the policy's logits).
+    """
     net = task_model(cfg)
     if cfg.task in RL_TASKS:
         def evaluate_rl(arrays: ArrayRecord) -> dict[str, float]:

@@ -1,25 +1,31 @@
 """Server strategies: Flower's own, extended with reply checking, metadata and LR schedules."""
 
+from strategies.afedpg import AFedPG
 from strategies.async_buffer import AsyncBuffer
 from strategies.clustering import Clustered
 from strategies.drl_compress import DrlCompress
 from strategies.fedadagrad import FedAdagrad
 from strategies.fedavg import FedAvg
+from strategies.fedpg import FedPG
 from strategies.fedprox import FedProx
 from strategies.fusion import Fusion
+from strategies.lapg import LAPG
 from strategies.reply_guard import ClientReport, ReplyGuardMixin
 from strategies.round_schedule import RoundScheduleMixin
 from strategies.scaffold import Scaffold
 
 __all__ = [
+    "AFedPG",
     "AsyncBuffer",
     "ClientReport",
     "Clustered",
     "DrlCompress",
     "FedAdagrad",
     "FedAvg",
+    "FedPG",
     "FedProx",
     "Fusion",
+    "LAPG",
     "ReplyGuardMixin",
     "RoundScheduleMixin",
     "Scaffold",

@@ -16,6 +16,12 @@ consumed, so no run sleeps to imitate a slow client.
 The wrapped strategy builds the messages and checks the replies (`configure_train`,
 `filter_train_replies`); its `reply_delta` turns a checked reply into Δ relative to
 the version the client started from.
+
+The event loop (dispatch, simulated clock, arrival order, pulling, redispatch, evaluation) is
+separate from the update rule, which is three methods a subclass may override:
+`prepare_dispatch` (what a client dispatched at version v starts from), `contribution` (what a
+checked reply adds to the buffer) and `apply_buffer` (the step once K have arrived). AFedPG
+(`strategies.afedpg`) reuses the loop with K = 1 and its own rule.
 """
 
 from __future__ import annotations
@@ -24,8 +30,9 @@ import heapq
 import io
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from logging import INFO, WARNING
+from typing import Any
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
@@ -37,12 +44,23 @@ from strategies.strategy_utils import mean_arrays, staleness_weight, to_numpy, t
 
 
 @dataclass(order=True)
-class _Job:
+class Job:
     finish_time: float
     seq: int
     node_id: int
     version: int
     message_id: str
+    info: Any = field(default=None, compare=False)  # what `prepare_dispatch` noted for this job
+
+
+@dataclass
+class Arrival:
+    """One checked reply in the buffer: its contribution, weight, staleness τ and job."""
+
+    update: dict[str, np.ndarray]
+    weight: float
+    tau: int
+    job: Job
 
 
 class _OneNodeGrid:
@@ -153,7 +171,7 @@ class AsyncBuffer(Strategy):
         evaluate_fn: Callable[[int, ArrayRecord], MetricRecord | None] | None = None,
     ) -> Result:
         """Run until `num_rounds` aggregations have been made."""
-        log(INFO, "Starting AsyncBuffer strategy:")
+        log(INFO, "Starting %s strategy:", type(self).__name__)
         self.summary()
         train_config = train_config or ConfigRecord()
         result = Result()
@@ -168,24 +186,25 @@ class AsyncBuffer(Strategy):
         models = {0: x}                     # versions still referenced by in-flight jobs
         node_ids = sorted(grid.get_node_ids())
         speeds = self.speeds or client_speeds(node_ids, self.speed_sigma, self.seed)
-        jobs: list[_Job] = []
+        jobs: list[Job] = []
         arrived: dict[str, Message] = {}
         seq = 0
 
         def dispatch(node: int) -> None:
             nonlocal seq
+            start, info = self.prepare_dispatch(version, models)
             # The wrapped strategy sees the true (offset) round through its schedule mixin.
-            msgs = list(self.inner.configure_train(version + 1, to_record(models[version]),
+            msgs = list(self.inner.configure_train(version + 1, to_record(start),
                                                    ConfigRecord(dict(train_config)), _OneNodeGrid(grid, node)))
             (msg_id,) = list(grid.push_messages(msgs))
             duration = speeds[node] * float(self.rng.uniform(1.0 - self.jitter, 1.0 + self.jitter))
-            heapq.heappush(jobs, _Job(self.sim_time + duration, seq, node, version, msg_id))
+            heapq.heappush(jobs, Job(self.sim_time + duration, seq, node, version, msg_id, info))
             seq += 1
 
         for node in node_ids:
             dispatch(node)
 
-        buffer: list[tuple[dict[str, np.ndarray], float, int]] = []
+        buffer: list[Arrival] = []
         wall_deadline = time.time() + timeout * max(num_rounds, 1)
         while version < num_rounds:
             job = heapq.heappop(jobs)
@@ -193,21 +212,19 @@ class AsyncBuffer(Strategy):
             self.sim_time = job.finish_time
             tau = version - job.version
             round_no = version + 1 + offset
-            delta = None
+            arrival = None
             if reply is not None:
                 kept = self.inner.filter_train_replies(round_no, [reply])
                 if kept:
-                    delta = self.inner.reply_delta(kept[0], models[job.version])
-            if delta is not None:
-                n = float(next(iter(reply.content.metric_records.values()))["num-examples"])
-                buffer.append((delta, n * staleness_weight(tau, self.staleness_exponent), tau))
+                    arrival = self.contribution(kept[0], job, models, tau)
+            if arrival is not None:
+                buffer.append(arrival)
                 self.staleness.append((version + 1, job.node_id, tau))
             if len(buffer) >= self.buffer_size:
-                step = mean_arrays([d for d, _, _ in buffer], [w for _, w, _ in buffer])
-                x = {k: (x[k] + self.server_lr * step[k]).astype(x[k].dtype) for k in x}
+                x = self.apply_buffer(x, buffer, round_no)
                 version += 1
                 models[version] = x
-                taus = [t for _, _, t in buffer]
+                taus = [a.tau for a in buffer]
                 extra = self.inner.rounds[version + offset].extra
                 extra.update({"staleness-mean": float(np.mean(taus)), "staleness-max": int(max(taus)),
                               "staleness": taus, "sim-time": self.sim_time, "buffer-size": len(buffer)})
@@ -225,11 +242,31 @@ class AsyncBuffer(Strategy):
             live = {j.version for j in jobs} | {version}
             for v in [v for v in models if v not in live]:
                 del models[v]
-        log(INFO, "AsyncBuffer: %d aggregations, %d updates, mean staleness %.2f, simulated time %.1f",
+        log(INFO, "%s: %d aggregations, %d updates, mean staleness %.2f, simulated time %.1f", type(self).__name__,
             version, len(self.staleness), float(np.mean([t for *_, t in self.staleness] or [0])), self.sim_time)
         return result
 
-    def _wait_for(self, grid: Grid, job: _Job, jobs: list[_Job], arrived: dict[str, Message],
+    # --- the update rule (FedBuff); subclasses override these -------------------------------
+    def prepare_dispatch(self, version: int, models: dict[int, dict[str, np.ndarray]]
+                         ) -> tuple[dict[str, np.ndarray], Any]:
+        """(parameters a client dispatched now starts from, anything to remember for its job)."""
+        return models[version], None
+
+    def contribution(self, reply: Message, job: Job, models: dict[int, dict[str, np.ndarray]],
+                     tau: int) -> Arrival | None:
+        """A checked reply's Δ (relative to the version it started from), weighted n · s(τ); None: nothing to add."""
+        delta = self.inner.reply_delta(reply, models[job.version])
+        if delta is None:
+            return None
+        n = float(next(iter(reply.content.metric_records.values()))["num-examples"])
+        return Arrival(delta, n * staleness_weight(tau, self.staleness_exponent), tau, job)
+
+    def apply_buffer(self, x: dict[str, np.ndarray], buffer: list[Arrival], round_no: int) -> dict[str, np.ndarray]:
+        """x + η · (weighted mean of the buffered updates): the new model version."""
+        step = mean_arrays([a.update for a in buffer], [a.weight for a in buffer])
+        return {k: (x[k] + self.server_lr * step[k]).astype(x[k].dtype) for k in x}
+
+    def _wait_for(self, grid: Grid, job: Job, jobs: list[Job], arrived: dict[str, Message],
                   deadline: float) -> Message | None:
         """Pull until `job`'s reply is in; keep replies of other jobs for later."""
         pending = {job.message_id} | {j.message_id for j in jobs}

@@ -57,3 +57,41 @@ def test_cartpole_fusion_two_rounds(sim, tmp_path):
         assert len(r["trust-weights"]) == 2 and abs(sum(r["trust-weights"]) - 1) < 1e-9
         assert r["server-updates"] == 20
     assert rows[2]["global-buffer-size"] >= rows[1]["global-buffer-size"]
+
+
+PG_SMALL = {"pg-batch-episodes": 2, "pg-hidden": 8}
+
+
+def test_cartpole_fedpg_two_rounds(sim, tmp_path):
+    run_dir = _run(sim, tmp_path, strategy="fedpg", **PG_SMALL, **{"fraction-evaluate": 1.0})
+    rows = read_jsonl(run_dir / "metrics.jsonl")
+    assert [r["round"] for r in rows] == [0, 1, 2]
+    assert all(r["return"] >= 8 for r in rows) and all(r["client-eval-return"] >= 8 for r in rows[1:])
+    for r in rows[1:]:
+        assert r["uploads"] == 2 and r["step-norm"] > 0 and r["sim-time"] > 0 and r["env-steps"] >= 2 * 2 * 8
+    clients = read_jsonl(run_dir / "clients.jsonl")
+    assert len(clients) == 4 and all(c["trajectories"] == 2 and c["gradient_uploaded"] for c in clients)
+    assert all(c["env_steps"] == sum(c["episode_lengths"]) for c in clients)
+    assert (run_dir / "best_model.pt").is_file()
+
+
+def test_cartpole_lapg_two_rounds_skips_when_the_bound_is_loose(sim, tmp_path):
+    run_dir = _run(sim, tmp_path, strategy="lapg", **PG_SMALL, **{"lapg-threshold": 1e9})
+    rows = read_jsonl(run_dir / "metrics.jsonl")
+    assert [r["round"] for r in rows] == [0, 1, 2]
+    assert rows[1]["uploaded"] == [0, 1] and rows[1]["uploads-saved"] == 0  # nothing to reuse yet
+    assert rows[2]["skipped"] == [0, 1] and rows[2]["uploads-saved-total"] == 2 and rows[2]["uploads"] == 0
+    assert rows[2]["uplink-bytes"] < rows[1]["uplink-bytes"] / 2  # metadata only
+    assert rows[2]["step-norm"] == pytest.approx(rows[1]["step-norm"], rel=1e-5)  # the same two gradients, reused
+
+
+def test_cartpole_afedpg_three_updates(sim, tmp_path):
+    run_dir = _run(sim, tmp_path, strategy="afedpg", **PG_SMALL, **{"num-server-rounds": 3})
+    rows = read_jsonl(run_dir / "metrics.jsonl")
+    assert [r["round"] for r in rows] == [0, 1, 2, 3]
+    times = [r["sim-time"] for r in rows[1:]]
+    assert times == sorted(times) and times[0] > 0
+    for r in rows[1:]:
+        assert r["uploads"] == 1 and r["step-norm"] == pytest.approx(0.1) and 0 < r["eta"] <= 1
+    assert rows[1]["eta"] == 1.0 and rows[1]["lookahead-distance"] == 0.0  # the first gradient has no momentum
+    assert len(read_jsonl(run_dir / "clients.jsonl")) == 3

@@ -14,7 +14,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from fedrl_app.agents.dqn import DQNAgent, QNetwork
+from fedrl_app.agents.dqn import DQNAgent
 
 ENV_IDS = {"cartpole": "CartPole-v1", "lunarlander": "LunarLander-v3"}
 SOLVED_RETURN = {"cartpole": 475.0, "lunarlander": 200.0}  # 100-episode moving average
@@ -76,8 +76,8 @@ def run_steps(agent: DQNAgent, task: str, key: tuple, seed: int, steps: int) -> 
 
 
 @torch.no_grad()
-def evaluate_policy(q: QNetwork, task: str, episodes: int, seed: int) -> list[float]:
-    """Returns of the greedy policy of `q` over `episodes` episodes (seeded resets)."""
+def evaluate_policy(q: torch.nn.Module, task: str, episodes: int, seed: int) -> list[float]:
+    """Returns of the greedy policy of `q` (obs -> per-action scores: Q-values or logits) over `episodes` episodes."""
     env = gym.make(ENV_IDS[task])
     returns = []
     for i in range(episodes):
