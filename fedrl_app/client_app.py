@@ -45,6 +45,19 @@ def inject_fault(cfg: RunConfig, pid: int, server_round: int) -> None:
     time.sleep(cfg.fault_hang_s)  # "hang": the reply comes after the server's round timeout
 
 
+def is_byzantine(cfg: RunConfig, pid: int, num_partitions: int) -> bool:
+    """The first round(byzantine-fraction × N) partitions attack (seeded by construction, easy to audit)."""
+    return pid < round(cfg.byzantine_fraction * num_partitions)
+
+
+def byzantine_update(global_params: list[torch.Tensor], net: torch.nn.Module, attack: str, scale: float) -> None:
+    """Replace the honest update Δ by −Δ (sign-flip) or scale·Δ (scale), in place."""
+    factor = -1.0 if attack == "sign-flip" else scale
+    with torch.no_grad():
+        for g, p in zip(global_params, net.parameters()):
+            p.copy_(g + factor * (p - g))
+
+
 def _client_data(cfg: RunConfig, context: Context):
     pid, num = _partition(context)
     source = mnist.resolve_source(cfg.data_path)
@@ -87,6 +100,8 @@ def train(msg: Message, context: Context) -> Message:
         control_correction=correction, seed=cfg.seed * 100_003 + pid * 1_009 + server_round,
     )
 
+    if is_byzantine(cfg, pid, _partition(context)[1]):
+        byzantine_update(global_params, net, cfg.byzantine_attack, cfg.byzantine_scale)
     metrics = MetricRecord({"num-examples": len(train_data[0]), "loss": result.epoch_losses[-1]})
     sync = None
     if use_controller:

@@ -10,11 +10,12 @@ from typing import Any
 TASKS = ("mnist", "cartpole", "lunarlander")
 RL_TASKS = ("cartpole", "lunarlander")
 AGENTS = ("dqn", "double", "dueling", "double-dueling")
-STRATEGIES = ("fedavg", "fedprox", "scaffold", "fedadagrad", "drl-compress", "fusion", "fedpg", "lapg", "afedpg")
+STRATEGIES = ("fedavg", "fedprox", "scaffold", "fedadagrad", "drl-compress", "fusion", "fedmedian", "fedtrimmedavg", "krum", "fedpg", "lapg", "afedpg")
 ASYNC_STRATEGIES = ("fedavg", "fedprox", "drl-compress")
 PG_STRATEGIES = ("fedpg", "lapg", "afedpg")  # clients send policy-gradient estimates, not parameters
 RL_STRATEGIES = ("fedavg", "fusion", *PG_STRATEGIES)
 FAULT_MODES = ("", "raise", "hang")
+BYZANTINE_ATTACKS = ("sign-flip", "scale")
 SYNC_POLICIES = ("dqn", "compressed", "full")
 WANDB_MODES = ("offline", "online", "disabled")
 TRACK_METRICS = ("", "accuracy", "loss", "return")
@@ -89,6 +90,11 @@ class RunConfig:
     afedpg_delay_adaptive: bool = True
     outputs_dir: str = ""
     resume_from: str = ""
+    byzantine_fraction: float = 0.0
+    byzantine_attack: str = "sign-flip"
+    byzantine_scale: float = 10.0
+    trimmed_beta: float = 0.2
+    krum_malicious: int = 0
     fault_mode: str = ""
     fault_partition: int = -1
     fault_round: int = 0
@@ -150,6 +156,10 @@ class RunConfig:
                               f"{list(RL_STRATEGIES)}")
         _choice("sync-policy", self.sync_policy, SYNC_POLICIES)
         _choice("fault-mode", self.fault_mode, FAULT_MODES)
+        _choice("byzantine-attack", self.byzantine_attack, BYZANTINE_ATTACKS)
+        _in_range("byzantine-fraction", self.byzantine_fraction, 0.0, 1.0)
+        _in_range("trimmed-beta", self.trimmed_beta, 0.0, 0.5, high_open=True)
+        _at_least("krum-malicious", self.krum_malicious, 0)
         _at_least("fault-round", self.fault_round, 0)
         _at_least("num-server-rounds", self.num_server_rounds, 1)
         _at_least("local-epochs", self.local_epochs, 1)

@@ -19,8 +19,8 @@ from fedrl_app.paths import outputs_root
 from fedrl_app.rl_client import dqn_config
 from fedrl_app.tasks import mnist
 from fedrl_app.tasks.gym_rl import env_dims, evaluate_policy
-from strategies import (AFedPG, LAPG, AsyncBuffer, Clustered, DrlCompress, FedAdagrad, FedAvg, FedPG, FedProx, Fusion,
-                        Scaffold)
+from strategies import (AFedPG, LAPG, AsyncBuffer, Clustered, DrlCompress, FedAdagrad, FedAvg, FedMedian, FedPG,
+                        FedProx, FedTrimmedAvg, Fusion, Krum, Scaffold)
 
 app = ServerApp()
 
@@ -45,6 +45,12 @@ def build_strategy(cfg: RunConfig):
                           mix=cfg.fusion_mix, diversity_filter=cfg.diversity_filter,
                           diversity_threshold=cfg.diversity_threshold, filter_k=cfg.filter_k,
                           server_updates=cfg.server_updates_per_round, seed=cfg.seed)
+    elif cfg.strategy == "fedmedian":
+        strategy = FedMedian(**common)
+    elif cfg.strategy == "fedtrimmedavg":
+        strategy = FedTrimmedAvg(**common, beta=cfg.trimmed_beta)
+    elif cfg.strategy == "krum":
+        strategy = Krum(**common, num_malicious_nodes=cfg.krum_malicious)
     elif cfg.strategy == "fedadagrad":
         strategy = FedAdagrad(**common, eta=cfg.server_lr, eta_l=cfg.lr, tau=cfg.adagrad_tau)
     else:  # RunConfig.validate already refused it; keep the message if someone bypasses it

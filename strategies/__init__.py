@@ -10,6 +10,7 @@ from strategies.fedpg import FedPG
 from strategies.fedprox import FedProx
 from strategies.fusion import Fusion
 from strategies.lapg import LAPG
+from strategies.robust import FedMedian, FedTrimmedAvg, Krum
 from strategies.reply_guard import ClientReport, ReplyGuardMixin
 from strategies.round_schedule import RoundScheduleMixin
 from strategies.scaffold import Scaffold
@@ -22,6 +23,9 @@ __all__ = [
     "DrlCompress",
     "FedAdagrad",
     "FedAvg",
+    "FedMedian",
+    "FedTrimmedAvg",
+    "Krum",
     "FedPG",
     "FedProx",
     "Fusion",

@@ -23,7 +23,7 @@ def test_defaults_match_pyproject():
 @pytest.mark.parametrize(
     ("override", "message"),
     [
-        ({"strategy": "fedsgdx"}, r"'strategy' is 'fedsgdx'; allowed values: \['fedavg', 'fedprox', 'scaffold', 'fedadagrad', 'drl-compress', 'fusion', 'fedpg', 'lapg', 'afedpg'\]"),
+        ({"strategy": "fedsgdx"}, r"'strategy' is 'fedsgdx'; allowed values: \['fedavg', 'fedprox', 'scaffold', 'fedadagrad', 'drl-compress', 'fusion', 'fedmedian', 'fedtrimmedavg', 'krum', 'fedpg', 'lapg', 'afedpg'\]"),
         ({"task": "cifar"}, r"'task' is 'cifar'; allowed values: \['mnist', 'cartpole', 'lunarlander'\]"),
         ({"task": "cartpole", "strategy": "scaffold"}, r"with task 'cartpole' allowed values: \['fedavg', 'fusion', 'fedpg', 'lapg', 'afedpg'\]"),
         ({"strategy": "lapg"}, r"'strategy' is 'lapg', which needs task in \['cartpole', 'lunarlander'\]"),

@@ -117,3 +117,13 @@ def test_drl_compress_async_and_clustered(sim, tmp_path, overrides, check):
     rows = read_jsonl(run_dir / "metrics.jsonl")
     assert [r["round"] for r in rows] == list(range(overrides["num-server-rounds"] + 1))
     assert check(rows), rows
+
+
+def test_krum_with_byzantine_clients_runs(sim, tmp_path):
+    result, log = _run(sim, tmp_path, strategy="krum", **{"num-server-rounds": 2, "byzantine-fraction": 0.34,
+                                                           "krum-malicious": 1, "wandb-mode": "disabled"})
+    assert result.returncode == 0, log[-3000:]
+    (run_dir,) = [p for p in tmp_path.iterdir() if p.is_dir()]
+    rows = read_jsonl(run_dir / "metrics.jsonl")
+    assert rows[-1]["round"] == 2 and rows[-1]["clients-accepted"] == 3
+    assert rows[-1]["accuracy"] > rows[0]["accuracy"] + 0.2  # one sign-flipping client out of three is outvoted
