@@ -133,7 +133,8 @@ def _plots(runs: dict) -> None:
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
     for i, (m, seed_runs) in enumerate(runs.items()):
         for j, (rows, _) in enumerate(seed_runs):
-            ax.plot([max(r["uplink-bytes-total"], 1) / 1e6 for r in rows], [r["accuracy"] for r in rows],
+            trained = rows[1:]  # round 0 has sent nothing: no place on a log axis
+            ax.plot([r["uplink-bytes-total"] / 1e6 for r in trained], [r["accuracy"] for r in trained],
                     color=f"C{i}", lw=1, alpha=0.8, label=m if j == 0 else None)
     ax.axhline(TARGET, color="grey", ls="--", lw=0.8)
     ax.set(xscale="log", xlabel="cumulative uplink MB", ylabel="server test accuracy", ylim=(0.8, 1.0),
