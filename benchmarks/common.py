@@ -24,14 +24,19 @@ def toml_value(value) -> str:
     return repr(value)
 
 
+def run_config_args(config: dict) -> list[str]:
+    """A dict of run-config values as `flwr run --run-config` arguments."""
+    return [" ".join(f"{k}={toml_value(v)}" for k, v in config.items())]
+
+
 def run_app(run_config: dict, num_supernodes: int, scratch: Path, log_path: Path) -> tuple[list[dict], list[dict]]:
     """One full `flwr run` on a private SuperLink; returns the run's metrics and client rows."""
     out_root = scratch / "outputs"
     if out_root.exists():
         shutil.rmtree(out_root)
-    overrides = " ".join(f"{k}={toml_value(v)}" for k, v in {**run_config, "outputs-dir": str(out_root)}.items())
+    overrides = run_config_args({**run_config, "outputs-dir": str(out_root)})
     with LocalSimulation(num_supernodes=num_supernodes) as sim:
-        result = sim.run(ROOT, [overrides], capture=True)
+        result = sim.run(ROOT, overrides, capture=True)
     log_path.write_text(result.stdout + result.stderr)
     runs = sorted(out_root.glob(f"*/{METRICS_FILE}"))
     if result.returncode != 0 or not runs:

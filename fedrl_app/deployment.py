@@ -44,11 +44,11 @@ class LocalDeployment(LocalSimulation):
             args.append("--insecure")
         return args + (["--enable-supernode-auth"] if self.auth else [])
 
-    def health_url_opener(self):
+    def open_health(self):
         if not self.tls:
-            return super().health_url_opener()
+            return super().open_health()
         context = ssl.create_default_context(cafile=str(self.certs["ca.crt"]))
-        return lambda url: urllib.request.urlopen(url, timeout=1, context=context)
+        return urllib.request.urlopen(f"https://127.0.0.1:{self.port}/health", timeout=1, context=context)
 
     def __enter__(self) -> LocalDeployment:
         self.flwr_home.mkdir(parents=True, exist_ok=True)

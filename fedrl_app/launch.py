@@ -66,8 +66,9 @@ class LocalSimulation:
         return ["--insecure", "--simulation", "--isolation", "subprocess", "--host", "127.0.0.1",
                 "--port", str(self.port), "--disable-runtime-dependency-installation"]
 
-    def health_url_opener(self):
-        return lambda url: urllib.request.urlopen(url.replace("https://", "http://"), timeout=1)
+    def open_health(self):
+        """GET the SuperLink's /health endpoint (plain HTTP here; TLS in LocalDeployment)."""
+        return urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=1)
 
     def start(self, name: str, argv: list[str]) -> subprocess.Popen:
         """Start a process in its own session (so its whole group can be stopped), logging to FLWR_HOME."""
@@ -82,7 +83,6 @@ class LocalSimulation:
         (self.flwr_home / "config.toml").write_text(f'[superlink]\ndefault = "{CONNECTION}"\n\n'
                                                     + self.connection_toml())
         self.process = self.start("superlink", ["flower-superlink", *self.superlink_args()])
-        opener = self.health_url_opener()
         deadline = time.monotonic() + self.startup_timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -90,7 +90,7 @@ class LocalSimulation:
                 raise RuntimeError(f"flower-superlink exited with {self.process.returncode}; "
                                    f"see {self.flwr_home / 'superlink.log'}")
             try:
-                with opener(f"https://127.0.0.1:{self.port}/health"):
+                with self.open_health():
                     return self
             except OSError:
                 time.sleep(0.2)

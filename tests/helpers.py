@@ -42,3 +42,35 @@ class FakeGrid:
 
     def get_node_ids(self):
         return list(self.node_ids)
+
+
+class InstantGrid:
+    """Push/pull fake: each pushed message is answered at once by `respond(msg)`; replies wait to be pulled.
+
+    `pushed` keeps every message sent, in order, so tests can check what each job started from.
+    """
+
+    def __init__(self, node_ids, respond):
+        self.node_ids, self.respond = list(node_ids), respond
+        self.ready: dict[str, Message] = {}
+        self.pushed: list[Message] = []
+
+    def get_node_ids(self):
+        return list(self.node_ids)
+
+    def push_messages(self, messages):
+        ids = []
+        for msg in messages:
+            msg_id = f"m{len(self.pushed) + 1}"
+            msg.metadata.__dict__["_message_id"] = msg_id  # the SuperLink would assign it
+            self.pushed.append(msg)
+            self.ready[msg_id] = self.respond(msg)
+            ids.append(msg_id)
+        return ids
+
+    def pull_messages(self, message_ids):
+        return [self.ready.pop(i) for i in list(message_ids) if i in self.ready]
+
+    def started_from(self, key: str = "w") -> list[tuple[int, list[float]]]:
+        """(node, model it was sent) for every pushed message."""
+        return [(m.metadata.dst_node_id, m.content["arrays"][key].numpy().tolist()) for m in self.pushed]

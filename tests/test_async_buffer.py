@@ -2,12 +2,12 @@
 
 import numpy as np
 import pytest
-from flwr.app import ConfigRecord, Message
+from flwr.app import ConfigRecord
 
 from strategies import AsyncBuffer, FedAvg
 from strategies.async_buffer import client_speeds
 from strategies.strategy_utils import staleness_weight
-from tests.helpers import arrays, reply
+from tests.helpers import InstantGrid, arrays, reply
 
 
 def test_staleness_weight_exact():
@@ -25,38 +25,17 @@ def test_client_speeds_are_seeded_and_heterogeneous():
     assert set(client_speeds([1, 2], 0.0, seed=5).values()) == {1.0}
 
 
-class InstantGrid:
-    """Each pushed message is answered at once by `client(node, weights)`; replies wait to be pulled."""
-
-    def __init__(self, node_ids, client):
-        self.node_ids, self.client = node_ids, client
-        self.ready: dict[str, Message] = {}
-        self.pushed = 0
-        self.started_from: list[tuple[int, float]] = []
-
-    def get_node_ids(self):
-        return list(self.node_ids)
-
-    def push_messages(self, messages):
-        ids = []
-        for msg in messages:
-            self.pushed += 1
-            msg_id = f"m{self.pushed}"
-            msg.metadata.__dict__["_message_id"] = msg_id
-            node = msg.metadata.dst_node_id
-            weights = msg.content["arrays"]["w"].numpy()
-            self.started_from.append((node, float(weights[0])))
-            self.ready[msg_id] = reply(node, arrays(w=self.client(node, weights)), 10, to=msg)
-            ids.append(msg_id)
-        return ids
-
-    def pull_messages(self, message_ids):
-        return [self.ready.pop(i) for i in list(message_ids) if i in self.ready]
+def weight_client(update):
+    """A client that answers with `update(node, w)` as its new weights."""
+    def respond(msg):
+        node = msg.metadata.dst_node_id
+        return reply(node, arrays(w=update(node, msg.content["arrays"]["w"].numpy())), 10, to=msg)
+    return respond
 
 
 def test_updates_arrive_in_simulated_order_and_are_staleness_weighted():
     # node 1 takes 1.0 per job and adds +1; node 2 takes 2.5 and adds +10; K = 2, a = 1
-    grid = InstantGrid([1, 2], lambda node, w: w + (1.0 if node == 1 else 10.0))
+    grid = InstantGrid([1, 2], weight_client(lambda node, w: w + (1.0 if node == 1 else 10.0)))
     strategy = AsyncBuffer(FedAvg(), buffer_size=2, staleness_exponent=1.0, jitter=0.0, speeds={1: 1.0, 2: 2.5})
     evaluated = {}
     strategy.start(grid, arrays(w=[0.0]), num_rounds=2, train_config=ConfigRecord({}),
@@ -69,14 +48,14 @@ def test_updates_arrive_in_simulated_order_and_are_staleness_weighted():
     assert strategy.sim_time == 3.0
     assert strategy.rounds[2].extra["staleness"] == [1, 0]
     # the slow client really trained on the old model
-    assert grid.started_from[:3] == [(1, 0.0), (2, 0.0), (1, 0.0)]
+    assert grid.started_from()[:3] == [(1, [0.0]), (2, [0.0]), (1, [0.0])]
 
 
 def test_bad_reply_in_async_mode_is_dropped_and_the_run_goes_on():
     def client(node, w):
         return w + np.nan if node == 2 else w + 1.0
 
-    grid = InstantGrid([1, 2], client)
+    grid = InstantGrid([1, 2], weight_client(client))
     strategy = AsyncBuffer(FedAvg(), buffer_size=1, jitter=0.0, speeds={1: 1.0, 2: 1.5})
     out = strategy.start(grid, arrays(w=[0.0]), num_rounds=3, train_config=ConfigRecord({}))
     assert float(out.arrays["w"].numpy()[0]) == 3.0

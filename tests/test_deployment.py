@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from benchmarks.common import ROOT, toml_value
+from benchmarks.common import ROOT, run_config_args
 from fedrl_app.deployment import LocalDeployment
 from fedrl_app.hooks import read_jsonl
 from fedrl_app.launch import CONNECTION, _pids_mentioning
@@ -17,7 +17,7 @@ CARTPOLE = {"task": "cartpole", "steps-per-round": 200, "dqn-hidden": 32, "dqn-l
 
 
 def _overrides(out, **kw) -> list[str]:
-    return [" ".join(f"{k}={toml_value(v)}" for k, v in {"outputs-dir": str(out), **kw}.items())]
+    return run_config_args({"outputs-dir": str(out), **kw})
 
 
 def _run_dir(out):

@@ -6,7 +6,7 @@ import os
 import pytest
 import torch
 
-from benchmarks.common import ROOT, toml_value
+from benchmarks.common import ROOT, run_config_args
 from fedrl_app.hooks import read_jsonl
 from fedrl_app.launch import LocalSimulation, _pids_mentioning
 
@@ -24,7 +24,7 @@ def sim():
 
 def _run(sim, tmp_path, **overrides):
     config = {**TINY, "outputs-dir": str(tmp_path), **overrides}
-    result = sim.run(ROOT, [" ".join(f"{k}={toml_value(v)}" for k, v in config.items())], capture=True, timeout=300)
+    result = sim.run(ROOT, run_config_args(config), capture=True, timeout=300)
     return result, result.stdout + result.stderr
 
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from benchmarks.common import ROOT, toml_value
+from benchmarks.common import ROOT, run_config_args
 from fedrl_app.hooks import read_jsonl
 from fedrl_app.launch import LocalSimulation, _pids_mentioning
 
@@ -23,7 +23,7 @@ SMALL = {"task": "cartpole", "num-server-rounds": 2, "steps-per-round": 300, "dq
 def _run(sim, tmp_path, **overrides):
     """One small CartPole run; returns its run directory."""
     config = {**SMALL, "outputs-dir": str(tmp_path), **overrides}
-    result = sim.run(ROOT, [" ".join(f"{k}={toml_value(v)}" for k, v in config.items())], capture=True, timeout=300)
+    result = sim.run(ROOT, run_config_args(config), capture=True, timeout=300)
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
     (run_dir,) = [p for p in tmp_path.iterdir() if p.is_dir()]
     return run_dir

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.common import ROOT, toml_value
+from benchmarks.common import ROOT, run_config_args
 from fedrl_app.hooks import read_jsonl
 from fedrl_app.launch import CONNECTION, LocalSimulation, _pids_mentioning
 
@@ -18,7 +18,7 @@ TINY = {"max-client-examples": 300, "local-test-fraction": 0.25, "eval-batch-siz
 
 def _overrides(tmp_path, **kw) -> list[str]:
     config = {**TINY, "outputs-dir": str(tmp_path), **kw}
-    return [" ".join(f"{k}={toml_value(v)}" for k, v in config.items())]
+    return run_config_args(config)
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ from fedrl_app.config import RunConfig
 from fedrl_app.metadata import ClientMetadata, encode_metadata, read_metadata
 from strategies import AFedPG, LAPG, FedPG
 from strategies.afedpg import eta_schedule, lookahead_point, mixing_weight
-from tests.helpers import FakeGrid, arrays, reply
+from tests.helpers import FakeGrid, InstantGrid, arrays, reply
 
 THETA = {"w": np.array([1.0, 2.0], np.float32)}
 
@@ -131,36 +131,19 @@ def test_afedpg_formulas():
     assert mixing_weight(1.0, 2, True) == 1.0                          # 1/η − δ ≤ 1: the fresh gradient alone
 
 
-class GradientGrid:
-    """Each pushed message is answered at once with `gradients[node]`; records the point each job started from."""
-
-    def __init__(self, gradients):
-        self.gradients, self.ready, self.pushed, self.started_from = gradients, {}, 0, []
-
-    def get_node_ids(self):
-        return sorted(self.gradients)
-
-    def push_messages(self, messages):
-        ids = []
-        for msg in messages:
-            self.pushed += 1
-            msg_id = f"m{self.pushed}"
-            msg.metadata.__dict__["_message_id"] = msg_id
-            node = msg.metadata.dst_node_id
-            assert msg.content["config"]["pg"] is True
-            self.started_from.append((node, msg.content["arrays"]["w"].numpy().tolist()))
-            self.ready[msg_id] = pg_reply(node, self.gradients[node], to=msg)
-            ids.append(msg_id)
-        return ids
-
-    def pull_messages(self, message_ids):
-        return [self.ready.pop(i) for i in list(message_ids) if i in self.ready]
+def gradient_grid(gradients: dict[int, list[float]]) -> InstantGrid:
+    """Each pushed (policy-gradient) message is answered at once with `gradients[node]`."""
+    def respond(msg):
+        assert msg.content["config"]["pg"] is True
+        node = msg.metadata.dst_node_id
+        return pg_reply(node, gradients[node], to=msg)
+    return InstantGrid(sorted(gradients), respond)
 
 
 @pytest.mark.parametrize("delay_adaptive", [True, False])
 def test_afedpg_run_by_hand(delay_adaptive):
     # node 1: 1.0 per job, gradient (1, 0); node 2: 2.5 per job, gradient (0, 1); α = 1, η_v = 1/(v+1)
-    grid = GradientGrid({1: [1.0, 0.0], 2: [0.0, 1.0]})
+    grid = gradient_grid({1: [1.0, 0.0], 2: [0.0, 1.0]})
     s = AFedPG(FedPG(), step_size=1.0, eta_exponent=1.0, delay_adaptive=delay_adaptive, jitter=0.0,
                speeds={1: 1.0, 2: 2.5})
     seen = {}
@@ -170,7 +153,7 @@ def test_afedpg_run_by_hand(delay_adaptive):
     # t=2  node 1 (v=1, δ=0): η=1/2, d=(1,0), θ2=(2,0); redispatched at v=2: η=1/3, θ̃ = θ2 + 2·(θ2−θ1) = (4,0)
     # t=2.5 node 2 (v=0, δ=2): η_v=1 -> η=1, d=(0,1), θ3=(2,1); redispatched at v=3: θ̃ = θ3 + 3·(θ3−θ2) = (2,4)
     # t=3  node 1 (v=2, δ=1): η = 1/(3−1) = 1/2 (adaptive) or 1/3; d = (1−η)(0,1) + η(1,0); θ4 = θ3 + d/‖d‖
-    assert grid.started_from == [(1, [0, 0]), (2, [0, 0]), (1, [2, 0]), (1, [4, 0]), (2, [2, 4])]
+    assert grid.started_from() == [(1, [0, 0]), (2, [0, 0]), (1, [2, 0]), (1, [4, 0]), (2, [2, 4])]
     eta = 0.5 if delay_adaptive else 1 / 3
     d = np.array([eta, 1 - eta])
     expected4 = np.array([2.0, 1.0]) + d / np.linalg.norm(d)
