@@ -61,3 +61,19 @@ def fmt(values: list, spec: str = ".3f", none: str = "not reached") -> str:
 def write_jsonl(path: Path, rows: list[dict]) -> None:
     """Rows as JSON lines (what the report step reads back)."""
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def save_figure(fig, path: Path) -> None:
+    """tight_layout, save as PNG (110 dpi, like every benchmark plot), close."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_table(lines: list[str], out: Path) -> str:
+    """Write the Markdown table lines to out/table.md and return the text."""
+    table = "\n".join(lines) + "\n"
+    (out / "table.md").write_text(table)
+    return table

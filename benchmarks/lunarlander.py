@@ -27,7 +27,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from benchmarks.common import ROOT, fmt, run_app  # noqa: E402
+from benchmarks.common import ROOT, fmt, run_app, save_figure, write_table  # noqa: E402
 from fedrl_app.agents.dqn import DQNAgent  # noqa: E402
 from fedrl_app.config import RunConfig  # noqa: E402
 from fedrl_app.rl_client import dqn_config  # noqa: E402
@@ -132,11 +132,8 @@ def report(command: str, out: Path = OUT) -> str:
     ax.set(xlabel="env steps (per client)", ylabel="20-episode moving average return", title="LunarLander-v3")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out / "returns.png", dpi=110)
-    plt.close(fig)
-    table = "\n".join(lines) + "\n"
-    (out / "table.md").write_text(table)
+    save_figure(fig, out / "returns.png")
+    table = write_table(lines, out)
     return table
 
 

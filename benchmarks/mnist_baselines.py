@@ -21,7 +21,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from benchmarks.common import ROOT, first_round_reaching, fmt, run_app, write_jsonl  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    ROOT, first_round_reaching, fmt, run_app, save_figure, write_jsonl, write_table,
+)
 from fedrl_app.hooks import read_jsonl  # noqa: E402
 
 OUT = ROOT / "benchmarks" / "results" / "mnist_baselines"
@@ -69,11 +71,8 @@ def report(strategies: tuple[str, ...], command: str) -> str:
     ax.set(xlabel="round", ylabel="server test accuracy", ylim=(0.8, 1.0), title="MNIST, 10 clients, α=0.3")
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(OUT / "accuracy.png", dpi=110)
-    plt.close(fig)
-    table = "\n".join(lines) + "\n"
-    (OUT / "table.md").write_text(table)
+    save_figure(fig, OUT / "accuracy.png")
+    table = write_table(lines, OUT)
     return table
 
 

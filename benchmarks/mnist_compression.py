@@ -26,7 +26,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from benchmarks.common import ROOT, first_round_reaching, fmt, run_app, write_jsonl  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    ROOT, first_round_reaching, fmt, run_app, save_figure, write_jsonl, write_table,
+)
 from fedrl_app.hooks import read_jsonl  # noqa: E402
 
 OUT = ROOT / "benchmarks" / "results" / "mnist_compression"
@@ -123,8 +125,7 @@ def report(methods: list[str], command: str) -> str:
                   f"{cost['decode-and-aggregate-ms']:.1f} ms (ratio {cost['server-ratio']:.2f}); one client encode "
                   f"{cost['client-encode-ms']:.1f} ms (ratio {cost['client-encode-over-plain-aggregation']:.2f}). "
                   "A round of local training takes seconds, so neither is a bottleneck."]
-    table = "\n".join(lines) + "\n"
-    (OUT / "table.md").write_text(table)
+    table = write_table(lines, OUT)
     _plots(runs)
     return table
 
@@ -141,9 +142,7 @@ def _plots(runs: dict) -> None:
            title="accuracy vs uplink bytes (one line per seed)")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(OUT / "accuracy_vs_uplink.png", dpi=110)
-    plt.close(fig)
+    save_figure(fig, OUT / "accuracy_vs_uplink.png")
 
     taus = [t for rows, _ in runs.get("drl-compress-async", []) for r in rows for t in r.get("staleness", [])]
     if taus:
@@ -151,9 +150,7 @@ def _plots(runs: dict) -> None:
         ax.hist(taus, bins=np.arange(max(taus) + 2) - 0.5, rwidth=0.85)
         ax.set(xlabel="staleness τ (model versions behind)", ylabel="updates",
                title=f"async drl-compress: staleness of {len(taus)} updates")
-        fig.tight_layout()
-        fig.savefig(OUT / "staleness.png", dpi=110)
-        plt.close(fig)
+        save_figure(fig, OUT / "staleness.png")
 
     if runs.get("drl-compress"):
         rows = runs["drl-compress"][0][0][1:]
@@ -168,9 +165,7 @@ def _plots(runs: dict) -> None:
         ax2.plot([r["round"] for r in rows], [r.get("controller-reward", np.nan) for r in rows], marker=".")
         ax2.set(xlabel="round", ylabel="mean reward", title="controller reward")
         ax2.grid(alpha=0.3)
-        fig.tight_layout()
-        fig.savefig(OUT / "decisions.png", dpi=110)
-        plt.close(fig)
+        save_figure(fig, OUT / "decisions.png")
 
 
 def main() -> None:

@@ -30,7 +30,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from benchmarks.common import ROOT, fmt, run_app  # noqa: E402
+from benchmarks.common import ROOT, fmt, run_app, save_figure, write_table  # noqa: E402
 from fedrl_app.tasks.gym_rl import SOLVED_RETURN  # noqa: E402
 
 OUT = ROOT / "benchmarks" / "results" / "policy_gradient"
@@ -149,9 +149,7 @@ def report(command: str, out: Path = OUT) -> str:
             ax.set(title=f"N = {n}", xlabel=label, ylabel="greedy return")
             ax.grid(alpha=0.3)
             ax.legend(fontsize=7)
-        fig.tight_layout()
-        fig.savefig(out / f"{name}.png", dpi=110)
-        plt.close(fig)
+        save_figure(fig, out / f"{name}.png")
     fig, axes = plt.subplots(1, len(ns), figsize=(4.2 * len(ns), 3.6), squeeze=False)
     for ax, n in zip(axes[0], ns):
         for i, method in enumerate(methods):
@@ -163,11 +161,8 @@ def report(command: str, out: Path = OUT) -> str:
         ax.set(title=f"N = {n}", xlabel="round", ylabel="gradient uploads", ylim=(0, n + 0.5))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out / "uploads_per_round.png", dpi=110)
-    plt.close(fig)
-    table = "\n".join(lines) + "\n"
-    (out / "table.md").write_text(table)
+    save_figure(fig, out / "uploads_per_round.png")
+    table = write_table(lines, out)
     return table
 
 

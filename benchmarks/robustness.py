@@ -13,7 +13,7 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from benchmarks.common import ROOT, fmt, run_app, write_jsonl
+from benchmarks.common import ROOT, fmt, run_app, write_jsonl, write_table
 from fedrl_app.hooks import read_jsonl
 
 OUT = ROOT / "benchmarks" / "results" / "robustness"
@@ -34,8 +34,7 @@ def report(command: str) -> str:
             refused += sum(row.get("clients-dropped", 0) for r in runs for row in r)
             rounds = str(runs[0][-1]["round"]) if runs else rounds
         lines.append(f"| {rule} | " + " | ".join(cells) + f" | {refused} | {rounds} |")
-    table = "\n".join(lines) + "\n"
-    (OUT / "table.md").write_text(table)
+    table = write_table(lines, OUT)
     return table
 
 
