@@ -163,3 +163,14 @@ def test_afedpg_run_by_hand(delay_adaptive):
     extra = s.rounds[4].extra
     assert extra["delay"] == 1 and extra["eta"] == pytest.approx(eta) and extra["eta-dispatch"] == pytest.approx(1 / 3)
     assert extra["lookahead-distance"] == pytest.approx(2.0) and extra["uploads-total"] == 4
+
+
+def test_afedpg_takes_no_step_on_a_zero_gradient():
+    # node 1 sends 0 (e.g. equal-length CartPole episodes): θ stays, step-norm 0; node 2's (0, 1) then moves it by α
+    grid = gradient_grid({1: [0.0, 0.0], 2: [0.0, 1.0]})
+    s = AFedPG(FedPG(), step_size=0.5, eta_exponent=0.0, jitter=0.0, speeds={1: 1.0, 2: 1.5})
+    seen = {}
+    s.start(grid, arrays(w=[1.0, 1.0]), num_rounds=2, train_config=ConfigRecord({}),
+            evaluate_fn=lambda r, a: seen.setdefault(r, a["w"].numpy().tolist()) and None)
+    assert seen[1] == [1.0, 1.0] and s.rounds[1].extra["step-norm"] == 0.0
+    assert seen[2] == [1.0, 1.5] and s.rounds[2].extra["step-norm"] == 0.5

@@ -55,6 +55,12 @@ def test_bandit_gradient_by_hand():
     np.testing.assert_allclose(policy_gradient(Logits([0.0, 0.0]), [_bandit_trajectory(1)], 0.99)["z"], [0, 0])
 
 
+def test_equal_returns_give_an_exactly_zero_gradient():
+    # every trajectory paid the same, so each leave-one-out baseline equals its own return: no signal
+    grad = policy_gradient(Logits([0.3, -0.2]), [_bandit_trajectory(0), _bandit_trajectory(0)], gamma=0.99)
+    np.testing.assert_array_equal(grad["z"], [0.0, 0.0])
+
+
 def test_bandit_estimate_is_unbiased():
     # ∇_z E[r] = π_i (r_i − Σ_j π_j r_j); with z = (0, ln 3): π = (1/4, 3/4), ∇ = (3/16, −3/16)
     policy = Logits([0.0, float(np.log(3.0))])
