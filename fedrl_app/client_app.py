@@ -8,6 +8,9 @@ import time
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
+from flwr.clientapp.mod import fixedclipping_mod
+from flwr.clientapp.typing import ClientAppCallable
+from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 
 from fedrl_app import pg_client, rl_client
 from fedrl_app.agents.dqn import QNetwork
@@ -65,7 +68,14 @@ def _client_data(cfg: RunConfig, context: Context):
                                      cfg.max_client_examples)
 
 
-@app.train()
+def dp_clipping_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
+    """Flower's `fixedclipping_mod` when the server asks for client-side clipping (dp-mode "client"), else a no-op."""
+    if KEY_CLIPPING_NORM in msg.content.config_records.get("config", {}):
+        return fixedclipping_mod(msg, context, call_next)
+    return call_next(msg, context)
+
+
+@app.train(mods=[dp_clipping_mod])
 def train(msg: Message, context: Context) -> Message:
     """Train the received model locally (FedAvg/FedProx/FedAdagrad/SCAFFOLD alike)."""
     cfg = RunConfig.from_run_config(context.run_config)

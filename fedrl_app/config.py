@@ -17,6 +17,8 @@ RL_STRATEGIES = ("fedavg", "fusion", *PG_STRATEGIES)
 FAULT_MODES = ("", "raise", "hang")
 BYZANTINE_ATTACKS = ("sign-flip", "scale")
 SYNC_POLICIES = ("dqn", "compressed", "full")
+DP_MODES = ("off", "server", "client")  # Flower's fixed-clipping DP wrappers: who clips the updates
+DP_STRATEGIES = ("fedavg", "fedprox")  # the wrappers add noise to a plain (equal-weight) mean of full models
 WANDB_MODES = ("offline", "online", "disabled")
 TRACK_METRICS = ("", "accuracy", "loss", "return")
 
@@ -95,6 +97,10 @@ class RunConfig:
     byzantine_scale: float = 10.0
     trimmed_beta: float = 0.2
     krum_malicious: int = 0
+    dp_mode: str = "off"
+    dp_noise_multiplier: float = 1.0
+    dp_clipping_norm: float = 1.0
+    dp_target_delta: float = 1e-5
     fault_mode: str = ""
     fault_partition: int = -1
     fault_round: int = 0
@@ -156,6 +162,14 @@ class RunConfig:
                               f"{list(RL_STRATEGIES)}")
         _choice("sync-policy", self.sync_policy, SYNC_POLICIES)
         _choice("fault-mode", self.fault_mode, FAULT_MODES)
+        _choice("dp-mode", self.dp_mode, DP_MODES)
+        if self.dp_mode != "off" and (self.strategy not in DP_STRATEGIES or self.async_aggregation or self.clustering):
+            raise ConfigError(f"config key 'dp-mode' is {self.dp_mode!r}, which works with synchronous, unclustered "
+                              f"strategy in {list(DP_STRATEGIES)} (got strategy={self.strategy!r}, "
+                              f"async-aggregation={self.async_aggregation}, clustering={self.clustering})")
+        if self.dp_noise_multiplier < 0:
+            raise ConfigError(f"config key 'dp-noise-multiplier' must be >= 0, got {self.dp_noise_multiplier!r}")
+        _in_range("dp-target-delta", self.dp_target_delta, 0.0, 1.0, low_open=True, high_open=True)
         _choice("byzantine-attack", self.byzantine_attack, BYZANTINE_ATTACKS)
         _in_range("byzantine-fraction", self.byzantine_fraction, 0.0, 1.0)
         _in_range("trimmed-beta", self.trimmed_beta, 0.0, 0.5, high_open=True)
@@ -192,6 +206,7 @@ class RunConfig:
             ("round-timeout", self.round_timeout),
             ("pg-lr", self.pg_lr),
             ("afedpg-step-size", self.afedpg_step_size),
+            ("dp-clipping-norm", self.dp_clipping_norm),
         ):
             if not value > 0:
                 raise ConfigError(f"config key '{key}' must be > 0, got {value!r}")

@@ -19,8 +19,8 @@ from fedrl_app.paths import outputs_root
 from fedrl_app.rl_client import dqn_config
 from fedrl_app.tasks import mnist
 from fedrl_app.tasks.gym_rl import env_dims, evaluate_policy
-from strategies import (AFedPG, LAPG, AsyncBuffer, Clustered, DrlCompress, FedAdagrad, FedAvg, FedMedian, FedPG,
-                        FedProx, FedTrimmedAvg, Fusion, Krum, Scaffold)
+from strategies import (AFedPG, LAPG, AsyncBuffer, ClientSideDP, Clustered, DrlCompress, FedAdagrad, FedAvg, FedMedian,
+                        FedPG, FedProx, FedTrimmedAvg, Fusion, Krum, Scaffold, ServerSideDP)
 
 app = ServerApp()
 
@@ -61,6 +61,9 @@ def build_strategy(cfg: RunConfig):
     if cfg.async_aggregation:
         return AsyncBuffer(strategy, buffer_size=cfg.buffer_size, staleness_exponent=cfg.staleness_exponent,
                            speed_sigma=cfg.speed_sigma, seed=cfg.seed)
+    if cfg.dp_mode != "off":
+        wrapper = ServerSideDP if cfg.dp_mode == "server" else ClientSideDP
+        return wrapper(strategy, cfg.dp_noise_multiplier, cfg.dp_clipping_norm, target_delta=cfg.dp_target_delta)
     return strategy
 
 

@@ -10,6 +10,7 @@ from strategies.fedpg import FedPG
 from strategies.fedprox import FedProx
 from strategies.fusion import Fusion
 from strategies.lapg import LAPG
+from strategies.private import ClientSideDP, ServerSideDP
 from strategies.robust import FedMedian, FedTrimmedAvg, Krum
 from strategies.reply_guard import ClientReport, ReplyGuardMixin
 from strategies.round_schedule import RoundScheduleMixin
@@ -19,6 +20,7 @@ __all__ = [
     "AFedPG",
     "AsyncBuffer",
     "ClientReport",
+    "ClientSideDP",
     "Clustered",
     "DrlCompress",
     "FedAdagrad",
@@ -33,4 +35,5 @@ __all__ = [
     "ReplyGuardMixin",
     "RoundScheduleMixin",
     "Scaffold",
+    "ServerSideDP",
 ]

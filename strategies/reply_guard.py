@@ -59,6 +59,7 @@ class ReplyGuardMixin:
         self.rounds: dict[int, RoundLog] = defaultdict(RoundLog)
         self._sent_spec: dict[str, tuple[tuple[int, ...], str]] | None = None
         self._expected_replies: int | None = None
+        self._accepted: tuple[int, list[Message]] = (0, [])  # (round, replies accepted in it)
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -70,9 +71,17 @@ class ReplyGuardMixin:
         return messages
 
     def filter_train_replies(self, server_round: int, replies: Iterable[Message]) -> list[Message]:
-        """Keep the replies that pass every check; log and record the others."""
-        round_log = self.rounds[server_round]
+        """Keep the replies that pass every check; log and record the others.
+
+        A wrapper that must check replies before it touches their arrays (DP clipping) calls this
+        first; when the same, already accepted replies then reach `aggregate_train` they pass
+        through unchanged, so nothing is checked, logged or counted twice.
+        """
         replies = list(replies)
+        accepted_round, accepted = self._accepted
+        if replies and accepted_round == server_round and all(any(m is a for a in accepted) for m in replies):
+            return replies
+        round_log = self.rounds[server_round]
         if self._expected_replies is not None:  # sampled nodes whose reply never came (timeout, crash)
             round_log.extra["clients-no-reply"] = max(self._expected_replies - len(replies), 0)
         kept: list[Message] = []
@@ -94,6 +103,7 @@ class ReplyGuardMixin:
         # Flower aggregates MetricRecords key by key: keep the common key set only.
         kept = _majority_metric_keys(kept, server_round, round_log)
         log(INFO, "round %d: %d replies accepted, %d dropped", server_round, len(kept), len(round_log.dropped))
+        self._accepted = (server_round, kept)
         return kept
 
     def check_reply_arrays(self, msg: Message, meta: ClientMetadata) -> None:

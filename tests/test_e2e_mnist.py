@@ -127,3 +127,22 @@ def test_krum_with_byzantine_clients_runs(sim, tmp_path):
     rows = read_jsonl(run_dir / "metrics.jsonl")
     assert rows[-1]["round"] == 2 and rows[-1]["clients-accepted"] == 3
     assert rows[-1]["accuracy"] > rows[0]["accuracy"] + 0.2  # one sign-flipping client out of three is outvoted
+
+
+def test_client_side_dp_clips_at_the_clients_and_epsilon_survives_a_resume(sim, tmp_path):
+    # C is far below a local epoch's update norm: had a client not clipped (Flower's fixedclipping_mod),
+    # the server would refuse its reply and count it dropped
+    dp = {"dp-mode": "client", "dp-noise-multiplier": 0.5, "dp-clipping-norm": 0.05, "wandb-mode": "disabled"}
+    result, log = _run(sim, tmp_path, **{"num-server-rounds": 2, **dp})
+    assert result.returncode == 0, log[-3000:]
+    (run_dir,) = [p for p in tmp_path.iterdir() if p.is_dir()]
+    rows = read_jsonl(run_dir / "metrics.jsonl")
+    for r in rows[1:]:
+        assert r["clients-accepted"] == 3 and r["clients-dropped"] == 0 and r["dp-clipped-replies"] == 3
+        assert r["dp-noise-stdev"] == pytest.approx(0.5 * 0.05 / 3)
+    assert 0 < rows[1]["dp-epsilon"] < rows[2]["dp-epsilon"] and rows[2]["dp-releases"] == 2
+
+    result, log = _run(sim, tmp_path, **{"num-server-rounds": 3, "resume-from": str(run_dir), **dp})
+    assert result.returncode == 0, log[-3000:]
+    rows = read_jsonl(run_dir / "metrics.jsonl")
+    assert rows[3]["dp-releases"] == 3 and rows[3]["dp-epsilon"] > rows[2]["dp-epsilon"]

@@ -1,0 +1,231 @@
+"""Differential privacy: Flower's fixed-clipping DP wrappers around a checked strategy, with ε tracked per round.
+
+Central DP at the client (user) level, as in McMahan et al., "Learning Differentially Private
+Recurrent Language Models" (2018) and Flower's `DifferentialPrivacy*FixedClipping`: each client's
+update Δ_i = θ_i − θ is clipped to ‖Δ_i‖ ≤ C (by the server, or by the client with Flower's
+`fixedclipping_mod`), the clipped models are averaged with equal weights, and Gaussian noise
+N(0, (z·C/n)²) is added to the average, n being the number of clients sampled per round.
+
+Flower's wrappers and helpers do the clipping, the noise and the accounting; this module adds what
+a federation with untrusted clients needs around them:
+
+- replies are checked (ReplyGuardMixin) *before* they are clipped, so a reply with a wrong shape
+  or NaN is dropped with a log line instead of crashing the clipping; a zero update (the model
+  sent back unchanged), on which Flower's clipping divides by zero, is left as it is;
+- every client weighs the same (a client's declared `num-examples` is not trusted, and the
+  sensitivity C/n holds only for a plain mean);
+- client-side clipping is verified: a reply whose update is longer than C is refused;
+- ε is accounted with Flower's RDP accountant (Google's dp-accounting), one Gaussian release per
+  aggregated round, without sampling amplification (all sampled clients reply, as Flower's
+  accounted mode requires). When m < n replies survive the checks, the noise, calibrated for n,
+  is large relative to the sensitivity C/m of a mean of m: that round composes noise multiplier
+  z·m/n. ε, δ and the noise's standard deviation go into the round log (`dp-epsilon`, ...).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from logging import INFO, WARNING
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, Message, MetricRecord
+from flwr.serverapp.strategy import (DifferentialPrivacyClientSideFixedClipping,
+                                     DifferentialPrivacyServerSideFixedClipping)
+from flwr.supercore import log
+from flwr.supercore.differential_privacy import compute_clip_model_update, compute_stdv
+from flwr.supercore.privacy_accounting import (GaussianPrivacyEvent, NeighboringRelation, PrivacyConfig,
+                                               SamplingMethod)
+from flwr.supercore.privacy_accounting.rdp_accountant import RdpAccountant
+
+from strategies.strategy_utils import to_numpy
+
+CLIP_TOLERANCE = 1e-4  # relative slack for float32 rounding in a client's clipped update
+
+
+class _Accounted:
+    """Shared by both wrappers: check, equal weights, account ε; delegate round logs and state to the inner strategy."""
+
+    strategy: object
+    noise_multiplier: float
+    clipping_norm: float
+    num_sampled_clients: int
+
+    def _setup(self, target_delta: float) -> None:
+        self.target_delta = target_delta
+        self.population: int | None = None
+        self.released: list[float] = []  # noise multiplier of each release, in order (checkpointed)
+        self._accountant: RdpAccountant | None = None
+
+    def _sample(self, messages: list[Message], grid) -> list[Message]:
+        """n = the clients sampled this round; the accountant starts once the population is known."""
+        if messages:
+            self.num_sampled_clients = len(messages)
+        if self.population is None:
+            self.population = max(len(list(grid.get_node_ids())), self.num_sampled_clients)
+            self._accountant = self._new_accountant()
+            for z in self.released:  # a resumed run: replay the releases made before the stop
+                self._compose(z, record=False)
+        return messages
+
+    def _new_accountant(self) -> RdpAccountant | None:
+        if self.noise_multiplier <= 0:
+            return None  # no noise: no finite ε; say so in the log rather than report a number
+        config = PrivacyConfig(target_delta=self.target_delta, population_size=self.population,
+                               neighboring_relation=NeighboringRelation.ADD_OR_REMOVE_ONE,
+                               sampling_method=SamplingMethod.NO_AMPLIFICATION)
+        return RdpAccountant(config)
+
+    # --- the inner strategy's logs, offset and checkpoint state ------------------------------------
+    @property
+    def rounds(self):
+        """Per-round logs (reports, drops, extra series) for the hooks."""
+        return self.strategy.rounds
+
+    @property
+    def round_offset(self) -> int:
+        return self.strategy.round_offset
+
+    @round_offset.setter
+    def round_offset(self, value: int) -> None:
+        self.strategy.round_offset = value
+
+    def state_dict(self) -> dict[str, dict[str, np.ndarray]]:
+        getter = getattr(self.strategy, "state_dict", None)
+        state = dict(getter()) if getter else {}
+        state["dp"] = {"released-noise-multipliers": np.asarray(self.released, np.float64)}
+        return state
+
+    def load_state_dict(self, state: dict[str, dict[str, np.ndarray]]) -> None:
+        """Restore the inner state and the releases already made (replayed into the accountant), so ε keeps counting."""
+        state = dict(state)
+        released = state.pop("dp", {}).get("released-noise-multipliers", np.zeros(0))
+        if hasattr(self.strategy, "load_state_dict"):
+            self.strategy.load_state_dict(state)
+        self.released, self.population, self._accountant = np.asarray(released, np.float64).tolist(), None, None
+
+    # --- aggregation ------------------------------------------------------------------------------
+    def _check_replies(self, server_round: int, replies: Iterable[Message]) -> list[Message]:
+        """The inner strategy's checks, then equal weights (and, client-side, the clip bound)."""
+        true_round = server_round + self.strategy.round_offset
+        kept = self.strategy.filter_train_replies(true_round, replies)
+        kept = [m for m in kept if self._clip_ok(true_round, m)]
+        key = self.strategy.weighted_by_key
+        for msg in kept:
+            next(iter(msg.content.metric_records.values()))[key] = 1.0
+        return kept
+
+    def _clip_ok(self, server_round: int, msg: Message) -> bool:
+        return True
+
+    def _account(self, server_round: int, num_replies: int) -> None:
+        extra = self.strategy.rounds[server_round + self.strategy.round_offset].extra
+        extra["dp-noise-stdev"] = compute_stdv(self.noise_multiplier, self.clipping_norm, self.num_sampled_clients)
+        extra["dp-clipped-replies"] = num_replies
+        if self._accountant is None:
+            log(WARNING, "round %d: DP noise multiplier is 0: updates are clipped but nothing is private",
+                server_round + self.strategy.round_offset)
+            return
+        self._compose(self.noise_multiplier * num_replies / self.num_sampled_clients)
+        spent = self._accountant.get_privacy_spent()
+        extra.update({"dp-epsilon": spent.epsilon, "dp-delta": spent.delta, "dp-releases": spent.num_releases})
+
+    def _compose(self, noise_multiplier: float, record: bool = True) -> None:
+        if record:
+            self.released.append(noise_multiplier)
+        if self._accountant is None:
+            return
+        # No amplification: the sample size is reported, not used, by the accountant.
+        sample = min(self.num_sampled_clients, self.population)
+        self._accountant.compose(GaussianPrivacyEvent(noise_multiplier=noise_multiplier, sample_size=sample,
+                                                      population_size=self.population))
+        if record:
+            spent = self._accountant.get_privacy_spent()
+            log(INFO, "DP: ε=%.4g at δ=%g after %d releases", spent.epsilon, spent.delta, spent.num_releases)
+
+    def _clip(self, replies: list[Message]) -> None:
+        """Client-side mode: the clients clipped (and `_clip_ok` checked it)."""
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]
+                        ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Check, clip, average with equal weights, add Flower's Gaussian noise, account ε."""
+        kept = self._check_replies(server_round, replies)
+        if not kept:
+            return None, None
+        self._clip(kept)
+        arrays, metrics = self.strategy.aggregate_train(server_round, kept)
+        if arrays is not None:
+            arrays = self._add_noise_to_aggregated_arrays(arrays)
+            self._account(server_round, len(kept))
+        return arrays, metrics
+
+
+class ServerSideDP(_Accounted, DifferentialPrivacyServerSideFixedClipping):
+    """Flower's server-side fixed clipping around a checked FedAvg/FedProx, with ε per round.
+
+    Parameters
+    ----------
+    strategy : FedAvg or FedProx (this package's, with ReplyGuardMixin)
+    noise_multiplier : float
+        z; the noise added to the mean has standard deviation z·C/n, n the clients sampled that round.
+    clipping_norm : float
+        C, the largest update norm a client can contribute.
+    target_delta : float (default: 1e-5)
+        δ at which ε is reported.
+    """
+
+    def __init__(self, strategy, noise_multiplier: float, clipping_norm: float, *, target_delta: float = 1e-5
+                 ) -> None:
+        super().__init__(strategy, noise_multiplier, clipping_norm, num_sampled_clients=1)
+        self._setup(target_delta)
+
+    def configure_train(self, server_round, arrays, config, grid):
+        """Flower's (remembers the model sent); n and the population come from this round's sample."""
+        return self._sample(list(super().configure_train(server_round, arrays, config, grid)), grid)
+
+    def _clip(self, replies: list[Message]) -> None:
+        """Flower's fixed clipping of each update θ_i − θ to norm C, in place.
+
+        Flower divides by the update's norm, so a client that sends the model back unchanged would
+        crash the server: a zero update is left as it is (clipping is the identity there).
+        """
+        sent = self.current_arrays.to_numpy_ndarrays()
+        for msg in replies:
+            record = msg.content["arrays"]
+            returned = record.to_numpy_ndarrays()
+            if not any(np.any(r != s) for r, s in zip(returned, sent)):
+                continue
+            compute_clip_model_update(param1=returned, param2=sent, clipping_norm=self.clipping_norm)
+            msg.content["arrays"] = ArrayRecord({k: Array(np.asarray(v)) for k, v in zip(record.keys(), returned)})
+
+
+class ClientSideDP(_Accounted, DifferentialPrivacyClientSideFixedClipping):
+    """Flower's client-side fixed clipping (clients run `fixedclipping_mod`), with the clip verified and ε per round.
+
+    Parameters are those of :class:`ServerSideDP`. A client is not trusted to clip: a reply whose
+    update norm exceeds C (beyond float32 rounding) is dropped with a log line.
+    """
+
+    def __init__(self, strategy, noise_multiplier: float, clipping_norm: float, *, target_delta: float = 1e-5
+                 ) -> None:
+        super().__init__(strategy, noise_multiplier, clipping_norm, num_sampled_clients=1)
+        self._setup(target_delta)
+        self._sent: dict[str, np.ndarray] | None = None
+
+    def configure_train(self, server_round, arrays, config, grid):
+        """Flower's (sends C to the clients); remember the model sent, to measure each returned update."""
+        self._sent = to_numpy(arrays)
+        return self._sample(list(super().configure_train(server_round, arrays, config, grid)), grid)
+
+    def _clip_ok(self, server_round: int, msg: Message) -> bool:
+        returned = to_numpy(msg.content["arrays"])
+        norm = float(np.sqrt(sum(np.sum((returned[k].astype(np.float64) - v.astype(np.float64)) ** 2)
+                                 for k, v in self._sent.items())))
+        if norm <= self.clipping_norm * (1 + CLIP_TOLERANCE):
+            return True
+        reason = f"update norm {norm:.4g} exceeds the DP clipping norm {self.clipping_norm:g} (client did not clip)"
+        log(WARNING, "round %d: dropped reply from node %d: %s", server_round, msg.metadata.src_node_id, reason)
+        self.strategy.rounds[server_round].dropped.append((msg.metadata.src_node_id, reason))
+        self.strategy.rounds[server_round].reports = [
+            r for r in self.strategy.rounds[server_round].reports if r.node_id != msg.metadata.src_node_id]
+        return False
+
