@@ -142,7 +142,7 @@ class _Accounted:
             spent = self._accountant.get_privacy_spent()
             log(INFO, "DP: ε=%.4g at δ=%g after %d releases", spent.epsilon, spent.delta, spent.num_releases)
 
-    def _clip(self, replies: list[Message]) -> None:
+    def _clip(self, server_round: int, replies: list[Message]) -> None:
         """Client-side mode: the clients clipped (and `_clip_ok` checked it)."""
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
@@ -151,7 +151,7 @@ class _Accounted:
         kept = self._check_replies(server_round, replies)
         if not kept:
             return None, None
-        self._clip(kept)
+        self._clip(server_round + self.strategy.round_offset, kept)
         arrays, metrics = self.strategy.aggregate_train(server_round, kept)
         if arrays is not None:
             arrays = self._add_noise_to_aggregated_arrays(arrays)
@@ -182,20 +182,26 @@ class ServerSideDP(_Accounted, DifferentialPrivacyServerSideFixedClipping):
         """Flower's (remembers the model sent); n and the population come from this round's sample."""
         return self._sample(list(super().configure_train(server_round, arrays, config, grid)), grid)
 
-    def _clip(self, replies: list[Message]) -> None:
-        """Flower's fixed clipping of each update θ_i − θ to norm C, in place.
+    def _clip(self, server_round: int, replies: list[Message]) -> None:
+        """Flower's fixed clipping of each update θ_i − θ to norm C, in place; log the norms seen (to choose C).
 
         Flower divides by the update's norm, so a client that sends the model back unchanged would
         crash the server: a zero update is left as it is (clipping is the identity there).
         """
         sent = self.current_arrays.to_numpy_ndarrays()
+        norms = []
         for msg in replies:
             record = msg.content["arrays"]
             returned = record.to_numpy_ndarrays()
-            if not any(np.any(r != s) for r, s in zip(returned, sent)):
+            norms.append(float(np.sqrt(sum(np.sum((r.astype(np.float64) - s) ** 2) for r, s in zip(returned, sent)))))
+            if norms[-1] == 0.0:
                 continue
             compute_clip_model_update(param1=returned, param2=sent, clipping_norm=self.clipping_norm)
             msg.content["arrays"] = ArrayRecord({k: Array(np.asarray(v)) for k, v in zip(record.keys(), returned)})
+        self.strategy.rounds[server_round].extra.update({
+            "dp-update-norm-median": float(np.median(norms)),
+            "dp-clipped-fraction": float(np.mean([n > self.clipping_norm for n in norms])),
+        })
 
 
 class ClientSideDP(_Accounted, DifferentialPrivacyClientSideFixedClipping):

@@ -36,6 +36,7 @@ def test_server_side_clips_each_update_and_weighs_clients_equally():
     np.testing.assert_allclose(new["w"].numpy(), [1.0 + (0.6 + 0.1) / 2, 1.0 + 0.8 / 2], rtol=1e-6)
     extra = s.rounds[1].extra
     assert extra["dp-noise-stdev"] == 0.0 and extra["dp-clipped-replies"] == 2 and "dp-epsilon" not in extra
+    assert extra["dp-update-norm-median"] == pytest.approx((5.0 + 0.1) / 2, rel=1e-6) and extra["dp-clipped-fraction"] == 0.5
     assert [r.metrics["num-examples"] for r in s.rounds[1].reports] == [100, 1]  # what clients declared, as logged
 
 

@@ -1,0 +1,100 @@
+"""Privacy/utility table: MNIST FedAvg with Flower's fixed-clipping DP, accuracy against ε (10 clients, α=0.3).
+
+    python -m benchmarks.privacy                      # no DP, then z in NOISE at C=1, server-side; one client-side run
+    python -m benchmarks.privacy --report-only
+
+User-level central DP: each client's update is clipped to C, the equal-weight mean gets noise
+N(0, (zC/n)²), ε at δ=1e-5 from Flower's RDP accountant (all 10 clients every round, no sampling
+amplification). Results: benchmarks/results/privacy/ (<name>-seed<k>.jsonl, table.md, privacy.png).
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from benchmarks.common import ROOT, fmt, run_app, save_figure, write_jsonl, write_table  # noqa: E402
+from fedrl_app.hooks import read_jsonl  # noqa: E402
+
+OUT = ROOT / "benchmarks" / "results" / "privacy"
+CLIPPING_NORM = 1.0
+NOISE = (0.0, 0.01, 0.03, 0.1, 0.3, 1.0)
+
+
+def settings(noise: tuple[float, ...], client_side_noise: float) -> dict[str, dict]:
+    """name -> run-config overrides."""
+    runs = {"no-dp": {}}
+    for z in noise:
+        runs[f"server-z{z:g}"] = {"dp-mode": "server", "dp-noise-multiplier": z, "dp-clipping-norm": CLIPPING_NORM}
+    runs[f"client-z{client_side_noise:g}"] = {"dp-mode": "client", "dp-noise-multiplier": client_side_noise,
+                                              "dp-clipping-norm": CLIPPING_NORM}
+    return runs
+
+
+def report(command: str, runs_config: dict[str, dict]) -> str:
+    lines = [f"MNIST, 10 clients, C={CLIPPING_NORM:g}, δ=1e-5. Command: `{command}`", "",
+             "| run | noise z | noise std / coord. | final acc. | best acc. | ε after last round | "
+             "median update norm | clipped |", "|---|---|---|---|---|---|---|---|"]
+    points = []
+    for name, overrides in runs_config.items():
+        runs = [read_jsonl(p) for p in sorted(OUT.glob(f"{name}-seed*.jsonl"))]
+        if not runs:
+            lines.append(f"| {name} | | | not run | | | | |")
+            continue
+        last = [r[-1] for r in runs]
+        z = overrides.get("dp-noise-multiplier")
+        stdev = "-" if z is None else f"{last[0]['dp-noise-stdev']:.2g}"
+        eps = [row.get("dp-epsilon") for row in last]
+        eps_cell = "∞ (no noise)" if z == 0 else ("no DP" if z is None else fmt(eps, ".3g"))
+        norms = [row["dp-update-norm-median"] for r in runs for row in r[1:] if "dp-update-norm-median" in row]
+        clipped = [row["dp-clipped-fraction"] for r in runs for row in r[1:] if "dp-clipped-fraction" in row]
+        lines.append(
+            f"| {name} | {'-' if z is None else f'{z:g}'} | "
+            f"{stdev} | {fmt([row['accuracy'] for row in last], '.4f')}"
+            f" | {fmt([max(x['accuracy'] for x in r) for r in runs], '.4f')} | {eps_cell} | "
+            f"{fmt(norms, '.2f', '-') if norms else '-'} | {fmt(clipped, '.0%', '-') if clipped else '-'} |")
+        if z and eps[0] is not None:
+            points.append((eps[0], last[0]["accuracy"], name))
+    table = write_table(lines, OUT)
+    if points:
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        ax.plot([p[0] for p in points], [p[1] for p in points], "o-")
+        for eps, acc, name in points:
+            ax.annotate(name, (eps, acc), fontsize=7)
+        ax.set(xscale="log", xlabel="ε (δ=1e-5) after the last round", ylabel="final test accuracy",
+               title="MNIST FedAvg with user-level DP")
+        save_figure(fig, OUT / "privacy.png")
+    return table
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--noise", type=float, nargs="+", default=list(NOISE))
+    parser.add_argument("--client-side-noise", type=float, default=0.03)
+    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1])
+    parser.add_argument("--report-only", action="store_true")
+    args = parser.parse_args()
+    OUT.mkdir(parents=True, exist_ok=True)
+    runs = settings(tuple(args.noise), args.client_side_noise)
+    command = (f"python -m benchmarks.privacy --noise {' '.join(f'{z:g}' for z in args.noise)} --client-side-noise "
+               f"{args.client_side_noise:g} --rounds {args.rounds} --seeds {' '.join(map(str, args.seeds))}")
+    if not args.report_only:
+        for seed in args.seeds:
+            for name, overrides in runs.items():
+                config = {**overrides, "num-server-rounds": args.rounds, "seed": seed, "wandb-mode": "disabled"}
+                with tempfile.TemporaryDirectory() as scratch:
+                    rows, _ = run_app(config, 10, Path(scratch), OUT / f"{name}-seed{seed}.log")
+                write_jsonl(OUT / f"{name}-seed{seed}.jsonl", rows)
+                print(f"{name} seed {seed}: final {rows[-1]['accuracy']:.4f}", flush=True)
+    print(report(command, runs))
+
+
+if __name__ == "__main__":
+    main()
