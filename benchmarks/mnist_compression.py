@@ -94,7 +94,29 @@ def codec_cost(repeats: int = 20) -> dict:
     t_plain = timed(lambda: aggregate_arrayrecords(dense, "num-examples"))
     t_compressed = timed(lambda: mean_arrays([decode_update(p, spec) for p in payloads], [100.0] * NUM_CLIENTS))
     return {"client-encode-ms": t_encode, "plain-aggregation-ms": t_plain, "decode-and-aggregate-ms": t_compressed,
-            "server-ratio": t_compressed / t_plain, "client-encode-over-plain-aggregation": t_encode / t_plain}
+            "server-ratio": t_compressed / t_plain, "client-encode-over-plain-aggregation": t_encode / t_plain,
+            **payload_sizes()}
+
+
+def payload_sizes() -> dict:
+    """Serialized (protobuf) size of one client's CNN update, as the byte meter counts it: dense vs top-1% + int8."""
+    from flwr.app import RecordDict
+
+    from fedrl_app.codecs import CompressionConfig, encode_update
+    from fedrl_app.payload import recorddict_nbytes
+    from fedrl_app.tasks.mnist import Net
+    from strategies.strategy_utils import to_record
+
+    rng = np.random.default_rng(0)
+    weights = {k: v.numpy() for k, v in Net().state_dict().items()}
+    delta = {k: rng.normal(scale=1e-3, size=v.shape).astype(np.float32) for k, v in weights.items()}
+
+    def compressed(gaps: bool) -> int:
+        payload = encode_update(delta, None, weights, CompressionConfig(topk_ratio=0.01, gap_indices=gaps))[0]
+        return recorddict_nbytes(RecordDict({"delta-compressed": payload}))
+
+    return {"dense-payload-bytes": recorddict_nbytes(RecordDict({"arrays": to_record(delta)})),
+            "int32-index-payload-bytes": compressed(False), "gap-index-payload-bytes": compressed(True)}
 
 
 def report(methods: list[str], command: str) -> str:
@@ -125,6 +147,12 @@ def report(methods: list[str], command: str) -> str:
                   f"{cost['decode-and-aggregate-ms']:.1f} ms (ratio {cost['server-ratio']:.2f}); one client encode "
                   f"{cost['client-encode-ms']:.1f} ms (ratio {cost['client-encode-over-plain-aggregation']:.2f}). "
                   "A round of local training takes seconds, so neither is a bottleneck."]
+        if "gap-index-payload-bytes" in cost:
+            lines += ["", f"One client's update, serialized: dense float32 {cost['dense-payload-bytes'] / 1e3:.1f} KB; "
+                      f"top-1% + int8 with int32 indices {cost['int32-index-payload-bytes'] / 1e3:.1f} KB; with uint16 "
+                      f"gap-coded indices (the codec's default since the runs above) "
+                      f"{cost['gap-index-payload-bytes'] / 1e3:.1f} KB "
+                      f"({cost['dense-payload-bytes'] / cost['gap-index-payload-bytes']:.0f}× smaller than dense)."]
     table = write_table(lines, OUT)
     _plots(runs)
     return table
@@ -175,11 +203,18 @@ def main() -> None:
     parser.add_argument("--async-rounds-factor", type=int, default=2)
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--report-only", action="store_true")
+    parser.add_argument("--payload-sizes", action="store_true", help="add payload sizes to codec_cost.json, report")
+    parser.add_argument("--command", help="command line to print above the table (default: this one)")
     args = parser.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
+    if args.payload_sizes:
+        cost_path = OUT / "codec_cost.json"
+        cost = json.loads(cost_path.read_text()) if cost_path.exists() else {}
+        cost_path.write_text(json.dumps({**cost, **payload_sizes()}, indent=2))
     command = (f"python -m benchmarks.mnist_compression --methods {' '.join(args.methods)} --rounds {args.rounds} "
                f"--seeds {' '.join(map(str, args.seeds))}")
-    if not args.report_only:
+    command = args.command or command
+    if not (args.report_only or args.payload_sizes):
         (OUT / "codec_cost.json").write_text(json.dumps(codec_cost(), indent=2))
         for seed in args.seeds:
             for method in args.methods:

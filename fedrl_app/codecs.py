@@ -1,4 +1,10 @@
-"""Compressed model-update codec: top-k sparsification, int8 quantization, layer pruning, error feedback."""
+"""Compressed model-update codec: top-k sparsification, int8 quantization, gap-coded indices, pruning, error feedback.
+
+Payload layout, per layer `name` that is sent: the kept positions as `name/gap` (uint16 gaps between
+sorted flat indices, the first gap counted from 0) or, when a gap does not fit in 16 bits or gap
+coding is off, `name/idx` (int32 flat indices); the values as `name/val` (int8, with float32
+`name/scale` and `name/zero`) or float32. With int8 values a kept entry costs 3 bytes instead of 5.
+"""
 
 from __future__ import annotations
 
@@ -15,7 +21,8 @@ class CodecError(ValueError):
 
 ModelSpec = dict[str, tuple[tuple[int, ...], str]]
 
-_SUFFIXES = ("idx", "val", "scale", "zero")
+_SUFFIXES = ("idx", "gap", "val", "scale", "zero")
+GAP_LIMIT = np.iinfo(np.uint16).max  # largest gap a uint16 holds
 
 
 @dataclass(frozen=True)
@@ -30,11 +37,14 @@ class CompressionConfig:
         Quantize the kept values to int8 (per-tensor affine).
     prune_threshold : float
         Layers with ``||u_l|| / (||w_l|| + 1e-12)`` below this are not sent (0 disables pruning).
+    gap_indices : bool
+        Send the kept positions as uint16 gaps when every gap fits (else int32 indices).
     """
 
     topk_ratio: float = 0.01
     quantize: bool = True
     prune_threshold: float = 0.0
+    gap_indices: bool = True
 
     def validate(self) -> None:
         """Raise CodecError naming the first field that is out of range."""
@@ -44,6 +54,8 @@ class CompressionConfig:
             raise CodecError(f"quantize must be a bool, got {self.quantize!r}")
         if not (math.isfinite(self.prune_threshold) and self.prune_threshold >= 0.0):
             raise CodecError(f"prune_threshold must be finite and >= 0, got {self.prune_threshold!r}")
+        if not isinstance(self.gap_indices, (bool, np.bool_)):
+            raise CodecError(f"gap_indices must be a bool, got {self.gap_indices!r}")
 
 
 @dataclass
@@ -172,7 +184,7 @@ def encode_update(
             idx = np.sort(np.argpartition(np.abs(flat), flat.size - k)[flat.size - k :]).astype(np.int32)
         kept = flat[idx]
 
-        layer = {f"{name}/idx": idx}
+        layer = encode_indices(name, idx, config.gap_indices)
         if config.quantize:
             q, scale, zero = quantize_int8(kept)
             sent = dequantize_int8(q, scale, zero)
@@ -194,6 +206,22 @@ def encode_update(
         stats.layers_sent += 1
         stats.entries_sent += k
     return ArrayRecord(arrays), new_residual, stats
+
+
+def encode_indices(name: str, idx: np.ndarray, gaps: bool) -> dict[str, np.ndarray]:
+    """Sorted flat indices as `name/gap` (uint16 differences, the first from 0) when all fit, else `name/idx` (int32)."""
+    if gaps and idx.size:
+        diffs = np.diff(idx, prepend=0)
+        if diffs.max() <= GAP_LIMIT:
+            return {f"{name}/gap": diffs.astype(np.uint16)}
+    return {f"{name}/idx": idx.astype(np.int32)}
+
+
+def layer_indices(record: ArrayRecord, name: str) -> np.ndarray:
+    """The flat indices a payload sends for `name` (gap- or int32-coded), as int64; not validated."""
+    if f"{name}/gap" in record.keys():
+        return np.cumsum(record[f"{name}/gap"].numpy().astype(np.int64))
+    return record[f"{name}/idx"].numpy().astype(np.int64)
 
 
 def _pruned(name: str, u: np.ndarray, weights: dict[str, np.ndarray], threshold: float) -> bool:
@@ -255,12 +283,20 @@ def decode_update(record: ArrayRecord, spec: ModelSpec) -> dict[str, np.ndarray]
 
 def _decode_layer(name: str, part: dict[str, np.ndarray], numel: int) -> tuple[np.ndarray, np.ndarray]:
     """Check one layer's arrays and return (indices, float32 values)."""
-    for required in ("idx", "val"):
-        if required not in part:
-            raise CodecError(f"{name}/{required}: missing")
-    idx, val = part["idx"], part["val"]
-    if idx.dtype != np.int32 or idx.ndim != 1:
-        raise CodecError(f"{name}/idx: expected 1-D int32, got {idx.dtype} with shape {idx.shape}")
+    if "idx" in part and "gap" in part:
+        raise CodecError(f"{name}: both idx and gap sent (expected one)")
+    if "idx" not in part and "gap" not in part:
+        raise CodecError(f"{name}/idx: missing (neither idx nor gap sent)")
+    if "val" not in part:
+        raise CodecError(f"{name}/val: missing")
+    idx_key = "gap" if "gap" in part else "idx"
+    idx, val = part[idx_key], part["val"]
+    expected = np.uint16 if idx_key == "gap" else np.int32
+    if idx.dtype != expected or idx.ndim != 1:
+        raise CodecError(f"{name}/{idx_key}: expected 1-D {np.dtype(expected).name}, got {idx.dtype} with shape "
+                         f"{idx.shape}")
+    if idx_key == "gap":  # int64 running sum: no overflow, and a zero gap after the first is a duplicate
+        idx = np.cumsum(idx.astype(np.int64))
     if val.ndim != 1:
         raise CodecError(f"{name}/val: expected 1-D, got shape {val.shape}")
     if idx.size != val.size:
@@ -268,11 +304,11 @@ def _decode_layer(name: str, part: dict[str, np.ndarray], numel: int) -> tuple[n
     if idx.size > numel:
         raise CodecError(f"{name}: {idx.size} entries but the layer has only {numel}")
     if idx.size and (idx.min() < 0 or idx.max() >= numel):
-        raise CodecError(f"{name}/idx: index out of range [0, {numel})")
+        raise CodecError(f"{name}/{idx_key}: index out of range [0, {numel})")
     steps = np.diff(idx)
     if np.any(steps <= 0):  # one pass: strictly increasing means sorted and free of duplicates
         kind = "duplicate index" if np.any(steps == 0) else "indices not sorted ascending"
-        raise CodecError(f"{name}/idx: {kind}")
+        raise CodecError(f"{name}/{idx_key}: {kind}")
 
     if val.dtype == np.float32:
         for extra in ("scale", "zero"):

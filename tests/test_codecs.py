@@ -10,6 +10,7 @@ from fedrl_app.codecs import (
     decode_update,
     dequantize_int8,
     encode_update,
+    layer_indices,
     quantize_int8,
 )
 
@@ -58,7 +59,8 @@ def test_topk_keeps_exactly_the_largest_magnitudes():
     record, residual, stats = encode_update({"w": x}, None, {"w": x}, config)
 
     expected_idx = np.flatnonzero(magnitudes >= 16)
-    assert np.array_equal(record["w/idx"].numpy(), expected_idx)
+    assert np.array_equal(record["w/gap"].numpy(), np.diff(expected_idx, prepend=0))  # 20 entries: gaps fit uint16
+    assert np.array_equal(layer_indices(record, "w"), expected_idx)
     assert stats.entries_sent == 5
     kept = np.abs(x) >= 16
     decoded = decode_update(record, _spec({"w": x}))["w"]
@@ -107,7 +109,7 @@ def test_error_feedback_recovers_dropped_mass():
         assert stats.entries_sent == 10 + 3  # ceil(0.05 * 200), ceil(0.05 * 50)
         for name, d in decode_update(record, spec).items():
             total[name] += d
-            ever_sent[name][record[f"{name}/idx"].numpy()] = True
+            ever_sent[name][layer_indices(record, name)] = True
     for name, d in delta.items():
         np.testing.assert_allclose(total[name] + residual[name], rounds * d.astype(np.float64), rtol=1e-5, atol=1e-4)
         assert ever_sent[name].all(), f"{name}: {np.sum(~ever_sent[name])} entries never sent"
@@ -122,7 +124,7 @@ def test_pruned_layer_is_not_sent_and_stays_in_residual():
     record, residual, stats = encode_update(delta, old_residual, weights, config)
 
     assert not any(key.startswith("tiny/") for key in record.keys())
-    assert "big/idx" in record.keys()
+    assert "big/gap" in record.keys()
     assert (stats.layers_sent, stats.layers_pruned) == (1, 1)
     decoded = decode_update(record, _spec(weights))
     assert not decoded["tiny"].any()
@@ -133,11 +135,27 @@ def test_pruned_layer_is_not_sent_and_stays_in_residual():
 def test_payload_size_for_one_percent_int8():
     rng = np.random.default_rng(5)
     delta = {"w": rng.standard_normal(100_000).astype(np.float32)}
-    record, _, stats = encode_update(delta, None, delta, CompressionConfig(topk_ratio=0.01, quantize=True))
-    nbytes = sum(record[key].numpy().nbytes for key in record.keys())
-    assert stats.entries_sent == 1000
-    assert nbytes == stats.payload_nbytes
-    assert nbytes <= 1000 * (4 + 1) + 16
+    for gaps, entry_bytes in ((True, 2 + 1), (False, 4 + 1)):  # uint16 gap or int32 index, plus an int8 value
+        config = CompressionConfig(topk_ratio=0.01, quantize=True, gap_indices=gaps)
+        record, _, stats = encode_update(delta, None, delta, config)
+        nbytes = sum(record[key].numpy().nbytes for key in record.keys())
+        assert stats.entries_sent == 1000
+        assert nbytes == stats.payload_nbytes == 1000 * entry_bytes + 8  # + float32 scale and zero point
+
+
+def test_gap_coding_round_trips_and_falls_back_to_int32_for_a_long_gap():
+    x = np.zeros(200_000, np.float32)
+    x[[3, 70_000, 70_001, 199_999]] = [1.0, -2.0, 3.0, 4.0]
+    near = np.zeros(1000, np.float32)
+    near[[0, 5, 999]] = [1.0, 2.0, 3.0]
+    delta = {"far": x, "near": near}
+    config = CompressionConfig(topk_ratio=4 / 200_000, quantize=False)  # near keeps ceil(0.02) = 1 entry
+    record, _, _ = encode_update(delta, None, delta, config)
+    assert record["far/idx"].dtype == "int32"  # 70_000 − 3 > 65_535: int32 indices for this layer only
+    assert record["near/gap"].dtype == "uint16" and record["near/gap"].numpy().tolist() == [999]
+    decoded = decode_update(record, _spec(delta))
+    assert np.array_equal(decoded["far"], x)
+    assert np.array_equal(np.flatnonzero(decoded["near"]), [999])
 
 
 @pytest.fixture
@@ -145,8 +163,10 @@ def payloads():
     """A valid quantized and a valid float payload for one (4, 5) layer, plus the spec."""
     rng = np.random.default_rng(6)
     delta = {"w": rng.standard_normal((4, 5)).astype(np.float32)}
-    quantized, _, _ = encode_update(delta, None, delta, CompressionConfig(topk_ratio=0.2, quantize=True))
-    plain, _, _ = encode_update(delta, None, delta, CompressionConfig(topk_ratio=0.2, quantize=False))
+    # int32 indices here; the gap-coded variant has its own cases below
+    quantized, _, _ = encode_update(delta, None, delta, CompressionConfig(topk_ratio=0.2, gap_indices=False))
+    plain, _, _ = encode_update(delta, None, delta, CompressionConfig(topk_ratio=0.2, quantize=False,
+                                                                      gap_indices=False))
     return quantized, plain, _spec(delta)
 
 
@@ -203,7 +223,7 @@ def test_decoder_refuses_bad_quantized_payload(payloads, case):
         (lambda r: {"w__val": _set(r["w/val"].numpy().copy(), 0, np.inf)}, r"w/val: non-finite"),
         (lambda r: {"w__val": r["w/val"].numpy().astype(np.float64)}, r"w/val: expected int8 or float32, got float64"),
         (lambda r: {"w__scale": np.ones(1, np.float32)}, r"w/scale: unexpected for float32 values"),
-        (lambda r: {"w__idx": None}, r"w/idx: missing"),
+        (lambda r: {"w__idx": None}, r"w/idx: missing \(neither idx nor gap sent\)"),
     ],
     ids=["nan value", "inf value", "float64 values", "scale with float values", "missing idx"],
 )
@@ -211,6 +231,37 @@ def test_decoder_refuses_bad_float_payload(payloads, change, message):
     _, plain, spec = payloads
     with pytest.raises(CodecError, match=message):
         decode_update(_tamper(plain, **change(plain)), spec)
+
+
+def _gapped():
+    rng = np.random.default_rng(7)
+    delta = {"w": rng.standard_normal((4, 5)).astype(np.float32)}
+    record, _, _ = encode_update(delta, None, delta, CompressionConfig(topk_ratio=0.2))
+    return record, _spec(delta)
+
+
+BAD_GAPS = {
+    "zero gap after the first": (lambda g: _set(g, 2, 0), r"w/gap: duplicate index"),
+    "sum past the layer": (lambda g: _set(g, 3, 60_000), r"w/gap: index out of range \[0, 20\)"),
+    "int16 gaps": (lambda g: g.astype(np.int16), r"w/gap: expected 1-D uint16, got int16"),
+    "2-D gaps": (lambda g: g.reshape(2, 2), r"w/gap: expected 1-D uint16, got uint16 with shape \(2, 2\)"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_GAPS))
+def test_decoder_refuses_bad_gap_payload(case):
+    record, spec = _gapped()
+    change, message = BAD_GAPS[case]
+    assert decode_update(record, spec)["w"].any()  # untampered, it decodes
+    with pytest.raises(CodecError, match=message):
+        decode_update(_tamper(record, w__gap=change(record["w/gap"].numpy().copy())), spec)
+
+
+def test_decoder_refuses_both_index_forms():
+    record, spec = _gapped()
+    idx = layer_indices(record, "w").astype(np.int32)
+    with pytest.raises(CodecError, match=r"w: both idx and gap sent"):
+        decode_update(_tamper(record, w__idx=idx), spec)
 
 
 @pytest.mark.parametrize(
@@ -221,6 +272,7 @@ def test_decoder_refuses_bad_float_payload(payloads, change, message):
         ({"topk_ratio": float("nan")}, "topk_ratio"),
         ({"prune_threshold": -0.1}, "prune_threshold"),
         ({"quantize": 1}, "quantize"),
+        ({"gap_indices": "yes"}, "gap_indices"),
     ],
 )
 def test_config_validation_names_the_field(kwargs, field):

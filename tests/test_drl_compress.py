@@ -56,8 +56,8 @@ def test_all_skip_keeps_the_model():
 def test_bad_compressed_payload_and_unknown_decision_are_dropped():
     s = _strategy()
     bad = _drl_reply(1, 10, "compressed", X)
-    idx_key = next(k for k in bad.content["delta-compressed"].keys() if k.endswith("/idx"))
-    bad.content["delta-compressed"][idx_key] = arrays(x=[0.0])["x"]  # float indices
+    idx_key = next(k for k in bad.content["delta-compressed"].keys() if k.endswith("/gap"))
+    bad.content["delta-compressed"][idx_key] = arrays(x=[0.0])["x"]  # float gaps
     weird = _drl_reply(2, 10, "skip")
     weird.content["config-smuggle"] = ConfigRecord({"a": 1})
     weird.content["metadata"] = _meta(2, 10, "rm -rf")
@@ -65,7 +65,7 @@ def test_bad_compressed_payload_and_unknown_decision_are_dropped():
     out, _ = s.aggregate_train(1, [bad, weird, ok])
     np.testing.assert_allclose(out["w"].numpy(), X["w"] + 1.0)
     reasons = dict(s.rounds[1].dropped)
-    assert "idx" in reasons[1] and "not one of" in reasons[2]
+    assert "gap: expected 1-D uint16, got float32" in reasons[1] and "not one of" in reasons[2]
 
 
 def test_skip_drops_the_update_and_keeps_the_compression_residual(monkeypatch):
