@@ -90,6 +90,7 @@ class RunConfig:
     afedpg_step_size: float = 0.1
     afedpg_eta_exponent: float = 0.8
     afedpg_delay_adaptive: bool = True
+    afedpg_step_exponent: float = 0.0
     outputs_dir: str = ""
     resume_from: str = ""
     byzantine_fraction: float = 0.0
@@ -154,6 +155,7 @@ class RunConfig:
             _at_least(key, getattr(self, key.replace("-", "_")), 1)
         _in_range("pg-gamma", self.pg_gamma, 0.0, 1.0, low_open=True)
         _in_range("afedpg-eta-exponent", self.afedpg_eta_exponent, 0.0, 1.0)
+        _in_range("afedpg-step-exponent", self.afedpg_step_exponent, 0.0, 1.0)
         if self.lapg_threshold < 0:
             raise ConfigError(f"config key 'lapg-threshold' must be >= 0, got {self.lapg_threshold!r}")
         _at_least("dqn-epsilon-decay-steps", self.dqn_epsilon_decay_steps, 1)

@@ -74,7 +74,8 @@ def build_pg_strategy(cfg: RunConfig, common: dict):
         return LAPG(**common, **clock, lr=cfg.pg_lr, threshold=cfg.lapg_threshold, memory=cfg.lapg_memory)
     if cfg.strategy == "afedpg":
         return AFedPG(FedPG(**common, **clock, lr=cfg.pg_lr), **clock, step_size=cfg.afedpg_step_size,
-                      eta_exponent=cfg.afedpg_eta_exponent, delay_adaptive=cfg.afedpg_delay_adaptive)
+                      eta_exponent=cfg.afedpg_eta_exponent, delay_adaptive=cfg.afedpg_delay_adaptive,
+                      step_exponent=cfg.afedpg_step_exponent)
     return FedPG(**common, **clock, lr=cfg.pg_lr)
 
 

@@ -35,6 +35,7 @@ def test_defaults_match_pyproject():
         ({"lapg-memory": 0}, r"'lapg-memory' must be >= 1"),
         ({"afedpg-step-size": -0.1}, r"'afedpg-step-size' must be > 0"),
         ({"afedpg-eta-exponent": 2.0}, r"'afedpg-eta-exponent' must be in \[0.0, 1.0\]"),
+        ({"afedpg-step-exponent": -0.5}, r"'afedpg-step-exponent' must be in \[0.0, 1.0\]"),
         ({"afedpg-delay-adaptive": 1}, r"'afedpg-delay-adaptive' must be true or false"),
         ({"agent": "rainbow"}, r"'agent' is 'rainbow'; allowed values"),
         ({"num-server-rounds": -3}, r"'num-server-rounds' must be >= 1, got -3"),

@@ -174,3 +174,16 @@ def test_afedpg_takes_no_step_on_a_zero_gradient():
             evaluate_fn=lambda r, a: seen.setdefault(r, a["w"].numpy().tolist()) and None)
     assert seen[1] == [1.0, 1.0] and s.rounds[1].extra["step-norm"] == 0.0
     assert seen[2] == [1.0, 1.5] and s.rounds[2].extra["step-norm"] == 0.5
+
+
+def test_afedpg_step_length_decays_as_k_to_the_minus_q():
+    # one node, gradient (1, 0) every time, η = 1 (p = 0): θ_k moves by α·k^(−q) along x; α = 1, q = 1/2
+    grid = gradient_grid({1: [1.0, 0.0]})
+    s = AFedPG(FedPG(), step_size=1.0, eta_exponent=0.0, step_exponent=0.5, jitter=0.0, speeds={1: 1.0})
+    seen = {}
+    s.start(grid, arrays(w=[0.0, 0.0]), num_rounds=3, train_config=ConfigRecord({}),
+            evaluate_fn=lambda r, a: seen.setdefault(r, a["w"].numpy().tolist()) and None)
+    steps = [1.0, 2 ** -0.5, 3 ** -0.5]
+    for k in (1, 2, 3):
+        assert s.rounds[k].extra["step-norm"] == pytest.approx(steps[k - 1])
+        np.testing.assert_allclose(seen[k], [sum(steps[:k]), 0.0], rtol=1e-6)
