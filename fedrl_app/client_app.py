@@ -120,6 +120,8 @@ def train(msg: Message, context: Context) -> Message:
             context, global_weights, local_weights, local_accuracy, server_round,
             int(config["num-server-rounds"]), float(config["bytes-penalty"]), float(config["prune-threshold"]),
             seed=cfg.seed * 1_000 + pid, policy=str(config.get("sync-policy", "dqn")),
+            reward_kind=str(config.get("controller-reward", "own-gain")),
+            accuracy_of=lambda weights: _local_accuracy(weights, test_data, cfg.eval_batch_size),
         )
         content = RecordDict({**sync.records, "metrics": metrics})
     else:
@@ -148,6 +150,13 @@ def train(msg: Message, context: Context) -> Message:
         meta.local_accuracy, meta.controller_reward, meta.controller_state = local_accuracy, sync.reward, sync.state
     content[METADATA_RECORD_KEY] = encode_metadata(meta)
     return Message(content=content, reply_to=msg)
+
+
+def _local_accuracy(weights: dict, test_data, batch_size: int) -> float:
+    """Accuracy of the CNN with `weights` (numpy) on this client's held-out split."""
+    probe = mnist.Net()
+    probe.load_state_dict({k: torch.from_numpy(v) for k, v in weights.items()})
+    return mnist.evaluate(probe, test_data, batch_size)[1]
 
 
 @app.evaluate()

@@ -17,6 +17,7 @@ RL_STRATEGIES = ("fedavg", "fusion", *PG_STRATEGIES)
 FAULT_MODES = ("", "raise", "hang")
 BYZANTINE_ATTACKS = ("sign-flip", "scale")
 SYNC_POLICIES = ("dqn", "compressed", "full")
+CONTROLLER_REWARDS = ("own-gain", "global-gain")  # see fedrl_app.agents.sync_controller
 DP_MODES = ("off", "server", "client")  # Flower's fixed-clipping DP wrappers: who clips the updates
 DP_STRATEGIES = ("fedavg", "fedprox")  # the wrappers add noise to a plain (equal-weight) mean of full models
 WANDB_MODES = ("offline", "online", "disabled")
@@ -50,6 +51,7 @@ class RunConfig:
     adagrad_tau: float = 0.001
     bytes_penalty: float = 1.0
     sync_policy: str = "dqn"
+    controller_reward: str = "own-gain"
     async_aggregation: bool = False
     buffer_size: int = 5
     staleness_exponent: float = 0.5
@@ -163,6 +165,7 @@ class RunConfig:
             raise ConfigError(f"config key 'strategy' is {self.strategy!r}; with task {self.task!r} allowed values: "
                               f"{list(RL_STRATEGIES)}")
         _choice("sync-policy", self.sync_policy, SYNC_POLICIES)
+        _choice("controller-reward", self.controller_reward, CONTROLLER_REWARDS)
         _choice("fault-mode", self.fault_mode, FAULT_MODES)
         _choice("dp-mode", self.dp_mode, DP_MODES)
         if self.dp_mode != "off" and (self.strategy not in DP_STRATEGIES or self.async_aggregation or self.clustering):

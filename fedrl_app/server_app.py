@@ -38,7 +38,8 @@ def build_strategy(cfg: RunConfig):
         strategy = Scaffold(**common)
     elif cfg.strategy == "drl-compress":
         strategy = DrlCompress(**common, bytes_penalty=cfg.bytes_penalty, prune_threshold=cfg.prune_threshold,
-                               num_rounds=cfg.num_server_rounds, sync_policy=cfg.sync_policy)
+                               num_rounds=cfg.num_server_rounds, sync_policy=cfg.sync_policy,
+                               controller_reward=cfg.controller_reward)
     elif cfg.strategy == "fusion":
         obs_dim, n_actions = env_dims(cfg.task)
         strategy = Fusion(**common, obs_dim=obs_dim, n_actions=n_actions, agent_config=dqn_config(cfg),

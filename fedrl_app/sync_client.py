@@ -7,6 +7,7 @@ the last global update) and the round this client last sent anything.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,12 +17,13 @@ from fedrl_app.agents.sync_controller import (
     ACTIONS,
     COMPRESSED,
     FULL,
+    REWARD_KINDS,
     SKIP,
     ControllerConfig,
     SyncController,
     divergence,
 )
-from fedrl_app.codecs import CompressionConfig, encode_update
+from fedrl_app.codecs import CompressionConfig, decode_update, encode_update
 from fedrl_app.payload import recorddict_nbytes
 
 CONTROLLER_KEY = "sync-controller"
@@ -63,12 +65,20 @@ def decide_and_encode(
     prune_threshold: float,
     seed: int,
     policy: str = "dqn",
+    reward_kind: str = "own-gain",
+    accuracy_of: Callable[[dict[str, np.ndarray]], float] | None = None,
 ) -> SyncDecision:
     """Run one controller step and encode the update it chose to send.
 
     `policy` "compressed" or "full" fixes the action (ablations); the controller still
-    records the state and reward it would have learned from.
+    records the state and reward it would have learned from. With `reward_kind` "own-gain",
+    `accuracy_of(weights)` (local validation accuracy of a model) measures what the message
+    sent adds to the global model (see `fedrl_app.agents.sync_controller`).
     """
+    if reward_kind not in REWARD_KINDS:
+        raise ValueError(f"reward_kind must be one of {REWARD_KINDS}, got {reward_kind!r}")
+    if reward_kind == "own-gain" and accuracy_of is None:
+        raise ValueError("reward_kind 'own-gain' needs accuracy_of")
     state = context.state
     blob = state.config_records.get(CONTROLLER_KEY)
     controller = (SyncController.from_bytes(blob["blob"]) if blob is not None
@@ -84,9 +94,9 @@ def decide_and_encode(
     observation = controller.encode_state(local_accuracy, div, staleness, server_round / max(num_rounds, 1))
 
     reward = None
-    if controller.pending is not None:  # the previous decision's outcome is visible only now
-        prev_state, prev_action, prev_accuracy, prev_bytes = controller.pending
-        reward = controller.reward(prev_accuracy, local_accuracy, prev_bytes)
+    if controller.pending is not None:  # the previous decision's transition is complete only now
+        prev_state, prev_action = controller.pending[:2]
+        reward = controller.pending_reward(local_accuracy)
         if policy == "dqn":
             controller.remember(prev_state, prev_action, reward, observation)
             controller.learn()
@@ -111,7 +121,10 @@ def decide_and_encode(
                                                                prune_threshold=prune_threshold))
         records = {"delta-compressed": compressed}
     bytes_fraction = recorddict_nbytes(RecordDict(records)) / dense_bytes if records else 0.0
-    controller.pending = (observation, action, float(local_accuracy), float(bytes_fraction))
+    own_gain = float("nan")
+    if reward_kind == "own-gain":
+        own_gain = _own_gain(records, global_weights, local_accuracy, accuracy_of)
+    controller.pending = (observation, action, float(local_accuracy), float(bytes_fraction), own_gain)
 
     state[CONTROLLER_KEY] = ConfigRecord({"blob": controller.to_bytes()})
     if residual is None:
@@ -122,3 +135,16 @@ def decide_and_encode(
     state[LAST_GLOBAL_KEY] = _to_record(global_weights)
     state[SYNC_META_KEY] = ConfigRecord({"last-sent-round": server_round if records else int(meta["last-sent-round"])})
     return SyncDecision(ACTIONS[action], rate, records, bytes_fraction, reward, observation, div, max(staleness, 0))
+
+
+def _own_gain(records: dict[str, ArrayRecord], global_weights: dict[str, np.ndarray], local_accuracy: float,
+              accuracy_of: Callable[[dict[str, np.ndarray]], float]) -> float:
+    """Local accuracy of global + the update as the server will decode it, minus that of global (0 for a skip)."""
+    if not records:
+        return 0.0
+    if "delta" in records:
+        sent = _from_record(records["delta"])
+    else:
+        spec = {k: (v.shape, str(v.dtype)) for k, v in global_weights.items()}
+        sent = decode_update(records["delta-compressed"], spec)
+    return float(accuracy_of({k: global_weights[k] + sent[k] for k in global_weights})) - float(local_accuracy)

@@ -48,14 +48,18 @@ class DrlCompress(RoundScheduleMixin, ReplyGuardMixin, FlowerFedAvg):
     sync_policy : str (default: "dqn")
         "dqn" lets each client's controller decide; "compressed" / "full" fix the
         decision (ablations: what the codec alone gives, and dense deltas).
+    controller_reward : str (default: "own-gain")
+        How the controllers measure the accuracy gain in their reward: "own-gain" (what the
+        client's own message adds, measured at once) or "global-gain" (the global model's gain
+        by the next round); see :mod:`fedrl_app.agents.sync_controller`.
     **kwargs
         Passed to :class:`flwr.serverapp.strategy.FedAvg`.
     """
 
     def __init__(self, *, bytes_penalty: float = 1.0, prune_threshold: float = 0.0, num_rounds: int = 30,
-                 sync_policy: str = "dqn", **kwargs) -> None:
+                 sync_policy: str = "dqn", controller_reward: str = "own-gain", **kwargs) -> None:
         super().__init__(**kwargs)
-        self.sync_policy = sync_policy
+        self.sync_policy, self.controller_reward = sync_policy, controller_reward
         self.bytes_penalty, self.prune_threshold, self.num_rounds = bytes_penalty, prune_threshold, num_rounds
         self.current: dict[str, np.ndarray] | None = None
         self._deltas: dict[int, dict[str, np.ndarray]] = {}
@@ -78,6 +82,7 @@ class DrlCompress(RoundScheduleMixin, ReplyGuardMixin, FlowerFedAvg):
         config["prune-threshold"] = self.prune_threshold
         config["num-server-rounds"] = self.num_rounds
         config["sync-policy"] = self.sync_policy
+        config["controller-reward"] = self.controller_reward
         return super().configure_train(server_round, arrays, config, grid)
 
     def check_reply_arrays(self, msg: Message, meta: ClientMetadata) -> None:

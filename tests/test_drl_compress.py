@@ -1,6 +1,7 @@
 """DrlCompress aggregation: any mix of full, compressed and skipped replies gives the right step."""
 
 import numpy as np
+import pytest
 from flwr.app import ConfigRecord
 
 from fedrl_app.codecs import CompressionConfig, encode_update
@@ -77,10 +78,39 @@ def test_skip_drops_the_update_and_keeps_the_compression_residual(monkeypatch):
     context = Context(run_id=1, node_id=1, node_config={}, state=RecordDict(), run_config={})
     g = {"w": np.zeros(100, np.float32)}
     first = decide_and_encode(context, g, {"w": np.arange(100, dtype=np.float32)}, 0.5, 1, 10, 1.0, 0.0,
-                              seed=0, policy="compressed")
+                              seed=0, policy="compressed", reward_kind="global-gain")
     residual = context.state[RESIDUAL_KEY]["w"].numpy().copy()
     assert first.action == "compressed" and np.count_nonzero(residual) == 98  # 99 was sent; 0 is zero anyway
     monkeypatch.setattr(SyncController, "act", lambda self, state, greedy=False: SKIP)
-    skipped = decide_and_encode(context, g, {"w": np.full(100, 7.0, np.float32)}, 0.5, 2, 10, 1.0, 0.0, seed=0)
+    skipped = decide_and_encode(context, g, {"w": np.full(100, 7.0, np.float32)}, 0.5, 2, 10, 1.0, 0.0, seed=0,
+                                reward_kind="global-gain")
     assert skipped.action == "skip" and skipped.records == {} and skipped.bytes_fraction == 0.0
     np.testing.assert_array_equal(context.state[RESIDUAL_KEY]["w"].numpy(), residual)  # nothing banked
+
+
+def test_own_gain_reward_is_what_the_message_adds_minus_its_bytes(monkeypatch):
+    from flwr.app import Context, RecordDict
+
+    from fedrl_app.agents.sync_controller import SKIP, SyncController
+    from fedrl_app.sync_client import decide_and_encode
+
+    def accuracy_of(weights):  # a stand-in "accuracy": the sum of the weights / 1000
+        return float(weights["w"].sum()) / 1000
+
+    context = Context(run_id=1, node_id=1, node_config={}, state=RecordDict(), run_config={})
+    g = {"w": np.zeros(100, np.float32)}
+    local = {"w": np.arange(100, dtype=np.float32)}
+
+    def step(server_round, policy):
+        return decide_and_encode(context, g, local, 0.5, server_round, 10, 2.0, 0.0, seed=0, policy=policy,
+                                 reward_kind="own-gain", accuracy_of=accuracy_of)
+
+    full = step(1, "full")
+    assert full.action == "full" and full.bytes_fraction == 1.0 and full.reward is None
+    compressed = step(2, "compressed")  # the full message added 4950/1000 − 0.5, at λ = 2 times 1.0 of the bytes
+    assert compressed.reward == pytest.approx((4.95 - 0.5) - 2.0 * 1.0)
+    monkeypatch.setattr(SyncController, "act", lambda self, state, greedy=False: SKIP)
+    skipped = step(3, "dqn")  # top-1% of 100 entries sends only w[99] = 99 (int8, exact for one value)
+    assert skipped.reward == pytest.approx((0.099 - 0.5) - 2.0 * compressed.bytes_fraction, rel=1e-6)
+    after = step(4, "dqn")
+    assert after.reward == 0.0  # a skip adds nothing and costs nothing

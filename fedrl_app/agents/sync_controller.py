@@ -10,8 +10,15 @@ State (5 numbers, all roughly in [0, 1]):
     staleness: rounds since this client last sent anything, / `staleness_scale`, clipped to 1,
     progress: round / total rounds,
     current top-k ratio, log-scaled between `rate_min` (0) and `rate_max` (1).
-Reward for the previous decision, observed one round later:
-    (accuracy now − accuracy then) − bytes_penalty · bytes sent / full-model bytes.
+Reward, minus bytes_penalty · bytes sent / full-model bytes, with the accuracy gain measured one
+of two ways (`reward_kind`):
+    "global-gain": local accuracy of the next global model − of this one, observed one round later.
+        Most of it is the other clients' work, whatever this client did: a credit-assignment
+        problem that left the controllers learning only the byte cost (skip, or send less).
+    "own-gain" (default): local accuracy of (this global model + what this client actually sent,
+        decoded as the server will) − of this global model, measured the same round. It is
+        the value of this client's own message, so each action's reward is its own doing
+        (a difference reward); a skip gains nothing and costs nothing.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ from torch import nn
 
 FULL, COMPRESSED, SKIP, RAISE_COMPRESSION, LOWER_COMPRESSION = range(5)
 ACTIONS = ("full", "compressed", "skip", "raise-compression", "lower-compression")
+REWARD_KINDS = ("own-gain", "global-gain")
 STATE_DIM = 5
 
 
@@ -88,8 +96,9 @@ class SyncController:
         self.decisions = 0
         self.gradient_steps = 0
         self.rate = config.initial_rate
-        # the decision awaiting its reward: (state, action, accuracy then, bytes fraction sent)
-        self.pending: tuple[list[float], int, float, float] | None = None
+        # the decision awaiting its next state: (state, action, accuracy then, bytes fraction sent,
+        # own gain: the accuracy its message added, measured at once; NaN with the "global-gain" reward)
+        self.pending: tuple[list[float], int, float, float, float] | None = None
 
     # --- acting -------------------------------------------------------------------------
     @property
@@ -125,6 +134,13 @@ class SyncController:
     def reward(self, accuracy_before: float, accuracy_after: float, bytes_fraction: float) -> float:
         """Accuracy gain minus λ · bytes sent / full-model bytes."""
         return (accuracy_after - accuracy_before) - self.config.bytes_penalty * bytes_fraction
+
+    def pending_reward(self, accuracy_now: float) -> float:
+        """The reward of the pending decision: its own gain if measured, else the global model's gain since."""
+        _, _, accuracy_then, bytes_fraction, own_gain = self.pending
+        if math.isnan(own_gain):
+            return self.reward(accuracy_then, accuracy_now, bytes_fraction)
+        return self.reward(0.0, own_gain, bytes_fraction)
 
     # --- learning -------------------------------------------------------------------------
     def remember(self, state: list[float], action: int, reward: float, next_state: list[float]) -> None:
@@ -194,7 +210,7 @@ class SyncController:
         ctrl.buffer_pos, ctrl.decisions = state["buffer_pos"], state["decisions"]
         ctrl.gradient_steps, ctrl.rate = state["gradient_steps"], state["rate"]
         p = state["pending"]
-        ctrl.pending = (list(p[0]), int(p[1]), float(p[2]), float(p[3])) if p else None
+        ctrl.pending = (list(p[0]), int(p[1]), float(p[2]), float(p[3]), float(p[4])) if p else None
         ctrl.rng.setstate((3, tuple(state["rng"]), None))
         return ctrl
 
