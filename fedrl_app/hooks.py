@@ -16,8 +16,9 @@ import torch
 from flwr.app import ArrayRecord, MetricRecord
 from flwr.supercore import log
 
-from fedrl_app.config import RunConfig
+from fedrl_app.config import RL_TASKS, RunConfig
 from fedrl_app.metered_grid import MeteredGrid
+from fedrl_app.solve import SolveTracker
 
 METRICS_FILE = "metrics.jsonl"
 CLIENTS_FILE = "clients.jsonl"
@@ -25,6 +26,7 @@ LAST_CHECKPOINT = "last.pt"
 BEST_MODEL = "best_model.pt"
 BEST_INFO = "best.json"
 RUN_INFO = "run.json"
+SOLVED_FILE = "solved.json"  # RL: episode and env step at which each client solved
 
 
 def new_run_dir(root: Path) -> Path:
@@ -82,6 +84,11 @@ class RunHooks:
         if resume:
             _truncate_jsonl(run_dir / METRICS_FILE, self.round_offset)
             _truncate_jsonl(run_dir / CLIENTS_FILE, self.round_offset)
+        self.solves = SolveTracker(cfg.task) if cfg.task in RL_TASKS else None
+        if self.solves is not None and resume and (run_dir / CLIENTS_FILE).exists():
+            for c in read_jsonl(run_dir / CLIENTS_FILE):  # the episodes before the stop still count
+                self.solves.add(c["round"], c["partition_id"], c.get("episode_returns") or [],
+                                c.get("episode_lengths") or [])
         info = {"config": cfg.as_dict(), "resumed-at-rounds": []}
         if (run_dir / RUN_INFO).exists():
             info = json.loads((run_dir / RUN_INFO).read_text())
@@ -143,6 +150,9 @@ class RunHooks:
             row.update({f"client-eval-{k}": v for k, v in round_log.evaluate_metrics.items()})
             row.update(round_log.extra)
         self._t_round = now
+        reports = round_log.reports if round_log is not None else []
+        if self.solves is not None:
+            self._track_solves(server_round, reports, row)
 
         improved = self._is_better(metrics.get(self.cfg.tracked_metric))
         if improved:
@@ -155,7 +165,6 @@ class RunHooks:
 
         with open(self.run_dir / METRICS_FILE, "a") as f:
             f.write(json.dumps(row) + "\n")
-        reports = round_log.reports if round_log is not None else []
         if reports:
             with open(self.run_dir / CLIENTS_FILE, "a") as f:
                 for r in reports:
@@ -173,6 +182,18 @@ class RunHooks:
                 if r.metadata.epoch_losses:
                     data[f"{prefix}/train-loss"] = r.metadata.epoch_losses[-1]
             self.wandb_run.log(data, step=server_round)
+
+    def _track_solves(self, server_round: int, reports: list, row: dict[str, Any]) -> None:
+        """Feed this round's finished episodes to the solve tracker; note solves in the row, log and solved.json."""
+        for r in reports:
+            meta = r.metadata
+            solve = self.solves.add(server_round, meta.partition_id, meta.episode_returns or [],
+                                    meta.episode_lengths or [])
+            if solve is not None:
+                log(INFO, "fedrl: client %d solved (100-episode mean ≥ %g) at its episode %d, env step %d, round %d",
+                    solve.partition_id, self.solves.threshold, solve.episode, solve.env_step, server_round)
+        row["clients-solved"] = len(self.solves.solves)
+        (self.run_dir / SOLVED_FILE).write_text(json.dumps(self.solves.summary(), indent=2))
 
     def _is_better(self, value: float | None) -> bool:
         if value is None:

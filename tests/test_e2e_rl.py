@@ -1,5 +1,7 @@
 """End to end: FedAvg over DQN clients on CartPole through `flwr run` (2 rounds, small budget)."""
 
+import json
+
 import pytest
 
 from benchmarks.common import ROOT, run_config_args
@@ -46,6 +48,8 @@ def test_cartpole_fedavg_two_rounds(sim, tmp_path, agent):
     # round 2 trains: learning starts after 100 steps, one gradient step every 4 env steps
     assert all(c["train_flops"] > 0 for c in clients if c["round"] == 2)
     assert (run_dir / "return.png").is_file() and (run_dir / "best_model.pt").is_file()
+    assert all(r["clients-solved"] == 0 for r in rows[1:])  # 600 steps are far from a 100-episode mean of 475
+    assert json.loads((run_dir / "solved.json").read_text())["federation-solved-round"] is None
 
 
 def test_cartpole_fusion_two_rounds(sim, tmp_path):
