@@ -153,6 +153,10 @@ class RunHooks:
         reports = round_log.reports if round_log is not None else []
         if self.solves is not None:
             self._track_solves(server_round, reports, row)
+            for name in ("experience_raw_bytes", "experience_gzip_bytes", "model_gzip_bytes"):
+                values = [getattr(r.metadata, name) for r in reports if getattr(r.metadata, name) is not None]
+                if values:  # gzip's saving, summed over this round's clients
+                    row[name.replace("_", "-")] = int(sum(values))
 
         improved = self._is_better(metrics.get(self.cfg.tracked_metric))
         if improved:

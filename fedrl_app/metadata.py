@@ -49,6 +49,9 @@ class ClientMetadata:
     env_steps: int | None = None
     act_flops: int | None = None
     train_flops: int | None = None
+    experience_raw_bytes: int | None = None  # fusion: shared transitions before gzip
+    experience_gzip_bytes: int | None = None  # ... and after (what travels)
+    model_gzip_bytes: int | None = None      # RL: what gzip would make of the model arrays sent (measured, not applied)
     # policy-gradient strategies (fedpg, lapg, afedpg)
     trajectories: int | None = None          # episodes behind the gradient estimate
     gradient_norm: float | None = None       # ‖ĝ‖₂ of this round's estimate (sent or not)
@@ -84,7 +87,8 @@ class ClientMetadata:
             _check(value is None or (_finite_number(value) and value >= 0), name, value)
         _check(self.gradient_uploaded is None or isinstance(self.gradient_uploaded, bool), "gradient_uploaded",
                self.gradient_uploaded)
-        for name in ("env_steps", "act_flops", "train_flops", "trajectories"):
+        for name in ("env_steps", "act_flops", "train_flops", "trajectories", "experience_raw_bytes",
+                     "experience_gzip_bytes", "model_gzip_bytes"):
             value = getattr(self, name)
             _check(value is None or (isinstance(value, int) and not isinstance(value, bool) and value >= 0), name, value)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import time
 
 import numpy as np
@@ -25,6 +26,11 @@ def dqn_config(cfg: RunConfig) -> DQNConfig:
         epsilon_decay_steps=cfg.dqn_epsilon_decay_steps, batch_size=cfg.dqn_batch_size,
         train_frequency=cfg.dqn_train_frequency, target_update_every=cfg.dqn_target_update_every,
     )
+
+
+def gzip_size(record: ArrayRecord) -> int:
+    """Bytes gzip (level 6) makes of the record's raw array data: float32 weights barely compress, so they go as is."""
+    return len(gzip.compress(b"".join(v.numpy().tobytes() for v in record.values()), compresslevel=6))
 
 
 def recent_sample(agent: DQNAgent, recent: int, n: int, seed: int):
@@ -58,14 +64,19 @@ def train(msg: Message, context: Context, cfg: RunConfig, pid: int) -> Message:
         "arrays": ArrayRecord(agent.q.state_dict()),
         "metrics": MetricRecord({"num-examples": stats.env_steps, "episodes": len(stats.episode_returns)}),
     })
+    raw_bytes = gzip_bytes = None
     if msg.content["config"].get("share-experience", False):
-        content[EXPERIENCE_KEY], _ = pack_experience(*recent_sample(agent, stats.env_steps, cfg.experience_sample, seed))
+        content[EXPERIENCE_KEY], raw_bytes = pack_experience(*recent_sample(agent, stats.env_steps,
+                                                                              cfg.experience_sample, seed))
+        gzip_bytes = len(content[EXPERIENCE_KEY]["gz"])
     meta = ClientMetadata(
         partition_id=pid, num_examples=stats.env_steps, train_time_s=elapsed,
         epoch_losses=[float(sum(stats.losses) / len(stats.losses))] if stats.losses else [],
         bytes_sent=recorddict_nbytes(content), episode_returns=stats.episode_returns,
         episode_lengths=stats.episode_lengths, env_steps=stats.env_steps,
         act_flops=int(agent.act_flops - act0), train_flops=int(agent.train_flops - train0),
+        experience_raw_bytes=raw_bytes, experience_gzip_bytes=gzip_bytes,
+        model_gzip_bytes=gzip_size(content["arrays"]),
     )
     content[METADATA_RECORD_KEY] = encode_metadata(meta)
     return Message(content=content, reply_to=msg)

@@ -58,6 +58,9 @@ def test_cartpole_fusion_two_rounds(sim, tmp_path):
     assert [r["round"] for r in rows] == [0, 1, 2]
     for r in rows[1:]:
         assert r["experience-offered"] == 2 * 64 and 0 < r["experience-admitted"] <= 128
+        # 2 clients × 64 transitions × (4 + 1 + 1 + 4 + 1) float32; gzip saves some of it
+        assert r["experience-raw-bytes"] == 2 * 64 * 11 * 4 and 0 < r["experience-gzip-bytes"] < r["experience-raw-bytes"]
+        assert r["model-gzip-bytes"] > 0
         assert len(r["trust-weights"]) == 2 and abs(sum(r["trust-weights"]) - 1) < 1e-9
         assert r["server-updates"] == 20
     assert rows[2]["global-buffer-size"] >= rows[1]["global-buffer-size"]
