@@ -120,14 +120,16 @@ def report(command: str, out: Path = OUT) -> str:
     runs = load_runs(out)
     lines = [f"CartPole-v1, server greedy return (target {TARGET:.0f}). Mean ± std over seeds. Command: `{command}`",
              "", "| method | N | seeds | final return (last 10%) | best return | rounds to target | env steps to target "
-             "| sim time to target | env steps | sim time | uploads | uploads saved | uplink MB | wall s |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| env steps per agent to target | sim time to target | env steps | sim time | uploads | uploads saved "
+             "| uplink MB | wall s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for (method, n), seed_runs in sorted(runs.items(), key=lambda kv: (kv[0][1], kv[0][0])):
         sums = [summarise(r) for r in seed_runs]
         col = {k: [s[k] for s in sums] for k in sums[0]}
         lines.append(
             f"| {method} | {n} | {len(sums)} | {fmt(col['final-return'], '.1f')} | {fmt(col['best-return'], '.1f')} "
             f"| {fmt(col['rounds-to-target'], '.0f')} | {fmt(col['env-steps-to-target'], '.3g')} "
+            f"| {fmt([x / n if x is not None else None for x in col['env-steps-to-target']], '.3g')} "
             f"| {fmt(col['sim-time-to-target'], '.1f')} | {fmt(col['env-steps'], '.3g')} | {fmt(col['sim-time'], '.1f')} "
             f"| {fmt(col['uploads'], '.0f')} | {fmt(col['uploads-saved'], '.0f')} | {fmt(col['uplink-mb'], '.2f')} "
             f"| {fmt(col['wall-s'], '.0f')} |")
