@@ -3,7 +3,11 @@
     python -m benchmarks.robustness                       # every rule × attack, 1 seed, 10 rounds
     python -m benchmarks.robustness --report-only
 
-20% of the clients (partitions 0 and 1) attack every round: sign-flip (−Δ) or scale (10·Δ).
+20% of the clients (partitions 0 and 1) attack every round: sign-flip (−Δ) or scale (10·Δ), well
+formed, which only the aggregation rule can absorb; or malformed replies (a NaN in the model, an
+array of the wrong shape, metadata that names os.system), which the server must refuse whatever
+the rule: those run with FedAvg only. "Rounds lost" counts rounds that were not aggregated or not
+recorded (metrics.jsonl rows missing); it must be 0.
 Results: benchmarks/results/robustness/ (<rule>-<attack>-seed<k>.jsonl, table.md).
 """
 
@@ -20,20 +24,42 @@ OUT = ROOT / "benchmarks" / "results" / "robustness"
 RULES = {"fedavg": {}, "fedmedian": {}, "fedtrimmedavg": {"trimmed-beta": 0.2}, "krum": {"krum-malicious": 2}}
 ATTACKS = {"clean": {}, "sign-flip": {"byzantine-fraction": 0.2, "byzantine-attack": "sign-flip"},
            "scale": {"byzantine-fraction": 0.2, "byzantine-attack": "scale", "byzantine-scale": 10.0}}
+MALFORMED = {a: {"byzantine-fraction": 0.2, "byzantine-attack": a} for a in ("nan", "wrong-shape", "pickle-exploit")}
 
 
-def report(command: str) -> str:
-    lines = [f"MNIST, 10 clients, 20% Byzantine. Command: `{command}`", "",
-             "| rule | " + " | ".join(f"{a} final acc." for a in ATTACKS) + " | replies refused | rounds |",
+def rounds_lost(rows: list[dict], rounds: int) -> int:
+    """Rounds missing from metrics.jsonl, or recorded with no client update aggregated."""
+    recorded = {r["round"] for r in rows if r["round"] == 0 or r.get("clients-accepted", 0) > 0}
+    return sum(1 for k in range(rounds + 1) if k not in recorded)
+
+
+def report(command: str, rounds: int) -> str:
+    lines = [f"MNIST, 10 clients, 20% attackers (partitions 0 and 1), {rounds} rounds. Command: `{command}`", "",
+             "Well-formed attacks (final test accuracy):", "",
+             "| rule | " + " | ".join(ATTACKS) + " | replies refused | rounds lost |",
              "|---|" + "---|" * (len(ATTACKS) + 2)]
     for rule in RULES:
-        cells, refused, rounds = [], 0, "-"
+        cells, refused, lost = [], 0, 0
         for attack in ATTACKS:
             runs = [read_jsonl(p) for p in sorted(OUT.glob(f"{rule}-{attack}-seed*.jsonl"))]
             cells.append(fmt([r[-1]["accuracy"] for r in runs], ".4f", "not run"))
             refused += sum(row.get("clients-dropped", 0) for r in runs for row in r)
-            rounds = str(runs[0][-1]["round"]) if runs else rounds
-        lines.append(f"| {rule} | " + " | ".join(cells) + f" | {refused} | {rounds} |")
+            lost += sum(rounds_lost(r, rounds) for r in runs)
+        lines.append(f"| {rule} | " + " | ".join(cells) + f" | {refused} | {lost} |")
+    clean = [read_jsonl(p)[-1]["accuracy"] for p in sorted(OUT.glob("fedavg-clean-seed*.jsonl"))]
+    lines += ["", "Malformed replies, FedAvg (the server refuses them before aggregation):", "",
+              "| attack | final acc. | clean final acc. | replies refused | of which logged reasons | rounds lost |",
+              "|---|---|---|---|---|---|"]
+    for attack in MALFORMED:
+        runs = [read_jsonl(p) for p in sorted(OUT.glob(f"fedavg-{attack}-seed*.jsonl"))]
+        if not runs:
+            lines.append(f"| {attack} | not run | | | | |")
+            continue
+        refused = sum(row.get("clients-dropped", 0) for r in runs for row in r)
+        reasons = sorted({why for r in runs for row in r for why in row.get("drop-reasons", [])})
+        lines.append(f"| {attack} | {fmt([r[-1]['accuracy'] for r in runs], '.4f')} | {fmt(clean, '.4f', '-')} | "
+                     f"{refused} | {'; '.join(reasons) if reasons else '-'} | "
+                     f"{sum(rounds_lost(r, rounds) for r in runs)} |")
     table = write_table(lines, OUT)
     return table
 
@@ -41,25 +67,28 @@ def report(command: str) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rules", nargs="+", default=list(RULES), choices=list(RULES))
-    parser.add_argument("--attacks", nargs="+", default=list(ATTACKS), choices=list(ATTACKS))
+    parser.add_argument("--attacks", nargs="*", default=list(ATTACKS), choices=list(ATTACKS))
+    parser.add_argument("--malformed", nargs="*", default=list(MALFORMED), choices=list(MALFORMED),
+                        help="malformed-reply attacks, run with FedAvg")
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--seeds", type=int, nargs="+", default=[1])
     parser.add_argument("--report-only", action="store_true")
     args = parser.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
     command = (f"python -m benchmarks.robustness --rules {' '.join(args.rules)} --attacks {' '.join(args.attacks)} "
-               f"--rounds {args.rounds} --seeds {' '.join(map(str, args.seeds))}")
+               f"--malformed {' '.join(args.malformed)} --rounds {args.rounds} --seeds {' '.join(map(str, args.seeds))}")
     if not args.report_only:
+        runs = [(rule, attack, ATTACKS[attack]) for rule in args.rules for attack in args.attacks]
+        runs += [("fedavg", attack, MALFORMED[attack]) for attack in args.malformed]
         for seed in args.seeds:
-            for rule in args.rules:
-                for attack in args.attacks:
-                    overrides = {"strategy": rule, **RULES[rule], **ATTACKS[attack], "num-server-rounds": args.rounds,
-                                 "seed": seed, "wandb-mode": "disabled"}
-                    with tempfile.TemporaryDirectory() as scratch:
-                        rows, _ = run_app(overrides, 10, Path(scratch), OUT / f"{rule}-{attack}-seed{seed}.log")
-                    write_jsonl(OUT / f"{rule}-{attack}-seed{seed}.jsonl", rows)
-                    print(f"{rule} {attack} seed {seed}: final {rows[-1]['accuracy']:.4f}", flush=True)
-    print(report(command))
+            for rule, attack, attack_config in runs:
+                overrides = {"strategy": rule, **RULES[rule], **attack_config, "num-server-rounds": args.rounds,
+                             "seed": seed, "wandb-mode": "disabled"}
+                with tempfile.TemporaryDirectory() as scratch:
+                    rows, _ = run_app(overrides, 10, Path(scratch), OUT / f"{rule}-{attack}-seed{seed}.log")
+                write_jsonl(OUT / f"{rule}-{attack}-seed{seed}.jsonl", rows)
+                print(f"{rule} {attack} seed {seed}: final {rows[-1]['accuracy']:.4f}", flush=True)
+    print(report(command, args.rounds))
 
 
 if __name__ == "__main__":

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import os
+import pickle
 import time
 
+import numpy as np
+
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.clientapp.mod import fixedclipping_mod
 from flwr.clientapp.typing import ClientAppCallable
@@ -16,7 +19,7 @@ from fedrl_app import pg_client, rl_client
 from fedrl_app.agents.dqn import QNetwork
 from fedrl_app.agents.policy_gradient import PolicyNetwork
 from fedrl_app.config import RL_TASKS, RunConfig
-from fedrl_app.metadata import METADATA_RECORD_KEY, ClientMetadata, encode_metadata
+from fedrl_app.metadata import METADATA_PAYLOAD_KEY, METADATA_RECORD_KEY, ClientMetadata, encode_metadata
 from fedrl_app.payload import recorddict_nbytes
 from fedrl_app.sync_client import decide_and_encode
 from fedrl_app.tasks import mnist
@@ -53,8 +56,42 @@ def is_byzantine(cfg: RunConfig, pid: int, num_partitions: int) -> bool:
     return pid < round(cfg.byzantine_fraction * num_partitions)
 
 
+MALFORMED_ATTACKS = ("nan", "wrong-shape", "pickle-exploit")
+
+
+class _ExploitPayload:
+    """Pickles to a call of os.system: what a hostile client would put in its metadata (drills only)."""
+
+    def __reduce__(self):
+        return (os.system, ("echo 'fedrl: a metadata payload ran code on the server'",))
+
+
+def malformed_reply(content: RecordDict, attack: str) -> None:
+    """Spoil a finished reply in place, as a hostile client would: the server must refuse it and go on.
+
+    "nan": a NaN in the first array; "wrong-shape": the first array one entry short;
+    "pickle-exploit": metadata that names os.system (refused by the allowlist, never run).
+    """
+    if attack == "pickle-exploit":
+        content[METADATA_RECORD_KEY] = ConfigRecord({METADATA_PAYLOAD_KEY: pickle.dumps(_ExploitPayload())})
+        return
+    name, record = next(iter(content.array_records.items()))  # "arrays", or drl-compress's delta record
+    arrays = {k: v.numpy().copy() for k, v in record.items()}
+    if attack == "nan":
+        key = next((k for k, v in arrays.items() if v.dtype.kind == "f" and v.size), None)
+        if key is None:
+            raise ValueError("attack 'nan' needs a float array in the reply")
+        arrays[key].flat[0] = np.nan
+    else:
+        first = next(iter(arrays))
+        arrays[first] = arrays[first].ravel()[:-1]
+    content[name] = ArrayRecord({k: Array(v) for k, v in arrays.items()})
+
+
 def byzantine_update(global_params: list[torch.Tensor], net: torch.nn.Module, attack: str, scale: float) -> None:
     """Replace the honest update Δ by −Δ (sign-flip) or scale·Δ (scale), in place."""
+    if attack in MALFORMED_ATTACKS:
+        return  # these spoil the reply instead (malformed_reply)
     factor = -1.0 if attack == "sign-flip" else scale
     with torch.no_grad():
         for g, p in zip(global_params, net.parameters()):
@@ -149,6 +186,8 @@ def train(msg: Message, context: Context) -> Message:
         meta.staleness, meta.gradient_divergence = sync.staleness, sync.divergence
         meta.local_accuracy, meta.controller_reward, meta.controller_state = local_accuracy, sync.reward, sync.state
     content[METADATA_RECORD_KEY] = encode_metadata(meta)
+    if cfg.byzantine_attack in MALFORMED_ATTACKS and is_byzantine(cfg, pid, _partition(context)[1]):
+        malformed_reply(content, cfg.byzantine_attack)
     return Message(content=content, reply_to=msg)
 
 

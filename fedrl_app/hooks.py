@@ -146,6 +146,8 @@ class RunHooks:
         if round_log is not None:
             row["clients-accepted"] = len(round_log.reports)
             row["clients-dropped"] = len(round_log.dropped)
+            if round_log.dropped:
+                row["drop-reasons"] = [why for _, why in round_log.dropped]
             row.update({f"train-{k}": v for k, v in round_log.train_metrics.items()})
             row.update({f"client-eval-{k}": v for k, v in round_log.evaluate_metrics.items()})
             row.update(round_log.extra)

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 
 import pytest
 import torch
@@ -146,3 +147,16 @@ def test_client_side_dp_clips_at_the_clients_and_epsilon_survives_a_resume(sim, 
     assert result.returncode == 0, log[-3000:]
     rows = read_jsonl(run_dir / "metrics.jsonl")
     assert rows[3]["dp-releases"] == 3 and rows[3]["dp-epsilon"] > rows[2]["dp-epsilon"]
+
+
+def test_a_client_sending_a_pickle_exploit_is_refused_every_round(sim, tmp_path):
+    result, log = _run(sim, tmp_path, **{"num-server-rounds": 2, "byzantine-fraction": 0.34,
+                                         "byzantine-attack": "pickle-exploit", "wandb-mode": "disabled"})
+    assert result.returncode == 0, log[-3000:]
+    (run_dir,) = [p for p in tmp_path.iterdir() if p.is_dir()]
+    rows = read_jsonl(run_dir / "metrics.jsonl")
+    assert [r["round"] for r in rows] == [0, 1, 2]  # no round lost
+    for r in rows[1:]:
+        assert r["clients-accepted"] == 2 and r["clients-dropped"] == 1
+        assert re.search(r"global '(posix|os)\.system'.*not in the allowlist", r["drop-reasons"][0]), r["drop-reasons"]
+    assert "a metadata payload ran code" not in log

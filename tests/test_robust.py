@@ -39,3 +39,28 @@ def test_robust_rules_ignore_one_attacker_that_fedavg_follows(strategy):
     plain, _ = fedavg.aggregate_train(1, replies())
     assert 1.0 <= float(robust["w"].numpy()[0]) <= 1.05
     assert float(plain["w"].numpy()[0]) < -15  # the mean is dragged far off
+
+
+@pytest.mark.parametrize("attack, reason", [
+    ("nan", r"non-finite|NaN"),
+    ("wrong-shape", r"'arrays\[w\]' is float32\[1\], expected float32\[1, 2\]"),
+    ("pickle-exploit", r"global '(posix|os)\.system'.*not in the allowlist"),
+])
+def test_malformed_replies_are_refused_and_the_round_goes_on(attack, reason, monkeypatch):
+    import os
+    import re
+
+    from fedrl_app.client_app import malformed_reply
+
+    bad = reply(1, arrays(w=[[1.0, 2.0]], b=[0.5]), 10)
+    malformed_reply(bad.content, attack)
+    calls = []  # had the server unpickled the exploit, os.system would have been called
+    for module in (os, __import__(os.name)):  # the pickle names posix.system (os.system's home)
+        monkeypatch.setattr(module, "system", lambda cmd: calls.append(cmd))
+    s = FedAvg()
+    list(s.configure_train(1, arrays(w=[[0.0, 0.0]], b=[0.0]), ConfigRecord({}), FakeGrid([1, 2])))
+    new, _ = s.aggregate_train(1, [bad, reply(2, arrays(w=[[4.0, 4.0]], b=[1.0]), 10)])
+    np.testing.assert_array_equal(new["w"].numpy(), [[4.0, 4.0]])  # the good client's model alone
+    ((node, why),) = s.rounds[1].dropped
+    assert node == 1 and re.search(reason, why), why
+    assert calls == []  # nothing in the payload ran
