@@ -48,7 +48,7 @@ def report(command: str, rounds: int) -> str:
         lines.append(f"| {rule} | " + " | ".join(cells) + f" | {refused} | {lost} |")
     clean = [read_jsonl(p)[-1]["accuracy"] for p in sorted(OUT.glob("fedavg-clean-seed*.jsonl"))]
     lines += ["", "Malformed replies, FedAvg (the server refuses them before aggregation):", "",
-              "| attack | final acc. | clean final acc. | replies refused | of which logged reasons | rounds lost |",
+              "| attack | final acc. | clean final acc. | replies refused | logged reason | rounds lost |",
               "|---|---|---|---|---|---|"]
     for attack in MALFORMED:
         runs = [read_jsonl(p) for p in sorted(OUT.glob(f"fedavg-{attack}-seed*.jsonl"))]
