@@ -38,9 +38,10 @@ def settings(noise: tuple[float, ...], client_side_noise: float) -> dict[str, di
 
 
 def report(command: str, runs_config: dict[str, dict]) -> str:
-    lines = [f"MNIST, 10 clients, C={CLIPPING_NORM:g}, δ=1e-5. Command: `{command}`", "",
+    lines = [f"MNIST, 10 clients, C={CLIPPING_NORM:g}, δ=1e-5; per-round columns are mean ± std over rounds. "
+             f"Command: `{command}`", "",
              "| run | noise z | noise std / coord. | final acc. | best acc. | ε after last round | "
-             "median update norm | clipped |", "|---|---|---|---|---|---|---|---|"]
+             "median update norm per round | share clipped per round |", "|---|---|---|---|---|---|---|---|"]
     points = []
     for name, overrides in runs_config.items():
         runs = [read_jsonl(p) for p in sorted(OUT.glob(f"{name}-seed*.jsonl"))]
@@ -64,11 +65,16 @@ def report(command: str, runs_config: dict[str, dict]) -> str:
     table = write_table(lines, OUT)
     if points:
         fig, ax = plt.subplots(figsize=(5, 3.5))
-        ax.plot([p[0] for p in points], [p[1] for p in points], "o-")
+        for mode, marker in (("server", "o-"), ("client", "s")):
+            mine = sorted(p for p in points if p[2].startswith(mode))
+            if mine:
+                ax.plot([p[0] for p in mine], [p[1] for p in mine], marker, label=f"{mode}-side clipping")
         for eps, acc, name in points:
-            ax.annotate(name, (eps, acc), fontsize=7)
+            ax.annotate(name.split("-")[1], (eps, acc), fontsize=7, textcoords="offset points", xytext=(4, -10))
         ax.set(xscale="log", xlabel="ε (δ=1e-5) after the last round", ylabel="final test accuracy",
-               title="MNIST FedAvg with user-level DP")
+               title="MNIST FedAvg, user-level DP, 10 clients")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
         save_figure(fig, OUT / "privacy.png")
     return table
 
