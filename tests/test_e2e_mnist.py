@@ -95,8 +95,9 @@ def test_drl_compress_sends_fewer_uplink_bytes_than_fedavg(sim, tmp_path):
             clients = read_jsonl(run_dir / "clients.jsonl")
             assert all(c["sync_decision"] is not None and c["local_accuracy"] is not None for c in clients)
             assert all(c["controller_reward"] is not None for c in clients if c["round"] == 2)
-    # a controller that picks full sync for every client in both rounds would tie; with ε=1 at
-    # the start that has probability (1/5)^6, and any other choice sends less
+    # a controller that picks full sync for every client in both rounds would tie: its Q-network
+    # starts at −λ for full sync and 0 elsewhere, and exploration draws full with weight 0.02, so
+    # that is vanishingly unlikely; any other choice sends less
     assert uplink["drl-compress"] < uplink["fedavg"], uplink
 
 
