@@ -99,3 +99,13 @@ def test_divergence_features():
     assert divergence(u, {k: -v for k, v in u.items()}) == pytest.approx(1.0)
     assert divergence({"a": np.array([1.0, 0.0])}, {"a": np.array([0.0, 3.0])}) == pytest.approx(0.5)
     assert divergence(u, None) == 0.5
+
+
+def test_an_untrained_controller_keeps_sending_compressed():
+    # the prior: before any learning the greedy action is "compressed" wherever the state is
+    from fedrl_app.agents.sync_controller import COMPRESSED
+
+    for seed in range(10):
+        c = SyncController(ControllerConfig(), seed=seed)
+        rng = np.random.default_rng(seed)
+        assert all(c.act(list(rng.random(5)), greedy=True) == COMPRESSED for _ in range(100))

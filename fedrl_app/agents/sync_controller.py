@@ -61,6 +61,10 @@ class ControllerConfig:
     rate_max: float = 0.25
     rate_factor: float = 2.0          # raise compression: ratio / factor; lower: ratio * factor
     staleness_scale: float = 10.0
+    # Prior Q of "compressed" above the other free actions: until the controller has learned
+    # otherwise it keeps sending at its current rate, rather than taking the argmax of a random
+    # network (which wandered the rate up and down and spent bytes early on).
+    compressed_prior: float = 0.05
 
 
 class QNetwork(nn.Module):
@@ -83,10 +87,10 @@ class SyncController:
         self.config = config
         torch.manual_seed(seed)
         self.q = QNetwork(config.hidden)
-        with torch.no_grad():  # prior: Q starts at the known byte cost of full sync, 0 elsewhere
+        with torch.no_grad():  # prior: Q starts at the byte cost of full sync, `compressed_prior` for compressed
             out = self.q.net[-1]
             out.weight.mul_(0.1)
-            out.bias.copy_(torch.tensor([-config.bytes_penalty, 0.0, 0.0, 0.0, 0.0]))
+            out.bias.copy_(torch.tensor([-config.bytes_penalty, config.compressed_prior, 0.0, 0.0, 0.0]))
         self.target = QNetwork(config.hidden)
         self.target.load_state_dict(self.q.state_dict())
         self.optimizer = torch.optim.Adam(self.q.parameters(), lr=config.learning_rate)
