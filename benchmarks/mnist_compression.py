@@ -38,8 +38,8 @@ METHODS: dict[str, dict] = {
     "fedavg": {"strategy": "fedavg"},
     "fedprox": {"strategy": "fedprox"},
     "scaffold": {"strategy": "scaffold"},
-    "drl-compress": {"strategy": "drl-compress"},                 # own-gain reward, λ = 1
-    "drl-compress-l0.1": {"strategy": "drl-compress", "bytes-penalty": 0.1},
+    "drl-compress": {"strategy": "drl-compress"},                 # own-gain reward, λ = 0.1
+    "drl-compress-l1": {"strategy": "drl-compress", "bytes-penalty": 1.0},
     "drl-compress-global-gain": {"strategy": "drl-compress", "controller-reward": "global-gain"},
     "drl-compress-async": {"strategy": "drl-compress", "async-aggregation": True},
     "drl-compress-clustered": {"strategy": "drl-compress", "clustering": True},

@@ -49,7 +49,7 @@ class RunConfig:
     proximal_mu: float = 0.01
     server_lr: float = 0.01
     adagrad_tau: float = 0.001
-    bytes_penalty: float = 1.0
+    bytes_penalty: float = 0.1
     sync_policy: str = "dqn"
     controller_reward: str = "own-gain"
     async_aggregation: bool = False

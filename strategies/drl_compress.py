@@ -39,7 +39,7 @@ class DrlCompress(RoundScheduleMixin, ReplyGuardMixin, FlowerFedAvg):
 
     Parameters
     ----------
-    bytes_penalty : float (default: 1.0)
+    bytes_penalty : float (default: 0.1)
         λ in the controllers' reward (accuracy gain − λ · bytes / full-model bytes).
     prune_threshold : float (default: 0.0)
         Layers whose relative update norm is below this are not sent (0 disables).
@@ -56,7 +56,7 @@ class DrlCompress(RoundScheduleMixin, ReplyGuardMixin, FlowerFedAvg):
         Passed to :class:`flwr.serverapp.strategy.FedAvg`.
     """
 
-    def __init__(self, *, bytes_penalty: float = 1.0, prune_threshold: float = 0.0, num_rounds: int = 30,
+    def __init__(self, *, bytes_penalty: float = 0.1, prune_threshold: float = 0.0, num_rounds: int = 30,
                  sync_policy: str = "dqn", controller_reward: str = "own-gain", **kwargs) -> None:
         super().__init__(**kwargs)
         self.sync_policy, self.controller_reward = sync_policy, controller_reward

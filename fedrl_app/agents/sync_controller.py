@@ -42,7 +42,7 @@ STATE_DIM = 5
 class ControllerConfig:
     """Every hyperparameter of the controller, named once."""
 
-    bytes_penalty: float = 1.0        # λ: reward cost of sending a full model's worth of bytes
+    bytes_penalty: float = 0.1        # λ: reward cost of sending a full model's worth of bytes
     gamma: float = 0.9                # discount
     hidden: int = 32                  # width of the two hidden layers
     learning_rate: float = 1e-3       # Adam
