@@ -38,6 +38,7 @@ TASK = "cartpole"
 METHODS = {
     "fedpg": {"strategy": "fedpg"},
     "lapg": {"strategy": "lapg"},                                 # ξ = 1 (the default)
+    "lapg-xi3": {"strategy": "lapg", "lapg-threshold": 3.0},
     "lapg-xi10": {"strategy": "lapg", "lapg-threshold": 10.0},    # lazier: noisy PG gradients rarely pass ξ = 1
     "afedpg": {"strategy": "afedpg"},
     # momentum weight η_v = (v+1)^-0.5: with N agents there are N updates per round, and (v+1)^-0.8
