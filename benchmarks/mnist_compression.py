@@ -148,11 +148,12 @@ def report(methods: list[str], command: str) -> str:
                   f"aggregation {cost['plain-aggregation-ms']:.1f} ms; decode + aggregate "
                   f"{cost['decode-and-aggregate-ms']:.1f} ms (ratio {cost['server-ratio']:.2f}); one client encode "
                   f"{cost['client-encode-ms']:.1f} ms (ratio {cost['client-encode-over-plain-aggregation']:.2f}). "
-                  "A round of local training takes seconds, so neither is a bottleneck."]
+                  "A round of local training takes seconds, so neither is a bottleneck (timed with int32 indices; "
+                  "gap decoding adds one cumulative sum per layer)."]
         if "gap-index-payload-bytes" in cost:
             lines += ["", f"One client's update, serialized: dense float32 {cost['dense-payload-bytes'] / 1e3:.1f} KB; "
                       f"top-1% + int8 with int32 indices {cost['int32-index-payload-bytes'] / 1e3:.1f} KB; with uint16 "
-                      f"gap-coded indices (the codec's default since the runs above) "
+                      f"gap-coded indices (the codec's default, used by the runs above) "
                       f"{cost['gap-index-payload-bytes'] / 1e3:.1f} KB "
                       f"({cost['dense-payload-bytes'] / cost['gap-index-payload-bytes']:.0f}× smaller than dense)."]
     table = write_table(lines, OUT)
