@@ -40,9 +40,10 @@ METHODS = {
     "lapg": {"strategy": "lapg"},                                 # ξ = 1 (the default)
     "lapg-xi3": {"strategy": "lapg", "lapg-threshold": 3.0},
     "lapg-xi10": {"strategy": "lapg", "lapg-threshold": 10.0},    # lazier: noisy PG gradients rarely pass ξ = 1
-    "afedpg": {"strategy": "afedpg"},
-    # momentum weight η_v = (v+1)^-0.5: with N agents there are N updates per round, and (v+1)^-0.8
-    # freezes the momentum direction (η ≈ 0.01 by update 400) while the policy has moved on
+    # momentum weight η_v = (v+1)^-p. p = 0.8 (the first default) freezes the momentum direction when
+    # N agents make N updates per round (η ≈ 0.01 by update 400) while the policy moves on; 0.5 is
+    # the default now
+    "afedpg": {"strategy": "afedpg", "afedpg-eta-exponent": 0.8},
     "afedpg-p0.5": {"strategy": "afedpg", "afedpg-eta-exponent": 0.5},
 }
 TARGET = SOLVED_RETURN[TASK]  # 475: "reached" = the server's greedy evaluation gets there once

@@ -90,7 +90,7 @@ class RunConfig:
     lapg_threshold: float = 1.0
     lapg_memory: int = 10
     afedpg_step_size: float = 0.1
-    afedpg_eta_exponent: float = 0.8
+    afedpg_eta_exponent: float = 0.5
     afedpg_delay_adaptive: bool = True
     afedpg_step_exponent: float = 0.0
     outputs_dir: str = ""

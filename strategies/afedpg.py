@@ -57,7 +57,7 @@ from strategies.strategy_utils import to_numpy
 
 
 def eta_schedule(version: int, exponent: float) -> float:
-    """η_v = (v + 1)^(−p): 1 at the first version, then decaying (p = 0.8 in the paper's global-rate regime)."""
+    """η_v = (v + 1)^(−p): 1 at the first version, then decaying (p = 0.5 by default; see `AFedPG`)."""
     return float((version + 1.0) ** (-exponent))
 
 
@@ -86,7 +86,7 @@ class AFedPG(AsyncBuffer):
         Builds the per-client messages (config "pg") and checks each reply's gradient.
     step_size : float (default: 0.1)
         α, the length of every normalized step ‖θ_{k+1} − θ_k‖.
-    eta_exponent : float (default: 0.8)
+    eta_exponent : float (default: 0.5)
         p in η_v = (v + 1)^(−p); 0 gives η = 1 (no momentum, no lookahead).
     delay_adaptive : bool (default: True)
         Weight a delayed gradient by η_v / (1 − δ η_v) instead of η_v.
@@ -96,7 +96,7 @@ class AFedPG(AsyncBuffer):
         `speed_sigma`, `seed`, `poll_interval`, `jitter`, `speeds` of :class:`AsyncBuffer`.
     """
 
-    def __init__(self, inner: FedPG, *, step_size: float = 0.1, eta_exponent: float = 0.8,
+    def __init__(self, inner: FedPG, *, step_size: float = 0.1, eta_exponent: float = 0.5,
                  delay_adaptive: bool = True, step_exponent: float = 0.0, **kwargs) -> None:
         super().__init__(inner, buffer_size=1, staleness_exponent=0.0, server_lr=step_size, **kwargs)
         self.step_size, self.eta_exponent, self.delay_adaptive = step_size, eta_exponent, delay_adaptive
