@@ -59,7 +59,7 @@ def report(command: str, runs_config: dict[str, dict]) -> str:
             f"| {name} | {'-' if z is None else f'{z:g}'} | "
             f"{stdev} | {fmt([row['accuracy'] for row in last], '.4f')}"
             f" | {fmt([max(x['accuracy'] for x in r) for r in runs], '.4f')} | {eps_cell} | "
-            f"{fmt(norms, '.2f', '-') if norms else '-'} | {fmt(clipped, '.0%', '-') if clipped else '-'} |")
+            f"{fmt(norms, '.2f', '-')} | {fmt(clipped, '.0%', '-')} |")
         if z and eps[0] is not None:
             points.append((eps[0], last[0]["accuracy"], name))
     table = write_table(lines, OUT)

@@ -52,8 +52,8 @@ from flwr.app import Message
 from flwr.supercore import log
 
 from strategies.async_buffer import Arrival, AsyncBuffer, Job
-from strategies.fedpg import GRADIENT_KEY, FedPG, squared_norm
-from strategies.strategy_utils import to_numpy
+from strategies.fedpg import GRADIENT_KEY, FedPG
+from strategies.strategy_utils import distance, squared_norm, to_numpy
 
 
 def eta_schedule(version: int, exponent: float) -> float:
@@ -115,8 +115,7 @@ class AFedPG(AsyncBuffer):
         theta = models[version]
         eta = eta_schedule(version, self.eta_exponent)
         start = lookahead_point(theta, self._previous if self._previous is not None else theta, eta)
-        distance = float(np.sqrt(squared_norm({k: start[k].astype(np.float64) - theta[k] for k in theta})))
-        return start, {"eta": eta, "lookahead-distance": distance}
+        return start, {"eta": eta, "lookahead-distance": distance(start, theta)}
 
     def contribution(self, reply: Message, job: Job, models, tau: int) -> Arrival | None:
         """The checked gradient ĝ(θ̃_v) as it came."""

@@ -30,14 +30,9 @@ from fedrl_app.payload import PayloadError
 from strategies.async_buffer import client_speeds
 from strategies.reply_guard import ReplyGuardMixin
 from strategies.round_schedule import RoundScheduleMixin
-from strategies.strategy_utils import mean_arrays, to_numpy, to_record
+from strategies.strategy_utils import mean_arrays, squared_norm, to_numpy, to_record
 
 GRADIENT_KEY = "gradient"  # fedrl_app.pg_client.GRADIENT_KEY (strategies do not import the client)
-
-
-def squared_norm(arrays: dict[str, np.ndarray]) -> float:
-    """‖v‖² of a dict of arrays seen as one vector (float64)."""
-    return float(sum(np.sum(np.square(a.astype(np.float64))) for a in arrays.values()))
 
 
 class FedPG(RoundScheduleMixin, ReplyGuardMixin, FlowerFedAvg):

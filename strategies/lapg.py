@@ -34,8 +34,8 @@ from flwr.supercore import log
 
 from fedrl_app.metadata import ClientMetadata
 from fedrl_app.payload import PayloadError
-from strategies.fedpg import GRADIENT_KEY, FedPG, squared_norm
-from strategies.strategy_utils import mean_arrays, to_numpy
+from strategies.fedpg import GRADIENT_KEY, FedPG
+from strategies.strategy_utils import mean_arrays, squared_norm, to_numpy
 
 
 class LAPG(FedPG):

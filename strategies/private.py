@@ -9,7 +9,8 @@ N(0, (z·C/n)²) is added to the average, n being the number of clients sampled 
 Flower's wrappers and helpers do the clipping, the noise and the accounting; this module adds what
 a federation with untrusted clients needs around them:
 
-- replies are checked (ReplyGuardMixin) *before* they are clipped, so a reply with a wrong shape
+- replies are checked (ReplyGuardMixin's `filter_train_replies`, then its `aggregate_checked`
+  aggregates them) *before* they are clipped, so a reply with a wrong shape
   or NaN is dropped with a log line instead of crashing the clipping; a zero update (the model
   sent back unchanged), on which Flower's clipping divides by zero, is left as it is;
 - every client weighs the same (a client's declared `num-examples` is not trusted, and the
@@ -37,7 +38,7 @@ from flwr.supercore.privacy_accounting import (GaussianPrivacyEvent, Neighboring
                                                SamplingMethod)
 from flwr.supercore.privacy_accounting.rdp_accountant import RdpAccountant
 
-from strategies.strategy_utils import to_numpy
+from strategies.strategy_utils import distance, to_numpy
 
 CLIP_TOLERANCE = 1e-4  # relative slack for float32 rounding in a client's clipped update
 
@@ -103,10 +104,9 @@ class _Accounted:
             self.strategy.load_state_dict(state)
         self.released, self.population, self._accountant = np.asarray(released, np.float64).tolist(), None, None
 
-    # --- aggregation ------------------------------------------------------------------------------
-    def _check_replies(self, server_round: int, replies: Iterable[Message]) -> list[Message]:
+    # --- aggregation (rounds here are the true ones: Flower's loop counter + round_offset) ----------
+    def _check_replies(self, true_round: int, replies: Iterable[Message]) -> list[Message]:
         """The inner strategy's checks, then equal weights (and, client-side, the clip bound)."""
-        true_round = server_round + self.strategy.round_offset
         kept = self.strategy.filter_train_replies(true_round, replies)
         kept = [m for m in kept if self._clip_ok(true_round, m)]
         key = self.strategy.weighted_by_key
@@ -114,16 +114,15 @@ class _Accounted:
             next(iter(msg.content.metric_records.values()))[key] = 1.0
         return kept
 
-    def _clip_ok(self, server_round: int, msg: Message) -> bool:
+    def _clip_ok(self, true_round: int, msg: Message) -> bool:
         return True
 
-    def _account(self, server_round: int, num_replies: int) -> None:
-        extra = self.strategy.rounds[server_round + self.strategy.round_offset].extra
+    def _account(self, true_round: int, num_replies: int) -> None:
+        extra = self.strategy.rounds[true_round].extra
         extra["dp-noise-stdev"] = compute_stdv(self.noise_multiplier, self.clipping_norm, self.num_sampled_clients)
         extra["dp-clipped-replies"] = num_replies
         if self._accountant is None:
-            log(WARNING, "round %d: DP noise multiplier is 0: updates are clipped but nothing is private",
-                server_round + self.strategy.round_offset)
+            log(WARNING, "round %d: DP noise multiplier is 0: updates are clipped but nothing is private", true_round)
             return
         self._compose(self.noise_multiplier * num_replies / self.num_sampled_clients)
         spent = self._accountant.get_privacy_spent()
@@ -142,20 +141,21 @@ class _Accounted:
             spent = self._accountant.get_privacy_spent()
             log(INFO, "DP: ε=%.4g at δ=%g after %d releases", spent.epsilon, spent.delta, spent.num_releases)
 
-    def _clip(self, server_round: int, replies: list[Message]) -> None:
+    def _clip(self, true_round: int, replies: list[Message]) -> None:
         """Client-side mode: the clients clipped (and `_clip_ok` checked it)."""
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Check, clip, average with equal weights, add Flower's Gaussian noise, account ε."""
-        kept = self._check_replies(server_round, replies)
+        true_round = server_round + self.strategy.round_offset
+        kept = self._check_replies(true_round, replies)
         if not kept:
             return None, None
-        self._clip(server_round + self.strategy.round_offset, kept)
-        arrays, metrics = self.strategy.aggregate_train(server_round, kept)
+        self._clip(true_round, kept)
+        arrays, metrics = self.strategy.aggregate_checked(true_round, kept)
         if arrays is not None:
             arrays = self._add_noise_to_aggregated_arrays(arrays)
-            self._account(server_round, len(kept))
+            self._account(true_round, len(kept))
         return arrays, metrics
 
 
@@ -182,23 +182,23 @@ class ServerSideDP(_Accounted, DifferentialPrivacyServerSideFixedClipping):
         """Flower's (remembers the model sent); n and the population come from this round's sample."""
         return self._sample(list(super().configure_train(server_round, arrays, config, grid)), grid)
 
-    def _clip(self, server_round: int, replies: list[Message]) -> None:
+    def _clip(self, true_round: int, replies: list[Message]) -> None:
         """Flower's fixed clipping of each update θ_i − θ to norm C, in place; log the norms seen (to choose C).
 
         Flower divides by the update's norm, so a client that sends the model back unchanged would
         crash the server: a zero update is left as it is (clipping is the identity there).
         """
-        sent = self.current_arrays.to_numpy_ndarrays()
+        sent = to_numpy(self.current_arrays)
         norms = []
         for msg in replies:
-            record = msg.content["arrays"]
-            returned = record.to_numpy_ndarrays()
-            norms.append(float(np.sqrt(sum(np.sum((r.astype(np.float64) - s) ** 2) for r, s in zip(returned, sent)))))
+            returned = to_numpy(msg.content["arrays"])
+            norms.append(distance(returned, sent))
             if norms[-1] == 0.0:
                 continue
-            compute_clip_model_update(param1=returned, param2=sent, clipping_norm=self.clipping_norm)
-            msg.content["arrays"] = ArrayRecord({k: Array(np.asarray(v)) for k, v in zip(record.keys(), returned)})
-        self.strategy.rounds[server_round].extra.update({
+            clipped = list(returned.values())
+            compute_clip_model_update(param1=clipped, param2=[sent[k] for k in returned], clipping_norm=self.clipping_norm)
+            msg.content["arrays"] = ArrayRecord({k: Array(np.asarray(v)) for k, v in zip(returned, clipped)})
+        self.strategy.rounds[true_round].extra.update({
             "dp-update-norm-median": float(np.median(norms)),
             "dp-clipped-fraction": float(np.mean([n > self.clipping_norm for n in norms])),
         })
@@ -222,16 +222,12 @@ class ClientSideDP(_Accounted, DifferentialPrivacyClientSideFixedClipping):
         self._sent = to_numpy(arrays)
         return self._sample(list(super().configure_train(server_round, arrays, config, grid)), grid)
 
-    def _clip_ok(self, server_round: int, msg: Message) -> bool:
-        returned = to_numpy(msg.content["arrays"])
-        norm = float(np.sqrt(sum(np.sum((returned[k].astype(np.float64) - v.astype(np.float64)) ** 2)
-                                 for k, v in self._sent.items())))
+    def _clip_ok(self, true_round: int, msg: Message) -> bool:
+        norm = distance(to_numpy(msg.content["arrays"]), self._sent)
         if norm <= self.clipping_norm * (1 + CLIP_TOLERANCE):
             return True
-        reason = f"update norm {norm:.4g} exceeds the DP clipping norm {self.clipping_norm:g} (client did not clip)"
-        log(WARNING, "round %d: dropped reply from node %d: %s", server_round, msg.metadata.src_node_id, reason)
-        self.strategy.rounds[server_round].dropped.append((msg.metadata.src_node_id, reason))
-        self.strategy.rounds[server_round].reports = [
-            r for r in self.strategy.rounds[server_round].reports if r.node_id != msg.metadata.src_node_id]
+        self.strategy.drop_accepted_reply(
+            true_round, msg, f"update norm {norm:.4g} exceeds the DP clipping norm {self.clipping_norm:g} "
+                             "(client did not clip)")
         return False
 

@@ -59,7 +59,6 @@ class ReplyGuardMixin:
         self.rounds: dict[int, RoundLog] = defaultdict(RoundLog)
         self._sent_spec: dict[str, tuple[tuple[int, ...], str]] | None = None
         self._expected_replies: int | None = None
-        self._accepted: tuple[int, list[Message]] = (0, [])  # (round, replies accepted in it)
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -71,16 +70,8 @@ class ReplyGuardMixin:
         return messages
 
     def filter_train_replies(self, server_round: int, replies: Iterable[Message]) -> list[Message]:
-        """Keep the replies that pass every check; log and record the others.
-
-        A wrapper that must check replies before it touches their arrays (DP clipping) calls this
-        first; when the same, already accepted replies then reach `aggregate_train` they pass
-        through unchanged, so nothing is checked, logged or counted twice.
-        """
+        """Keep the replies that pass every check; log and record the others."""
         replies = list(replies)
-        accepted_round, accepted = self._accepted
-        if replies and accepted_round == server_round and all(any(m is a for a in accepted) for m in replies):
-            return replies
         round_log = self.rounds[server_round]
         if self._expected_replies is not None:  # sampled nodes whose reply never came (timeout, crash)
             round_log.extra["clients-no-reply"] = max(self._expected_replies - len(replies), 0)
@@ -103,8 +94,11 @@ class ReplyGuardMixin:
         # Flower aggregates MetricRecords key by key: keep the common key set only.
         kept = _majority_metric_keys(kept, server_round, round_log)
         log(INFO, "round %d: %d replies accepted, %d dropped", server_round, len(kept), len(round_log.dropped))
-        self._accepted = (server_round, kept)
         return kept
+
+    def drop_accepted_reply(self, server_round: int, msg: Message, reason: str) -> None:
+        """Take back a reply `filter_train_replies` accepted (a wrapper's own check failed): log and record it."""
+        _record_drop(self.rounds[server_round], server_round, msg, reason)
 
     def check_reply_arrays(self, msg: Message, meta: ClientMetadata) -> None:
         """Raise PayloadError unless every record in `reply_array_records` matches the sent spec."""
@@ -122,7 +116,12 @@ class ReplyGuardMixin:
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Filter the replies, then aggregate the valid ones."""
-        kept = self.filter_train_replies(server_round, replies)
+        return self.aggregate_checked(server_round, self.filter_train_replies(server_round, replies))
+
+    def aggregate_checked(
+        self, server_round: int, kept: list[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Aggregate replies that passed `filter_train_replies` (a wrapper may filter, then transform them)."""
         arrays, metrics = self.aggregate_valid_replies(server_round, kept)
         if metrics is not None:
             self.rounds[server_round].train_metrics = {k: float(v) for k, v in metrics.items() if not isinstance(v, list)}
@@ -182,10 +181,15 @@ def _majority_metric_keys(kept: list[Message], server_round: int, round_log: Rou
         if keys == majority:
             out.append(msg)
             continue
-        reason = f"metric keys {sorted(keys)} differ from the round's {sorted(majority)}"
-        log(WARNING, "round %d: dropped reply from node %d: %s", server_round, msg.metadata.src_node_id, reason)
-        if round_log is not None:
-            round_log.dropped.append((msg.metadata.src_node_id, reason))
-            round_log.reports = [r for r in round_log.reports if r.node_id != msg.metadata.src_node_id]
+        _record_drop(round_log, server_round, msg, f"metric keys {sorted(keys)} differ from the round's {sorted(majority)}")
     return out
+
+
+def _record_drop(round_log: RoundLog | None, server_round: int, msg: Message, reason: str) -> None:
+    """One WARNING line; the drop recorded, and the node's report (if it was accepted) taken back."""
+    node = msg.metadata.src_node_id
+    log(WARNING, "round %d: dropped reply from node %d: %s", server_round, node, reason)
+    if round_log is not None:
+        round_log.dropped.append((node, reason))
+        round_log.reports = [r for r in round_log.reports if r.node_id != node]
 

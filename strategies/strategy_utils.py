@@ -12,6 +12,16 @@ def mean_arrays(arrays: list[dict[str, np.ndarray]], weights: list[float] | None
     return {k: sum(wi * a[k].astype(np.float64) for wi, a in zip(w, arrays)).astype(arrays[0][k].dtype) for k in arrays[0]}
 
 
+def squared_norm(arrays: dict[str, np.ndarray]) -> float:
+    """‖v‖² of a dict of arrays seen as one vector (float64)."""
+    return float(sum(np.sum(np.square(a.astype(np.float64))) for a in arrays.values()))
+
+
+def distance(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> float:
+    """‖a − b‖₂ over the keys of `b`, in float64 (e.g. the norm of an update, model returned − model sent)."""
+    return float(np.sqrt(squared_norm({k: a[k].astype(np.float64) - v.astype(np.float64) for k, v in b.items()})))
+
+
 def to_numpy(record: ArrayRecord) -> dict[str, np.ndarray]:
     """ArrayRecord -> dict of numpy arrays."""
     return {k: v.numpy() for k, v in record.items()}
