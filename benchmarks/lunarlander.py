@@ -26,6 +26,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+import torch  # noqa: E402
 
 from benchmarks.common import ROOT, fmt, run_app, save_figure, write_table  # noqa: E402
 from fedrl_app.agents.dqn import DQNAgent  # noqa: E402
@@ -67,6 +68,7 @@ def client_curves(clients_rows: list[dict]) -> dict[int, dict]:
 def run_local(overrides: dict, rounds: int, clients: int, seed: int) -> list[dict]:
     """Each of `clients` agents trains alone for rounds × steps-per-round steps; rows shaped like clients.jsonl."""
     cfg = RunConfig.from_run_config({k: v for k, v in overrides.items() if k != "local"} | {"task": TASK, "seed": seed})
+    torch.set_num_threads(1)  # as a ClientApp in a one-CPU Ray actor (OMP_NUM_THREADS=1): the same compute per agent
     rows = []
     for pid in range(clients):
         agent = DQNAgent(*env_dims(TASK), dqn_config(cfg), seed=cfg.seed * 1_000 + pid)
@@ -154,6 +156,7 @@ def main() -> None:
                f"--steps-per-round {args.steps_per_round}")
     if not args.report_only:
         for seed in args.seeds:
+            local_rows: dict[str, list[dict]] = {}
             for n in args.clients:
                 for method in args.methods:
                     spec = dict(METHODS[method])
@@ -162,12 +165,17 @@ def main() -> None:
                                  "seed": seed, "wandb-mode": "disabled", "fraction-evaluate": 0.0}
                     t0 = time.time()
                     if spec.get("local"):
-                        run = {"metrics": [], "clients": run_local(overrides, args.rounds, n, seed)}
+                        # Local agent k is seeded by (seed, k) alone, so the N = 3 agents are the first
+                        # three of the N = 5 ones: train max(N) once per seed and take the first n.
+                        if method not in local_rows:
+                            local_rows[method] = run_local(overrides, args.rounds, max(args.clients), seed)
+                        run = {"metrics": [], "clients": [r for r in local_rows[method] if r["partition_id"] < n]}
                     else:
                         with tempfile.TemporaryDirectory() as scratch:
                             metrics, clients = run_app(overrides, n, Path(scratch), out / f"{method}-n{n}-seed{seed}.log")
                         run = {"metrics": metrics, "clients": clients}
-                    run.update({"method": method, "n": n, "seed": seed, "wall-s": time.time() - t0})
+                    run.update({"method": method, "n": n, "seed": seed, "wall-s": time.time() - t0,
+                                "steps-per-round": args.steps_per_round, "rounds": args.rounds})
                     (out / f"{method}-n{n}-seed{seed}.json").write_text(json.dumps(run))
                     print(f"{method} N={n} seed {seed}: {time.time() - t0:.0f}s", flush=True)
     print(report(command, out))
