@@ -52,6 +52,8 @@ def summarise(rows: list[dict], clients: list[dict]) -> dict:
     sends = sum(1 for c in clients if c.get("sync_decision", "full") != "skip")
     return {
         "final": rows[-1]["accuracy"],
+        # clients' own held-out data, on the model each receives (its cluster's when clustered)
+        "client-final": rows[-1].get("client-eval-accuracy"),
         "best": max(r["accuracy"] for r in rows),
         "rounds-to-target": hit["round"] if hit else None,
         "uplink-mb-to-target": hit["uplink-bytes-total"] / 1e6 if hit else None,
@@ -131,15 +133,16 @@ def report(methods: list[str], command: str) -> str:
         fedavg_mb = statistics.mean(x for x in (summarise(*r)["uplink-mb-to-target"] for r in runs["fedavg"])
                                     if x is not None)
     lines = [f"MNIST, {NUM_CLIENTS} clients, Dirichlet α=0.3, target {TARGET:.0%}. Command: `{command}`", "",
-             "| method | seeds | rounds | final acc. | best acc. | rounds to 97% | uplink MB to 97% | "
+             "| method | seeds | rounds | final acc. | best acc. | client-side acc. | rounds to 97% | uplink MB to 97% | "
              "FedAvg MB / method MB at 97% | uplink MB total | syncs per client |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for m, seed_runs in runs.items():
         sums = [summarise(*r) for r in seed_runs]
         col = {k: [s[k] for s in sums] for k in sums[0]}
         ratio = [fedavg_mb / x if (x and fedavg_mb) else None for x in col["uplink-mb-to-target"]]
         lines.append(
             f"| {m} | {len(sums)} | {seed_runs[0][0][-1]['round']} | {fmt(col['final'], '.4f')} | {fmt(col['best'], '.4f')} "
+            f"| {fmt(col['client-final'], '.4f', 'n/a')} "
             f"| {fmt(col['rounds-to-target'], '.1f')} | {fmt(col['uplink-mb-to-target'], '.2f')} | {fmt(ratio, '.1f')}× "
             f"| {fmt(col['uplink-mb-total'], '.2f')} | {fmt(col['syncs-per-client'], '.1f')} |")
     if (OUT / "codec_cost.json").exists():
@@ -207,18 +210,22 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--report-only", action="store_true")
     parser.add_argument("--payload-sizes", action="store_true", help="add payload sizes to codec_cost.json, report")
+    parser.add_argument("--codec-cost", action="store_true", help="(re)time the codec into codec_cost.json, report")
     parser.add_argument("--command", help="command line to print above the table (default: this one)")
     args = parser.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
+    cost_path = OUT / "codec_cost.json"
     if args.payload_sizes:
-        cost_path = OUT / "codec_cost.json"
         cost = json.loads(cost_path.read_text()) if cost_path.exists() else {}
         cost_path.write_text(json.dumps({**cost, **payload_sizes()}, indent=2))
     command = (f"python -m benchmarks.mnist_compression --methods {' '.join(args.methods)} --rounds {args.rounds} "
                f"--seeds {' '.join(map(str, args.seeds))}")
     command = args.command or command
-    if not (args.report_only or args.payload_sizes):
-        (OUT / "codec_cost.json").write_text(json.dumps(codec_cost(), indent=2))
+    if args.codec_cost or not (args.report_only or args.payload_sizes or cost_path.exists()):
+        # timings: measure on an idle machine (a sweep running beside it inflates them); keeps payload sizes
+        cost = json.loads(cost_path.read_text()) if cost_path.exists() else {}
+        cost_path.write_text(json.dumps({**cost, **codec_cost()}, indent=2))
+    if not (args.report_only or args.payload_sizes or args.codec_cost):
         for seed in args.seeds:
             for method in args.methods:
                 overrides = dict(METHODS[method])
