@@ -31,6 +31,7 @@ import torch  # noqa: E402
 from benchmarks.common import ROOT, fmt, run_app, save_figure, write_table  # noqa: E402
 from fedrl_app.agents.dqn import DQNAgent  # noqa: E402
 from fedrl_app.config import RunConfig  # noqa: E402
+from fedrl_app.plots import episode_ends  # noqa: E402
 from fedrl_app.rl_client import dqn_config  # noqa: E402
 from fedrl_app.tasks.gym_rl import SOLVED_RETURN, env_dims, moving_average_solved, run_steps  # noqa: E402
 
@@ -48,20 +49,14 @@ METHODS = {
 
 
 def client_curves(clients_rows: list[dict]) -> dict[int, dict]:
-    """Per partition: episode returns in order, and the env step at which each episode ended."""
+    """Per partition: episode returns in order, the env step at which each episode ended, steps and FLOPs."""
     curves: dict[int, dict] = {}
-    for row in sorted(clients_rows, key=lambda r: r["round"]):
-        c = curves.setdefault(row["partition_id"], {"returns": [], "end-steps": [], "steps": 0, "act-flops": 0,
-                                                    "train-flops": 0})
-        # within a round we know episode lengths, not start offsets: place ends by cumulative length
-        step = c["steps"]
-        for ret, length in zip(row["episode_returns"], row["episode_lengths"]):
-            step = min(step + length, c["steps"] + row["env_steps"])
-            c["returns"].append(ret)
-            c["end-steps"].append(step)
-        c["steps"] += row["env_steps"]
-        c["act-flops"] += row["act_flops"]
-        c["train-flops"] += row["train_flops"]
+    for pid in sorted({r["partition_id"] for r in clients_rows}):
+        rows = [r for r in clients_rows if r["partition_id"] == pid]
+        ends, returns = episode_ends(rows)
+        curves[pid] = {"returns": returns, "end-steps": ends, "steps": sum(r["env_steps"] for r in rows),
+                       "act-flops": sum(r["act_flops"] for r in rows),
+                       "train-flops": sum(r["train_flops"] for r in rows)}
     return curves
 
 
@@ -92,13 +87,20 @@ def summarise(run: dict) -> dict:
         solve_steps.append(c["end-steps"][hit] if hit is not None else None)
         final.append(float(np.mean(c["returns"][-100:])) if c["returns"] else None)
     episodes = sum(len(c["returns"]) for c in curves.values())
+    # The federation has solved when its slowest client has; clients step in lockstep (the same steps per
+    # round), so by then all N together took N × that many steps and finished the episodes that ended by then.
+    federation_step = max(solve_steps) if solve_steps and all(x is not None for x in solve_steps) else None
     flops = sum(c["act-flops"] + c["train-flops"] for c in curves.values())
     rows = run["metrics"]
     return {
+        "clients-solved": sum(x is not None for x in solve_steps),
         "final-100": statistics.mean(x for x in final if x is not None) if any(x is not None for x in final) else None,
         "solve-episode": statistics.mean(solve_episodes) if all(x is not None for x in solve_episodes) else None,
         "solve-steps-per-client": (statistics.mean(solve_steps) if all(x is not None for x in solve_steps) else None),
         "env-steps-total": sum(c["steps"] for c in curves.values()),
+        "solve-steps-total": len(curves) * federation_step if federation_step is not None else None,
+        "solve-episodes-total": (sum(sum(1 for e in c["end-steps"] if e <= federation_step) for c in curves.values())
+                                 if federation_step is not None else None),
         "flops-per-episode": flops / episodes if episodes else None,
         "flops-total": flops + (rows[-1].get("server-train-flops", 0) if rows else 0),
         "uplink-mb": rows[-1]["uplink-bytes-total"] / 1e6 if rows else 0.0,
@@ -113,15 +115,18 @@ def report(command: str, out: Path = OUT) -> str:
         run = json.loads(path.read_text())
         runs.setdefault(f"{run['method']} N={run['n']}", []).append(run)
     lines = [f"LunarLander-v3, env reward, solved = 100-episode moving average ≥ 200. Command: `{command}`", "",
-             "| method | seeds | final 100-ep return | episodes to solve | env steps to solve (per client) | "
-             "env steps total | FLOPs / episode | FLOPs total | uplink MB | downlink MB | server greedy return |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| method | seeds | clients solved | final 100-ep return | episodes to solve (per client) | env steps to solve (per client) | "
+             "episodes to solve (all clients) | env steps to solve (all clients) | env steps run (all clients) | "
+             "FLOPs / episode | FLOPs total | uplink MB | downlink MB | server greedy return (last round) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
     for i, (name, seed_runs) in enumerate(sorted(runs.items())):
         sums = [summarise(r) for r in seed_runs]
         col = {k: [s[k] for s in sums] for k in sums[0]}
-        lines.append(f"| {name} | {len(sums)} | {fmt(col['final-100'], '.1f', 'n/a')} | {fmt(col['solve-episode'], '.0f')} "
-                     f"| {fmt(col['solve-steps-per-client'], '.3g')} | {fmt(col['env-steps-total'], '.3g')} "
+        n = seed_runs[0]["n"]
+        lines.append(f"| {name} | {len(sums)} | {fmt(col['clients-solved'], '.1f')} of {n} | {fmt(col['final-100'], '.1f', 'n/a')} | {fmt(col['solve-episode'], '.0f')} "
+                     f"| {fmt(col['solve-steps-per-client'], '.3g')} | {fmt(col['solve-episodes-total'], '.0f')} "
+                     f"| {fmt(col['solve-steps-total'], '.3g')} | {fmt(col['env-steps-total'], '.3g')} "
                      f"| {fmt(col['flops-per-episode'], '.3g', 'n/a')} | {fmt(col['flops-total'], '.3g')} "
                      f"| {fmt(col['uplink-mb'], '.1f')} | {fmt(col['downlink-mb'], '.1f')} "
                      f"| {fmt(col['server-return'], '.1f', 'n/a')} |")

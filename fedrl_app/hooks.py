@@ -234,7 +234,7 @@ class RunHooks:
         try:
             from fedrl_app.plots import plot_run
 
-            plot_run(rows, self.run_dir)
+            plot_run(rows, self.run_dir, read_jsonl(self.run_dir / CLIENTS_FILE))
         except Exception as err:
             log(WARNING, "plotting failed: %s", err)
         if self.wandb_run is not None:

@@ -47,7 +47,8 @@ def test_cartpole_fedavg_two_rounds(sim, tmp_path, agent):
         assert sum(sum(c["episode_lengths"]) for c in clients if c["partition_id"] == pid) <= 600
     # round 2 trains: learning starts after 100 steps, one gradient step every 4 env steps
     assert all(c["train_flops"] > 0 for c in clients if c["round"] == 2)
-    assert (run_dir / "return.png").is_file() and (run_dir / "best_model.pt").is_file()
+    assert all((run_dir / f).is_file() for f in ("return.png", "client-returns.png", "bytes.png", "best_model.pt"))
+    assert not (run_dir / "fusion.png").exists()
     assert all(r["clients-solved"] == 0 for r in rows[1:])  # 600 steps are far from a 100-episode mean of 475
     assert json.loads((run_dir / "solved.json").read_text())["federation-solved-round"] is None
 
@@ -64,6 +65,7 @@ def test_cartpole_fusion_two_rounds(sim, tmp_path):
         assert len(r["trust-weights"]) == 2 and abs(sum(r["trust-weights"]) - 1) < 1e-9
         assert r["server-updates"] == 20
     assert rows[2]["global-buffer-size"] >= rows[1]["global-buffer-size"]
+    assert (run_dir / "fusion.png").is_file() and (run_dir / "client-returns.png").is_file()
 
 
 # Four episodes, not two: with a leave-one-out baseline, two CartPole episodes of equal length

@@ -20,3 +20,44 @@ def test_client_curves_accumulate_across_rounds():
     c = client_curves(rows)[0]
     assert c["returns"] == [1.0, 2.0, 5.0] and c["steps"] == 200
     assert c["end-steps"] == [40, 90, 130] and (c["act-flops"], c["train-flops"]) == (11, 22)
+
+
+def _round(pid: int, rnd: int, returns: list[float], length: int = 10) -> dict:
+    return {"round": rnd, "partition_id": pid, "episode_returns": returns, "episode_lengths": [length] * len(returns),
+            "env_steps": length * len(returns), "act_flops": 1, "train_flops": 2}
+
+
+def test_summarise_counts_per_client_and_federation_solves():
+    from benchmarks.lunarlander import summarise
+
+    # client 0: 200 episodes of 250 (solves at its 100th, step 1000); client 1: 100 of 0, then 500s: the
+    # 100-episode mean reaches 200 with 40 of them, at its 140th episode, step 1400
+    clients = [_round(0, 1, [250.0] * 100), _round(0, 2, [250.0] * 100),
+               _round(1, 1, [0.0] * 100), _round(1, 2, [500.0] * 100)]
+    s = summarise({"clients": clients, "metrics": []})
+    assert s["clients-solved"] == 2
+    assert s["solve-episode"] == (100 + 140) / 2 and s["solve-steps-per-client"] == (1000 + 1400) / 2
+    assert s["solve-steps-total"] == 2 * 1400  # both clients had stepped 1400 times when the last one solved
+    assert s["solve-episodes-total"] == 140 + 140
+    assert s["env-steps-total"] == 4000 and s["flops-per-episode"] == 4 * 3 / 400
+
+
+def test_summarise_leaves_totals_open_when_a_client_never_solves():
+    from benchmarks.lunarlander import summarise
+
+    s = summarise({"clients": [_round(0, 1, [250.0] * 100), _round(1, 1, [0.0] * 100)], "metrics": []})
+    assert s["clients-solved"] == 1
+    assert s["solve-steps-per-client"] is None and s["solve-steps-total"] is None and s["solve-episodes-total"] is None
+
+
+def test_plot_run_draws_client_returns_and_fusion_buffer(tmp_path):
+    from fedrl_app.plots import plot_run
+
+    rows = [{"round": r, "return": 10.0 * r, "uplink-bytes": 5, "downlink-bytes": 5, "uplink-bytes-total": 5 * r,
+             "downlink-bytes-total": 5 * r, "global-buffer-size": 64 * r, "filter-acceptance": 0.5} for r in (1, 2)]
+    clients = [_round(0, 1, [1.0, 2.0]), _round(0, 2, [3.0]), _round(1, 1, [4.0])]
+    paths = plot_run(rows, tmp_path, clients)
+    assert {p.name for p in paths} == {"return.png", "bytes.png", "client-returns.png", "fusion.png"}
+    assert all(p.stat().st_size > 1000 for p in paths)
+    fedavg_rows = [{k: v for k, v in r.items() if k not in ("global-buffer-size", "filter-acceptance")} for r in rows]
+    assert {p.name for p in plot_run(fedavg_rows, tmp_path, [])} == {"return.png", "bytes.png"}
