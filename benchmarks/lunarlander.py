@@ -9,7 +9,7 @@ Local agents run in-process with the same agent and rollout code as the ClientAp
 federated methods go through `flwr run`. A client "solves" when the 100-episode moving
 average of its own episode returns reaches 200 (the environment's reward, no shaping);
 we record the episode and the env step at which that happens. Results land in
-benchmarks/results/lunarlander/ (per-run JSON, table.md, returns.png).
+benchmarks/results/lunarlander/ (per-run JSON, table.md, returns-n<N>.png).
 """
 
 from __future__ import annotations
@@ -109,39 +109,76 @@ def summarise(run: dict) -> dict:
     }
 
 
+def mean_return_curve(run: dict, grid: np.ndarray, window: int = 20) -> np.ndarray:
+    """The clients' `window`-episode moving-average return at each env step of `grid` (per client), averaged
+    over clients; NaN where a client has not finished `window` episodes yet."""
+    per_client = []
+    for c in client_curves(run["clients"]).values():
+        if len(c["returns"]) < window:
+            continue
+        ma = np.convolve(c["returns"], np.ones(window) / window, mode="valid")
+        ends = np.asarray(c["end-steps"][window - 1:])
+        idx = np.searchsorted(ends, grid, side="right") - 1  # the latest average known at each grid step
+        per_client.append(np.where(idx >= 0, ma[np.maximum(idx, 0)], np.nan))
+    return np.nanmean(per_client, axis=0) if per_client else np.full(len(grid), np.nan)
+
+
+def plot_returns(runs: dict[str, list[dict]], n: int, path: Path) -> None:
+    """Left: clients' moving-average return vs env steps per client; right: the server's greedy evaluation
+    per round. Mean over seeds, shaded ± one std."""
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for i, (method, seed_runs) in enumerate(sorted(runs.items())):
+        budget = max(sum(r["env_steps"] for r in run["clients"] if r["partition_id"] == 0) for run in seed_runs)
+        grid = np.linspace(0, budget, 101)[1:]
+        curves = np.array([mean_return_curve(run, grid) for run in seed_runs])
+        with np.errstate(invalid="ignore"):
+            mean, std = np.nanmean(curves, axis=0), np.nanstd(curves, axis=0)
+        ax1.plot(grid, mean, color=f"C{i}", lw=1.2, label=f"{method}, {len(seed_runs)} seed{'s' * (len(seed_runs) > 1)}")
+        ax1.fill_between(grid, mean - std, mean + std, color=f"C{i}", alpha=0.15)
+        evaluated = [[m.get("return", np.nan) for m in run["metrics"]] for run in seed_runs if run["metrics"]]
+        if evaluated:
+            length = min(map(len, evaluated))
+            server = np.array([e[:length] for e in evaluated])
+            ax2.plot(range(length), server.mean(axis=0), color=f"C{i}", lw=1.0, label=method)
+            ax2.fill_between(range(length), server.mean(axis=0) - server.std(axis=0),
+                             server.mean(axis=0) + server.std(axis=0), color=f"C{i}", alpha=0.12)
+    for ax in (ax1, ax2):
+        ax.axhline(SOLVED_RETURN[TASK], color="grey", ls="--", lw=0.8)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    ax1.set(xlabel="env steps per client", ylabel="clients' 20-episode moving-average return",
+            title=f"LunarLander-v3, N = {n}: clients' own episodes")
+    ax2.set(xlabel="round", ylabel=f"greedy return of the global network", ylim=(-600, 320),
+            title=f"N = {n}: server evaluation")
+    save_figure(fig, path)
+
+
 def report(command: str, out: Path = OUT) -> str:
     runs: dict[str, list[dict]] = {}
     for path in sorted(out.glob("*.json")):
         run = json.loads(path.read_text())
         runs.setdefault(f"{run['method']} N={run['n']}", []).append(run)
     lines = [f"LunarLander-v3, env reward, solved = 100-episode moving average ≥ 200. Command: `{command}`", "",
-             "| method | seeds | clients solved | final 100-ep return | episodes to solve (per client) | env steps to solve (per client) | "
-             "episodes to solve (all clients) | env steps to solve (all clients) | env steps run (all clients) | "
-             "FLOPs / episode | FLOPs total | uplink MB | downlink MB | server greedy return (last round) |",
+             "| method | seeds | clients solved | final 100-ep return | episodes to solve (per client) | "
+             "env steps to solve (per client) | episodes to solve (all clients) | env steps to solve (all clients) | "
+             "env steps run (all clients) | FLOPs / episode | FLOPs total | uplink MB | downlink MB | "
+             "server greedy return (last round) |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    fig, ax = plt.subplots(figsize=(7.5, 4.5))
-    for i, (name, seed_runs) in enumerate(sorted(runs.items())):
+    for name, seed_runs in sorted(runs.items(), key=lambda kv: (kv[1][0]["n"], kv[0])):
         sums = [summarise(r) for r in seed_runs]
         col = {k: [s[k] for s in sums] for k in sums[0]}
         n = seed_runs[0]["n"]
-        lines.append(f"| {name} | {len(sums)} | {fmt(col['clients-solved'], '.1f')} of {n} | {fmt(col['final-100'], '.1f', 'n/a')} | {fmt(col['solve-episode'], '.0f')} "
+        lines.append(f"| {name} | {len(sums)} | {fmt(col['clients-solved'], '.1f')} of {n} "
+                     f"| {fmt(col['final-100'], '.1f', 'n/a')} | {fmt(col['solve-episode'], '.0f')} "
                      f"| {fmt(col['solve-steps-per-client'], '.3g')} | {fmt(col['solve-episodes-total'], '.0f')} "
                      f"| {fmt(col['solve-steps-total'], '.3g')} | {fmt(col['env-steps-total'], '.3g')} "
                      f"| {fmt(col['flops-per-episode'], '.3g', 'n/a')} | {fmt(col['flops-total'], '.3g')} "
                      f"| {fmt(col['uplink-mb'], '.1f')} | {fmt(col['downlink-mb'], '.1f')} "
                      f"| {fmt(col['server-return'], '.1f', 'n/a')} |")
-        curve = client_curves(seed_runs[0]["clients"])
-        for j, c in enumerate(curve.values()):
-            if len(c["returns"]) >= 20:
-                ma = np.convolve(c["returns"], np.ones(20) / 20, mode="valid")
-                ax.plot(c["end-steps"][19:], ma, color=f"C{i}", lw=0.8, label=name if j == 0 else None)
-    ax.axhline(SOLVED_RETURN[TASK], color="grey", ls="--", lw=0.8)
-    ax.set(xlabel="env steps (per client)", ylabel="20-episode moving average return", title="LunarLander-v3")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    save_figure(fig, out / "returns.png")
-    table = write_table(lines, out)
-    return table
+    for n in sorted({r[0]["n"] for r in runs.values()}):
+        plot_returns({name.split(" ")[0]: r for name, r in runs.items() if r[0]["n"] == n}, n,
+                     out / f"returns-n{n}.png")
+    return write_table(lines, out)
 
 
 def main() -> None:

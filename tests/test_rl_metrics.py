@@ -61,3 +61,15 @@ def test_plot_run_draws_client_returns_and_fusion_buffer(tmp_path):
     assert all(p.stat().st_size > 1000 for p in paths)
     fedavg_rows = [{k: v for k, v in r.items() if k not in ("global-buffer-size", "filter-acceptance")} for r in rows]
     assert {p.name for p in plot_run(fedavg_rows, tmp_path, [])} == {"return.png", "bytes.png"}
+
+
+def test_mean_return_curve_averages_clients_at_each_step():
+    import numpy as np
+
+    from benchmarks.lunarlander import mean_return_curve
+
+    # client 0: episodes of 10 steps returning 0, 1, 2, 3; client 1: returning 10 each
+    run = {"clients": [_round(0, 1, [0.0, 1.0, 2.0, 3.0]), _round(1, 1, [10.0] * 4)]}
+    curve = mean_return_curve(run, np.array([5, 20, 25, 40]), window=2)
+    # at step 5 no client has two episodes; at 20 client 0's average is 0.5, at 40 it is 2.5
+    assert np.isnan(curve[0]) and curve[1:].tolist() == [(0.5 + 10) / 2, (0.5 + 10) / 2, (2.5 + 10) / 2]
