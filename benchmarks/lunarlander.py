@@ -19,6 +19,7 @@ import json
 import statistics
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import matplotlib
@@ -120,7 +121,11 @@ def mean_return_curve(run: dict, grid: np.ndarray, window: int = 20) -> np.ndarr
         ends = np.asarray(c["end-steps"][window - 1:])
         idx = np.searchsorted(ends, grid, side="right") - 1  # the latest average known at each grid step
         per_client.append(np.where(idx >= 0, ma[np.maximum(idx, 0)], np.nan))
-    return np.nanmean(per_client, axis=0) if per_client else np.full(len(grid), np.nan)
+    if not per_client:
+        return np.full(len(grid), np.nan)
+    with warnings.catch_warnings():  # columns before any client's first average are all NaN, and stay NaN
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nanmean(per_client, axis=0)
 
 
 def plot_returns(runs: dict[str, list[dict]], n: int, path: Path) -> None:
@@ -131,7 +136,8 @@ def plot_returns(runs: dict[str, list[dict]], n: int, path: Path) -> None:
         budget = max(sum(r["env_steps"] for r in run["clients"] if r["partition_id"] == 0) for run in seed_runs)
         grid = np.linspace(0, budget, 101)[1:]
         curves = np.array([mean_return_curve(run, grid) for run in seed_runs])
-        with np.errstate(invalid="ignore"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
             mean, std = np.nanmean(curves, axis=0), np.nanstd(curves, axis=0)
         ax1.plot(grid, mean, color=f"C{i}", lw=1.2, label=f"{method}, {len(seed_runs)} seed{'s' * (len(seed_runs) > 1)}")
         ax1.fill_between(grid, mean - std, mean + std, color=f"C{i}", alpha=0.15)
