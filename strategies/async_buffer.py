@@ -40,7 +40,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result, Strategy
 from flwr.supercore import log
 
-from strategies.strategy_utils import mean_arrays, staleness_weight, to_numpy, to_record
+from strategies.strategy_utils import DelegatesToWrapped, mean_arrays, staleness_weight, to_numpy, to_record
 
 
 @dataclass(order=True)
@@ -82,7 +82,7 @@ def client_speeds(node_ids: list[int], sigma: float, seed: int) -> dict[int, flo
     return {n: float(rng.lognormal(0.0, sigma)) if sigma > 0 else 1.0 for n in sorted(node_ids)}
 
 
-class AsyncBuffer(Strategy):
+class AsyncBuffer(DelegatesToWrapped, Strategy):
     """Asynchronous buffered aggregation with staleness weighting around an update strategy.
 
     Parameters
@@ -119,6 +119,9 @@ class AsyncBuffer(Strategy):
         self.staleness: list[tuple[int, int, int]] = []  # (version aggregated into, node, τ)
         self.sim_time = 0.0
 
+    def _wrapped(self):
+        return self.inner
+
     # Flower's Strategy interface: the wrapped strategy does per-message work.
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid):
         return self.inner.configure_train(server_round, arrays, config, grid)
@@ -137,27 +140,6 @@ class AsyncBuffer(Strategy):
         log(INFO, "\t├──> AsyncBuffer: K=%d, s(τ)=(1+τ)^-%s, η=%s, speed σ=%s", self.buffer_size,
             self.staleness_exponent, self.server_lr, self.speed_sigma)
         self.inner.summary()
-
-    @property
-    def rounds(self):
-        """Per-version logs (reports, drops, extra series) for the hooks."""
-        return self.inner.rounds
-
-    @property
-    def round_offset(self) -> int:
-        return self.inner.round_offset
-
-    @round_offset.setter
-    def round_offset(self, value: int) -> None:
-        self.inner.round_offset = value
-
-    def state_dict(self) -> dict:
-        getter = getattr(self.inner, "state_dict", None)
-        return getter() if getter else {}
-
-    def load_state_dict(self, state: dict) -> None:
-        if hasattr(self.inner, "load_state_dict"):
-            self.inner.load_state_dict(state)
 
     # --- the event loop -------------------------------------------------------------------
     def start(  # pylint: disable=too-many-locals

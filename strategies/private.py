@@ -38,12 +38,12 @@ from flwr.supercore.privacy_accounting import (GaussianPrivacyEvent, Neighboring
                                                SamplingMethod)
 from flwr.supercore.privacy_accounting.rdp_accountant import RdpAccountant
 
-from strategies.strategy_utils import distance, to_numpy
+from strategies.strategy_utils import DelegatesToWrapped, distance, to_numpy
 
 CLIP_TOLERANCE = 1e-4  # relative slack for float32 rounding in a client's clipped update
 
 
-class _Accounted:
+class _Accounted(DelegatesToWrapped):
     """Shared by both wrappers: check, equal weights, account ε; delegate round logs and state to the inner strategy."""
 
     strategy: object
@@ -77,22 +77,11 @@ class _Accounted:
         return RdpAccountant(config)
 
     # --- the inner strategy's logs, offset and checkpoint state ------------------------------------
-    @property
-    def rounds(self):
-        """Per-round logs (reports, drops, extra series) for the hooks."""
-        return self.strategy.rounds
-
-    @property
-    def round_offset(self) -> int:
-        return self.strategy.round_offset
-
-    @round_offset.setter
-    def round_offset(self, value: int) -> None:
-        self.strategy.round_offset = value
+    def _wrapped(self):
+        return self.strategy
 
     def state_dict(self) -> dict[str, dict[str, np.ndarray]]:
-        getter = getattr(self.strategy, "state_dict", None)
-        state = dict(getter()) if getter else {}
+        state = super().state_dict()
         state["dp"] = {"released-noise-multipliers": np.asarray(self.released, np.float64)}
         return state
 
@@ -100,8 +89,7 @@ class _Accounted:
         """Restore the inner state and the releases already made (replayed into the accountant), so ε keeps counting."""
         state = dict(state)
         released = state.pop("dp", {}).get("released-noise-multipliers", np.zeros(0))
-        if hasattr(self.strategy, "load_state_dict"):
-            self.strategy.load_state_dict(state)
+        super().load_state_dict(state)
         self.released, self.population, self._accountant = np.asarray(released, np.float64).tolist(), None, None
 
     # --- aggregation (rounds here are the true ones: Flower's loop counter + round_offset) ----------

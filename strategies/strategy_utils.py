@@ -1,4 +1,4 @@
-"""Small array helpers shared by the strategies."""
+"""Small helpers shared by the strategies: array arithmetic, staleness weights, delegation to a wrapped strategy."""
 
 from __future__ import annotations
 
@@ -37,3 +37,32 @@ def staleness_weight(tau: int, exponent: float) -> float:
     if tau < 0:
         raise ValueError(f"staleness must be >= 0, got {tau}")
     return float((1.0 + tau) ** (-exponent))
+
+
+class DelegatesToWrapped:
+    """For a strategy that wraps another: the hooks' per-round logs, the resume offset and the checkpoint
+    state are the wrapped strategy's. Subclasses name the wrapped one in `_wrapped`."""
+
+    def _wrapped(self):
+        raise NotImplementedError
+
+    @property
+    def rounds(self):
+        """Per-round logs (reports, drops, extra series) for the hooks."""
+        return self._wrapped().rounds
+
+    @property
+    def round_offset(self) -> int:
+        return self._wrapped().round_offset
+
+    @round_offset.setter
+    def round_offset(self, value: int) -> None:
+        self._wrapped().round_offset = value
+
+    def state_dict(self) -> dict:
+        getter = getattr(self._wrapped(), "state_dict", None)
+        return dict(getter()) if getter else {}
+
+    def load_state_dict(self, state: dict) -> None:
+        if hasattr(self._wrapped(), "load_state_dict"):
+            self._wrapped().load_state_dict(state)

@@ -60,3 +60,20 @@ def test_bad_reply_in_async_mode_is_dropped_and_the_run_goes_on():
     out = strategy.start(grid, arrays(w=[0.0]), num_rounds=3, train_config=ConfigRecord({}))
     assert float(out.arrays["w"].numpy()[0]) == 3.0
     assert any("NaN" in reason for log in strategy.rounds.values() for _, reason in log.dropped)
+
+
+def test_round_logs_offset_and_checkpoint_state_are_the_wrapped_strategys():
+    from strategies import FedAdagrad
+
+    inner = FedAdagrad()
+    buffered = AsyncBuffer(inner, buffer_size=2)
+    buffered.round_offset = 7
+    assert inner.round_offset == 7 and buffered.round_offset == 7
+    assert buffered.rounds is inner.rounds
+    inner.m_t, inner.v_t = {"w": np.ones(2)}, {"w": np.full(2, 2.0)}
+    state = buffered.state_dict()
+    assert state == inner.state_dict() and set(state) == {"m_t", "v_t"}  # the moments reach the checkpoint
+    fresh = FedAdagrad()
+    AsyncBuffer(fresh, buffer_size=2).load_state_dict(state)
+    assert np.array_equal(fresh.v_t["w"], np.full(2, 2.0))
+    assert AsyncBuffer(FedAvg(), buffer_size=2).state_dict() == {}  # nothing to keep
