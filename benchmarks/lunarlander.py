@@ -107,7 +107,19 @@ def summarise(run: dict) -> dict:
         "uplink-mb": rows[-1]["uplink-bytes-total"] / 1e6 if rows else 0.0,
         "downlink-mb": rows[-1]["downlink-bytes-total"] / 1e6 if rows else 0.0,
         "server-return": rows[-1].get("return") if rows else None,
+        "server-solve-steps": server_solve_steps(rows, run.get("steps-per-round", 1000)),  # runs before it was saved used 1000
     }
+
+
+SERVER_WINDOW = 5  # rounds of server evaluation (each `eval-episodes` greedy episodes) in its moving average
+
+
+def server_solve_steps(rows: list[dict], steps_per_round: int | None) -> int | None:
+    """Env steps per client by the end of the first round at which the global network's greedy return,
+    averaged over the last SERVER_WINDOW rounds' evaluations, reaches the target; None if never."""
+    evaluated = [r for r in rows if r.get("return") is not None and r["round"] > 0]
+    hit = moving_average_solved([r["return"] for r in evaluated], SOLVED_RETURN[TASK], SERVER_WINDOW)
+    return evaluated[hit]["round"] * steps_per_round if hit is not None and steps_per_round else None
 
 
 def mean_return_curve(run: dict, grid: np.ndarray, window: int = 20) -> np.ndarray:
@@ -168,8 +180,8 @@ def report(command: str, out: Path = OUT) -> str:
              "| method | seeds | clients solved | final 100-ep return | episodes to solve (per client) | "
              "env steps to solve (per client) | episodes to solve (all clients) | env steps to solve (all clients) | "
              "env steps run (all clients) | FLOPs / episode | FLOPs total | uplink MB | downlink MB | "
-             "server greedy return (last round) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "server greedy return (last round) | env steps per client until the server's greedy return ≥ 200 |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, seed_runs in sorted(runs.items(), key=lambda kv: (kv[1][0]["n"], kv[0])):
         sums = [summarise(r) for r in seed_runs]
         col = {k: [s[k] for s in sums] for k in sums[0]}
@@ -180,7 +192,8 @@ def report(command: str, out: Path = OUT) -> str:
                      f"| {fmt(col['solve-steps-total'], '.3g')} | {fmt(col['env-steps-total'], '.3g')} "
                      f"| {fmt(col['flops-per-episode'], '.3g', 'n/a')} | {fmt(col['flops-total'], '.3g')} "
                      f"| {fmt(col['uplink-mb'], '.1f')} | {fmt(col['downlink-mb'], '.1f')} "
-                     f"| {fmt(col['server-return'], '.1f', 'n/a')} |")
+                     f"| {fmt(col['server-return'], '.1f', 'n/a')} "
+                     f"| {fmt(col['server-solve-steps'], '.3g', 'n/a' if name.startswith('local') else 'not reached')} |")
     for n in sorted({r[0]["n"] for r in runs.values()}):
         plot_returns({name.split(" ")[0]: r for name, r in runs.items() if r[0]["n"] == n}, n,
                      out / f"returns-n{n}.png")

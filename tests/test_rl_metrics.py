@@ -73,3 +73,14 @@ def test_mean_return_curve_averages_clients_at_each_step():
     curve = mean_return_curve(run, np.array([5, 20, 25, 40]), window=2)
     # at step 5 no client has two episodes; at 20 client 0's average is 0.5, at 40 it is 2.5
     assert np.isnan(curve[0]) and curve[1:].tolist() == [(0.5 + 10) / 2, (0.5 + 10) / 2, (2.5 + 10) / 2]
+
+
+def test_server_solve_steps_needs_five_rounds_of_evaluation_at_the_target():
+    from benchmarks.lunarlander import server_solve_steps
+
+    returns = [-500, 100, 300, 150, 250, 200, 220, 400]  # rounds 0..7; round 0 (the initial network) is not counted
+    rows = [{"round": r, "return": float(x)} for r, x in enumerate(returns)]
+    # mean of rounds 1-5 = 200 -> reached at round 5, after 5 × 1000 steps per client
+    assert server_solve_steps(rows, 1000) == 5000
+    assert server_solve_steps(rows[:5], 1000) is None  # only four evaluated rounds
+    assert server_solve_steps([{"round": r, "return": 199.0} for r in range(10)], 1000) is None
