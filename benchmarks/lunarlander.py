@@ -34,7 +34,9 @@ from fedrl_app.agents.dqn import DQNAgent  # noqa: E402
 from fedrl_app.config import RunConfig  # noqa: E402
 from fedrl_app.plots import episode_ends  # noqa: E402
 from fedrl_app.rl_client import dqn_config  # noqa: E402
-from fedrl_app.tasks.gym_rl import SOLVED_RETURN, env_dims, moving_average_solved, run_steps  # noqa: E402
+from fedrl_app.tasks.gym_rl import (  # noqa: E402
+    SOLVED_RETURN, env_dims, evaluate_policy, moving_average_solved, run_steps,
+)
 
 OUT = ROOT / "benchmarks" / "results" / "lunarlander"
 TASK = "lunarlander"
@@ -72,10 +74,12 @@ def run_local(overrides: dict, rounds: int, clients: int, seed: int) -> list[dic
             act0, train0 = agent.act_flops, agent.train_flops
             stats = run_steps(agent, TASK, key=("local", seed, pid), seed=cfg.seed * 1_000 + pid,
                               steps=cfg.steps_per_round)
+            # the agent's own network, judged as the server judges the global one: greedy, the same start states
+            greedy = evaluate_policy(agent.q, TASK, cfg.eval_episodes, seed=10_000 + cfg.seed)
             rows.append({"round": r, "partition_id": pid, "episode_returns": stats.episode_returns,
                          "episode_lengths": stats.episode_lengths, "env_steps": stats.env_steps,
                          "act_flops": agent.act_flops - act0, "train_flops": agent.train_flops - train0,
-                         "bytes_sent": 0})
+                         "bytes_sent": 0, "greedy_return": float(np.mean(greedy))})
     return rows
 
 
@@ -106,9 +110,24 @@ def summarise(run: dict) -> dict:
         "flops-total": flops + (rows[-1].get("server-train-flops", 0) if rows else 0),
         "uplink-mb": rows[-1]["uplink-bytes-total"] / 1e6 if rows else 0.0,
         "downlink-mb": rows[-1]["downlink-bytes-total"] / 1e6 if rows else 0.0,
-        "server-return": rows[-1].get("return") if rows else None,
-        "server-solve-steps": server_solve_steps(rows, run.get("steps-per-round", 1000)),  # runs before it was saved used 1000
+        **greedy_summary(run),
     }
+
+
+def greedy_summary(run: dict) -> dict:
+    """The greedy network's last-round return and env steps per client until it reaches the target: the global
+    network for federated runs; for local runs each agent's own network (a list, one entry per agent)."""
+    steps_per_round = run.get("steps-per-round", 1000)  # runs saved before the key existed used 1000
+    if run["metrics"]:
+        rows = run["metrics"]
+        return {"greedy-return": [rows[-1].get("return")], "greedy-solve-steps": [server_solve_steps(rows, steps_per_round)]}
+    agents = {}
+    for row in run["clients"]:
+        if "greedy_return" in row:
+            agents.setdefault(row["partition_id"], []).append({"round": row["round"], "return": row["greedy_return"]})
+    agents = {pid: sorted(rows, key=lambda r: r["round"]) for pid, rows in agents.items()}
+    return {"greedy-return": [rows[-1]["return"] for rows in agents.values()],
+            "greedy-solve-steps": [server_solve_steps(rows, steps_per_round) for rows in agents.values()]}
 
 
 SERVER_WINDOW = 5  # rounds of server evaluation (each `eval-episodes` greedy episodes) in its moving average
@@ -180,8 +199,9 @@ def report(command: str, out: Path = OUT) -> str:
              "| method | seeds | clients solved | final 100-ep return | episodes to solve (per client) | "
              "env steps to solve (per client) | episodes to solve (all clients) | env steps to solve (all clients) | "
              "env steps run (all clients) | FLOPs / episode | FLOPs total | uplink MB | downlink MB | "
-             "server greedy return (last round) | env steps per client until the server's greedy return ≥ 200 |",
+             "greedy return, last round | env steps per client until the greedy return ≥ 200 |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    greedy = {name: any(greedy_summary(r)["greedy-return"] for r in seed_runs) for name, seed_runs in runs.items()}
     for name, seed_runs in sorted(runs.items(), key=lambda kv: (kv[1][0]["n"], kv[0])):
         sums = [summarise(r) for r in seed_runs]
         col = {k: [s[k] for s in sums] for k in sums[0]}
@@ -192,8 +212,12 @@ def report(command: str, out: Path = OUT) -> str:
                      f"| {fmt(col['solve-steps-total'], '.3g')} | {fmt(col['env-steps-total'], '.3g')} "
                      f"| {fmt(col['flops-per-episode'], '.3g', 'n/a')} | {fmt(col['flops-total'], '.3g')} "
                      f"| {fmt(col['uplink-mb'], '.1f')} | {fmt(col['downlink-mb'], '.1f')} "
-                     f"| {fmt(col['server-return'], '.1f', 'n/a')} "
-                     f"| {fmt(col['server-solve-steps'], '.3g', 'n/a' if name.startswith('local') else 'not reached')} |")
+                     f"| {fmt(sum(col['greedy-return'], []), '.1f', 'n/a')} "
+                     f"| {fmt(sum(col['greedy-solve-steps'], []), '.3g', 'not reached' if greedy[name] else 'n/a')} |")
+    lines += ["", "Greedy columns: for federated methods the server's evaluation of the global network (5 greedy "
+              "episodes from the same start states every round); for local ones each agent's own network, evaluated "
+              "the same way after every round's steps, one value per agent (so 'not reached' counts agents). "
+              "'Until ≥ 200' is the first round at which the mean of the last 5 rounds' evaluations reaches 200."]
     for n in sorted({r[0]["n"] for r in runs.values()}):
         plot_returns({name.split(" ")[0]: r for name, r in runs.items() if r[0]["n"] == n}, n,
                      out / f"returns-n{n}.png")

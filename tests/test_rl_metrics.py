@@ -84,3 +84,14 @@ def test_server_solve_steps_needs_five_rounds_of_evaluation_at_the_target():
     assert server_solve_steps(rows, 1000) == 5000
     assert server_solve_steps(rows[:5], 1000) is None  # only four evaluated rounds
     assert server_solve_steps([{"round": r, "return": 199.0} for r in range(10)], 1000) is None
+
+
+def test_greedy_summary_is_the_global_network_or_each_local_agent():
+    from benchmarks.lunarlander import greedy_summary
+
+    federated = {"metrics": [{"round": r, "return": 250.0} for r in range(7)], "clients": [], "steps-per-round": 500}
+    assert greedy_summary(federated) == {"greedy-return": [250.0], "greedy-solve-steps": [5 * 500]}
+    local = {"metrics": [], "steps-per-round": 1000, "clients": [
+        {"round": r, "partition_id": pid, "greedy_return": 300.0 if pid == 0 else -50.0}
+        for pid in (0, 1) for r in range(1, 7)]}
+    assert greedy_summary(local) == {"greedy-return": [300.0, -50.0], "greedy-solve-steps": [5000, None]}
