@@ -123,6 +123,14 @@ def payload_sizes() -> dict:
             "int32-index-payload-bytes": compressed(False), "gap-index-payload-bytes": compressed(True)}
 
 
+def times(text: str) -> str:
+    """'20.9 ± 3.3' -> '20.9 ± 3.3×'; '0.4 (1 of 2 not reached)' -> '0.4× (1 of 2 not reached)'."""
+    if text == "not reached":
+        return text
+    head, sep, tail = text.partition(" (")
+    return f"{head}×{sep}{tail}"
+
+
 def report(methods: list[str], command: str) -> str:
     runs = {m: [(read_jsonl(p), read_jsonl(p.with_suffix(".clients.jsonl")))
                 for p in sorted(OUT.glob(f"{m}-seed*.jsonl")) if not p.name.endswith(".clients.jsonl")]
@@ -143,7 +151,7 @@ def report(methods: list[str], command: str) -> str:
         lines.append(
             f"| {m} | {len(sums)} | {seed_runs[0][0][-1]['round']} | {fmt(col['final'], '.4f')} | {fmt(col['best'], '.4f')} "
             f"| {fmt(col['client-final'], '.4f', 'n/a')} "
-            f"| {fmt(col['rounds-to-target'], '.1f')} | {fmt(col['uplink-mb-to-target'], '.2f')} | {fmt(ratio, '.1f')}× "
+            f"| {fmt(col['rounds-to-target'], '.1f')} | {fmt(col['uplink-mb-to-target'], '.2f')} | {times(fmt(ratio, '.1f'))} "
             f"| {fmt(col['uplink-mb-total'], '.2f')} | {fmt(col['syncs-per-client'], '.1f')} |")
     if (OUT / "codec_cost.json").exists():
         cost = json.loads((OUT / "codec_cost.json").read_text())
