@@ -159,6 +159,18 @@ def mean_return_curve(run: dict, grid: np.ndarray, window: int = 20) -> np.ndarr
         return np.nanmean(per_client, axis=0)
 
 
+def greedy_curve(run: dict) -> list[float]:
+    """Greedy return per round (index = round): the global network's, or the mean over local agents of their own
+    (no round-0 evaluation for those); empty if the run has no greedy evaluation."""
+    if run["metrics"]:
+        return [m.get("return", np.nan) for m in run["metrics"]]
+    per_round: dict[int, list[float]] = {}
+    for row in run["clients"]:
+        if "greedy_return" in row:
+            per_round.setdefault(row["round"], []).append(row["greedy_return"])
+    return [np.nan] + [float(np.mean(per_round[r])) for r in sorted(per_round)] if per_round else []
+
+
 def plot_returns(runs: dict[str, list[dict]], n: int, path: Path) -> None:
     """Left: clients' moving-average return vs env steps per client; right: the server's greedy evaluation
     per round. Mean over seeds, shaded ± one std."""
@@ -172,7 +184,7 @@ def plot_returns(runs: dict[str, list[dict]], n: int, path: Path) -> None:
             mean, std = np.nanmean(curves, axis=0), np.nanstd(curves, axis=0)
         ax1.plot(grid, mean, color=f"C{i}", lw=1.2, label=f"{method}, {len(seed_runs)} seed{'s' * (len(seed_runs) > 1)}")
         ax1.fill_between(grid, mean - std, mean + std, color=f"C{i}", alpha=0.15)
-        evaluated = [[m.get("return", np.nan) for m in run["metrics"]] for run in seed_runs if run["metrics"]]
+        evaluated = [curve for curve in map(greedy_curve, seed_runs) if curve]
         if evaluated:
             length = min(map(len, evaluated))
             server = np.array([e[:length] for e in evaluated])
@@ -185,8 +197,8 @@ def plot_returns(runs: dict[str, list[dict]], n: int, path: Path) -> None:
         ax.legend(fontsize=7)
     ax1.set(xlabel="env steps per client", ylabel="clients' 20-episode moving-average return",
             title=f"LunarLander-v3, N = {n}: clients' own episodes")
-    ax2.set(xlabel="round", ylabel=f"greedy return of the global network", ylim=(-600, 320),
-            title=f"N = {n}: server evaluation")
+    ax2.set(xlabel="round", ylabel="greedy return (5 episodes)", ylim=(-600, 320),
+            title=f"N = {n}: global network (local: mean of the agents' own)")
     save_figure(fig, path)
 
 

@@ -95,3 +95,16 @@ def test_greedy_summary_is_the_global_network_or_each_local_agent():
         {"round": r, "partition_id": pid, "greedy_return": 300.0 if pid == 0 else -50.0}
         for pid in (0, 1) for r in range(1, 7)]}
     assert greedy_summary(local) == {"greedy-return": [300.0, -50.0], "greedy-solve-steps": [5000, None]}
+
+
+def test_greedy_curve_is_per_round():
+    import math
+
+    from benchmarks.lunarlander import greedy_curve
+
+    assert greedy_curve({"metrics": [{"round": 0, "return": -100.0}, {"round": 1}], "clients": []})[0] == -100.0
+    local = {"metrics": [], "clients": [{"round": r, "partition_id": p, "greedy_return": 10.0 * r + p}
+                                        for r in (2, 1) for p in (0, 1)]}
+    curve = greedy_curve(local)
+    assert math.isnan(curve[0]) and curve[1:] == [10.5, 20.5]
+    assert greedy_curve({"metrics": [], "clients": [{"round": 1, "partition_id": 0}]}) == []
