@@ -6,7 +6,9 @@
 
 10 clients, Dirichlet α=0.3, each run through the real Flower path. Async runs make
 `async-rounds-factor` × rounds aggregations of K=5 updates each, so every method does
-about the same number of client updates. Results: benchmarks/results/mnist_compression/
+about the same number of client updates; their learning rate decays every
+`async-rounds-factor` × lr-decay-every aggregations, i.e. after as many client updates as
+the synchronous runs'. Results: benchmarks/results/mnist_compression/
 (<method>-seed<k>.jsonl and .clients.jsonl, table.md, accuracy_vs_uplink.png,
 staleness.png, decisions.png, codec_cost.json).
 """
@@ -29,6 +31,7 @@ import numpy as np  # noqa: E402
 from benchmarks.common import (  # noqa: E402
     ROOT, first_round_reaching, fmt, run_app, save_figure, write_jsonl, write_table,
 )
+from fedrl_app.config import RunConfig  # noqa: E402
 from fedrl_app.hooks import read_jsonl  # noqa: E402
 
 OUT = ROOT / "benchmarks" / "results" / "mnist_compression"
@@ -237,7 +240,10 @@ def main() -> None:
         for seed in args.seeds:
             for method in args.methods:
                 overrides = dict(METHODS[method])
-                rounds = args.rounds * (args.async_rounds_factor if overrides.get("async-aggregation") else 1)
+                factor = args.async_rounds_factor if overrides.get("async-aggregation") else 1
+                rounds = args.rounds * factor
+                # the schedule counts server versions; keep it per client update, as in the sync runs
+                overrides.setdefault("lr-decay-every", RunConfig().lr_decay_every * factor)
                 overrides.update({"num-server-rounds": rounds, "seed": seed, "wandb-mode": "disabled"})
                 t0 = time.time()
                 with tempfile.TemporaryDirectory() as scratch:
