@@ -48,6 +48,9 @@ METHODS = {
     "fusion-dqn": {"agent": "dqn", "strategy": "fusion"},
     "fusion-double": {"agent": "double", "strategy": "fusion"},
     "fusion-double-nofilter": {"agent": "double", "strategy": "fusion", "diversity-filter": False},
+    # θ = 0.15 admits every LunarLander transition (the mean distance to 16 buffer states is ≥ 0.76 even
+    # for a random policy's states); θ = 1.3 is about their 25th percentile, a filter that actually filters
+    "fusion-double-theta1.3": {"agent": "double", "strategy": "fusion", "diversity-threshold": 1.3},
 }
 
 
@@ -202,6 +205,18 @@ def plot_returns(runs: dict[str, list[dict]], n: int, path: Path) -> None:
     save_figure(fig, path)
 
 
+def fusion_summary(run: dict) -> dict:
+    """The global buffer's intake: share of offered transitions admitted (all rounds), buffer size at the end,
+    and gzip's saving on the shared experience."""
+    rows = [r for r in run["metrics"] if "experience-offered" in r]
+    offered = sum(r["experience-offered"] for r in rows)
+    raw = sum(r.get("experience-raw-bytes", 0) for r in rows)
+    return {"admitted": sum(r["experience-admitted"] for r in rows) / offered if offered else None,
+            "admitted-last": rows[-1]["filter-acceptance"] if rows else None,
+            "buffer": rows[-1]["global-buffer-size"] if rows else None,
+            "gzip-ratio": sum(r.get("experience-gzip-bytes", 0) for r in rows) / raw if raw else None}
+
+
 def report(command: str, out: Path = OUT) -> str:
     runs: dict[str, list[dict]] = {}
     for path in sorted(out.glob("*.json")):
@@ -229,7 +244,20 @@ def report(command: str, out: Path = OUT) -> str:
     lines += ["", "Greedy columns: for federated methods the server's evaluation of the global network (5 greedy "
               "episodes from the same start states every round); for local ones each agent's own network, evaluated "
               "the same way after every round's steps, one value per agent (so 'not reached' counts agents). "
-              "'Until ≥ 200' is the first round at which the mean of the last 5 rounds' evaluations reaches 200."]
+              "'Until ≥ 200' is the first round at which the mean of the last 5 rounds' evaluations reaches 200.",
+              "", "Fusion's global replay buffer (diversity filter: admit a shared transition if the mean L2 distance "
+              "of its state to 16 buffer states is ≥ θ):", "",
+              "| method | seeds | θ | transitions admitted (all rounds) | admitted, last round | buffer at the end "
+              "| shared experience, gzip / raw bytes |", "|---|---|---|---|---|---|---|"]
+    for name, seed_runs in sorted(runs.items(), key=lambda kv: (kv[1][0]["n"], kv[0])):
+        if not seed_runs[0]["method"].startswith("fusion"):
+            continue
+        spec = METHODS.get(seed_runs[0]["method"], {})
+        theta = "off" if spec.get("diversity-filter") is False else spec.get("diversity-threshold", RunConfig().diversity_threshold)
+        f = [fusion_summary(r) for r in seed_runs]
+        lines.append(f"| {name} | {len(f)} | {theta} | {fmt([x['admitted'] for x in f], '.1%', 'n/a')} "
+                     f"| {fmt([x['admitted-last'] for x in f], '.1%', 'n/a')} | {fmt([x['buffer'] for x in f], '.0f', 'n/a')} "
+                     f"| {fmt([x['gzip-ratio'] for x in f], '.2f', 'n/a')} |")
     for n in sorted({r[0]["n"] for r in runs.values()}):
         plot_returns({name.split(" ")[0]: r for name, r in runs.items() if r[0]["n"] == n}, n,
                      out / f"returns-n{n}.png")

@@ -108,3 +108,16 @@ def test_greedy_curve_is_per_round():
     curve = greedy_curve(local)
     assert math.isnan(curve[0]) and curve[1:] == [10.5, 20.5]
     assert greedy_curve({"metrics": [], "clients": [{"round": 1, "partition_id": 0}]}) == []
+
+
+def test_fusion_summary_counts_admitted_over_all_rounds():
+    from benchmarks.lunarlander import fusion_summary
+
+    metrics = [{"round": 0, "return": -100.0},
+               {"round": 1, "experience-offered": 100, "experience-admitted": 100, "filter-acceptance": 1.0,
+                "global-buffer-size": 100, "experience-raw-bytes": 1000, "experience-gzip-bytes": 600},
+               {"round": 2, "experience-offered": 100, "experience-admitted": 50, "filter-acceptance": 0.5,
+                "global-buffer-size": 150, "experience-raw-bytes": 1000, "experience-gzip-bytes": 400}]
+    assert fusion_summary({"metrics": metrics}) == {"admitted": 0.75, "admitted-last": 0.5, "buffer": 150,
+                                                    "gzip-ratio": 0.5}
+    assert fusion_summary({"metrics": metrics[:1]})["admitted"] is None
