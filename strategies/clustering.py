@@ -43,7 +43,11 @@ class _SubsetGrid:
 
 
 def choose_clusters(directions: np.ndarray, max_clusters: int, min_silhouette: float, seed: int) -> tuple[np.ndarray, float]:
-    """Labels for each row of `directions` and the silhouette of the chosen k (0.0 for one cluster)."""
+    """Labels for each row of `directions` and the best silhouette over k = 2..max_clusters.
+
+    All labels are 0 (one cluster) when that best silhouette is below `min_silhouette`; the score
+    is returned either way, so a caller can say how far from clustering the federation was.
+    """
     n = len(directions)
     unit = directions / np.maximum(np.linalg.norm(directions, axis=1, keepdims=True), 1e-12)
     best_labels, best_score = np.zeros(n, dtype=int), -1.0
@@ -55,7 +59,7 @@ def choose_clusters(directions: np.ndarray, max_clusters: int, min_silhouette: f
         if score > best_score:
             best_labels, best_score = labels, score
     if best_score < min_silhouette:
-        return np.zeros(n, dtype=int), 0.0
+        return np.zeros(n, dtype=int), best_score
     return best_labels, best_score
 
 
@@ -165,8 +169,8 @@ class Clustered(Strategy):
                 self.models[c] = to_numpy(new)
         if dropped := by_cluster.get(-1):
             merged.dropped += [(m.metadata.src_node_id, "node is in no cluster") for m in dropped]
-        if true_round % self.cluster_every == 0:
-            self._recluster(true_round)
+        if true_round % self.cluster_every == 0 and self._recluster(true_round):
+            merged.extra["silhouette"] = self.history[-1]["silhouette"]  # best over k ≥ 2, accepted or not
         merged.extra["clusters"] = len([c for c in self.members if self.members[c]])
         merged.extra["cluster-of-node"] = {str(n): c for n, c in sorted(self.assignment.items())}
         return to_record(self._mean_model()), None
@@ -176,10 +180,11 @@ class Clustered(Strategy):
         weights = [sum(self.examples.get(n, 1.0) for n in self.members[c]) for c in clusters]
         return mean_arrays([self.models[c] for c in clusters], weights)
 
-    def _recluster(self, server_round: int) -> None:
+    def _recluster(self, server_round: int) -> bool:
+        """Re-split the clients by their latest update directions; False if fewer than 3 have one."""
         nodes = sorted(n for n in self.assignment if n in self.directions)
         if len(nodes) < 3:
-            return
+            return False
         labels, score = choose_clusters(np.stack([self.directions[n] for n in nodes]), self.max_clusters,
                                         self.min_silhouette, self.seed + server_round)
         new_members: dict[int, list[int]] = defaultdict(list)
@@ -197,8 +202,9 @@ class Clustered(Strategy):
         self.assignment = {n: c for c, members in new_members.items() for n in members}
         self.history.append({"round": server_round, "k": len(new_members), "silhouette": score,
                              "assignment": {str(n): c for n, c in sorted(self.assignment.items())}})
-        log(INFO, "round %d: %d cluster(s), silhouette %.3f, sizes %s", server_round, len(new_members), score,
-            [len(m) for m in new_members.values()])
+        log(INFO, "round %d: %d cluster(s), sizes %s; best silhouette over k = 2..%d: %.3f (min %s)", server_round,
+            len(new_members), [len(m) for m in new_members.values()], self.max_clusters, score, self.min_silhouette)
+        return True
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
                            ) -> Iterable[Message]:
