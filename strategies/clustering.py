@@ -1,9 +1,11 @@
 """Clustered: group clients by the direction of their updates; one model per cluster.
 
-Every `cluster_every` rounds the server takes each client's latest update direction,
-and runs KMeans on the unit-normalised directions (Euclidean distance between unit
-vectors is a monotone function of cosine similarity) for k = 2..`max_clusters`,
-keeping the k with the best silhouette score (cosine metric) if that score reaches
+Every `cluster_every` rounds the server takes each client's update direction over that
+window (the sum of the updates it sent since the last re-clustering: one sparse top-k
+update is mostly noise, the window's sum is the client's drift; a client that sent
+nothing in the window keeps its previous window's direction), and runs KMeans on the
+unit-normalised directions (Euclidean distance between unit vectors is a monotone
+function of cosine similarity) for k = 2..`max_clusters`, keeping the k with the best silhouette score (cosine metric) if that score reaches
 `min_silhouette`, else one cluster. Each cluster gets its own copy of the wrapped
 strategy and its own model, initialised as the example-weighted mean of its members'
 previous models; clients train and are evaluated on their cluster's model, so client
@@ -91,7 +93,8 @@ class Clustered(Strategy):
         self.models: dict[int, dict[str, np.ndarray]] = {}   # cluster -> model
         self.members: dict[int, list[int]] = {}
         self.inners: dict[int, Strategy] = {}
-        self.directions: dict[int, np.ndarray] = {}          # node -> latest flattened update
+        self.directions: dict[int, np.ndarray] = {}          # node -> sum of its updates in this window
+        self._previous_directions: dict[int, np.ndarray] = {}  # node -> its direction in the last window
         self.examples: dict[int, float] = {}
         self.history: list[dict] = []                        # one entry per (re)clustering
         self._sent: dict[int, dict[str, np.ndarray]] = {}
@@ -163,7 +166,8 @@ class Clustered(Strategy):
                     continue
                 delta = inner.reply_delta(msg, self._sent[c])
                 if delta is not None:
-                    self.directions[node] = np.concatenate([v.ravel() for v in delta.values()])
+                    flat = np.concatenate([v.ravel() for v in delta.values()]).astype(np.float64)
+                    self.directions[node] = self.directions[node] + flat if node in self.directions else flat
                 self.examples[node] = float(next(iter(msg.content.metric_records.values()))["num-examples"])
             if new is not None:
                 self.models[c] = to_numpy(new)
@@ -181,17 +185,19 @@ class Clustered(Strategy):
         return mean_arrays([self.models[c] for c in clusters], weights)
 
     def _recluster(self, server_round: int) -> bool:
-        """Re-split the clients by their latest update directions; False if fewer than 3 have one."""
-        nodes = sorted(n for n in self.assignment if n in self.directions)
+        """Re-split the clients by their update directions over the window; False if fewer than 3 have one."""
+        directions = {**self._previous_directions, **self.directions}
+        self._previous_directions, self.directions = directions, {}
+        nodes = sorted(n for n in self.assignment if n in directions)
         if len(nodes) < 3:
             return False
-        labels, score = choose_clusters(np.stack([self.directions[n] for n in nodes]), self.max_clusters,
+        labels, score = choose_clusters(np.stack([directions[n] for n in nodes]), self.max_clusters,
                                         self.min_silhouette, self.seed + server_round)
         new_members: dict[int, list[int]] = defaultdict(list)
         for n, label in zip(nodes, labels):
             new_members[int(label)].append(n)
         for n in self.assignment:  # nodes with no direction yet keep cluster 0 of the new split
-            if n not in self.directions:
+            if n not in directions:
                 new_members[0].append(n)
         models, inners = {}, {}
         for c, members in new_members.items():

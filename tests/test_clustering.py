@@ -43,3 +43,21 @@ def test_clients_get_their_cluster_model_after_reclustering():
     c12, c34 = s.assignment[1], s.assignment[3]
     np.testing.assert_allclose(s.models[c12]["w"], [10.5, 0.0])   # mean of its members only
     np.testing.assert_allclose(s.models[c34]["w"], [0.0, 21.0])
+
+
+def test_directions_are_summed_over_the_window_between_reclusterings():
+    s = Clustered(FedAvg(), cluster_every=2, max_clusters=3)
+    grid = FakeGrid([1, 2, 3, 4])
+    x0 = arrays(w=[0.0, 0.0])
+    list(s.configure_train(1, x0, ConfigRecord({}), grid))
+    # round 1 alone would split {1, 3} from {2, 4}; the two rounds' sums split {1, 2} from {3, 4}
+    first = {1: [1.0, 0.0], 2: [0.0, 1.0], 3: [1.0, 0.0], 4: [0.0, 1.0]}
+    s.aggregate_train(1, [reply(n, arrays(w=u), 10) for n, u in first.items()])
+    assert s.rounds[1].extra["clusters"] == 1 and "silhouette" not in s.rounds[1].extra
+    start = s.models[0]["w"].copy()
+    list(s.configure_train(2, arrays(w=start), ConfigRecord({}), grid))
+    second = {1: [3.0, 0.0], 2: [3.0, -1.0], 3: [0.0, 3.0], 4: [-1.0, 3.0]}
+    s.aggregate_train(2, [reply(n, arrays(w=start + np.array(u)), 10) for n, u in second.items()])
+    np.testing.assert_allclose(s._previous_directions[2], [3.0, 0.0])  # [0, 1] + [3, -1]
+    assert s.assignment[1] == s.assignment[2] != s.assignment[3] == s.assignment[4]
+    assert s.directions == {}  # the next window starts empty
