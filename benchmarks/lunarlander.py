@@ -273,12 +273,14 @@ def main() -> None:
     parser.add_argument("--steps-per-round", type=int, default=1000)
     parser.add_argument("--report-only", action="store_true")
     parser.add_argument("--out", type=Path, default=OUT, help="results directory")
+    parser.add_argument("--command", help="command line(s) to print above the table (default: this one)")
     args = parser.parse_args()
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
     command = (f"python -m benchmarks.lunarlander --methods {' '.join(args.methods)} --clients "
                f"{' '.join(map(str, args.clients))} --seeds {' '.join(map(str, args.seeds))} --rounds {args.rounds} "
                f"--steps-per-round {args.steps_per_round}")
+    command = args.command or command
     if not args.report_only:
         for seed in args.seeds:
             local_rows: dict[str, list[dict]] = {}
