@@ -51,6 +51,9 @@ METHODS = {
     # θ = 0.15 admits every LunarLander transition (the mean distance to 16 buffer states is ≥ 0.76 even
     # for a random policy's states); θ = 1.3 is about their 25th percentile, a filter that actually filters
     "fusion-double-theta1.3": {"agent": "double", "strategy": "fusion", "diversity-threshold": 1.3},
+    # no dual learning: the server only mixes (α·θ_global + (1 − α)·trust-weighted clients); the shared
+    # experience is still uploaded but nothing learns from it. Isolates what the learning server adds.
+    "fusion-double-noserver": {"agent": "double", "strategy": "fusion", "server-updates-per-round": 0},
 }
 
 
