@@ -121,3 +121,17 @@ def test_fusion_summary_counts_admitted_over_all_rounds():
     assert fusion_summary({"metrics": metrics}) == {"admitted": 0.75, "admitted-last": 0.5, "buffer": 150,
                                                     "gzip-ratio": 0.5}
     assert fusion_summary({"metrics": metrics[:1]})["admitted"] is None
+
+
+def test_every_lunarlander_benchmark_method_is_a_valid_run_config():
+    """A typo in a method's overrides must fail here, not an hour into a sweep."""
+    from benchmarks.lunarlander import METHODS, TASK
+    from fedrl_app.config import RunConfig
+
+    for name, spec in METHODS.items():
+        cfg = RunConfig.from_run_config({k: v for k, v in spec.items() if k != "local"} | {"task": TASK})
+        assert cfg.agent == spec["agent"], name
+        assert cfg.strategy == spec.get("strategy", RunConfig().strategy), name
+    noserver = METHODS["fusion-double-noserver"] | {"task": TASK}
+    assert RunConfig.from_run_config(noserver).server_updates_per_round == 0
+    assert RunConfig.from_run_config(METHODS["fusion-double-tf1"] | {"task": TASK}).dqn_train_frequency == 1
