@@ -54,6 +54,9 @@ METHODS = {
     # no dual learning: the server only mixes (α·θ_global + (1 − α)·trust-weighted clients); the shared
     # experience is still uploaded but nothing learns from it. Isolates what the learning server adds.
     "fusion-double-noserver": {"agent": "double", "strategy": "fusion", "server-updates-per-round": 0},
+    # the server learns on only the newest 10k shared transitions (default 50k); the TD loss drops and the
+    # global network recovers once a full 50k buffer starts to overwrite the early, ε-random experience
+    "fusion-double-buf10k": {"agent": "double", "strategy": "fusion", "server-buffer-size": 10_000},
     # one gradient step per env step (the defaults take one per 4): 4× the updates and ~4× the compute
     "local-double-tf1": {"agent": "double", "local": True, "dqn-train-frequency": 1},
     "fedavg-double-tf1": {"agent": "double", "strategy": "fedavg", "dqn-train-frequency": 1},

@@ -82,6 +82,7 @@ class RunConfig:
     diversity_threshold: float = 0.15
     filter_k: int = 16
     server_updates_per_round: int = 100
+    server_buffer_size: int = 50000
     experience_sample: int = 256
     pg_lr: float = 0.001
     pg_batch_episodes: int = 10
@@ -147,6 +148,7 @@ class RunConfig:
         _at_least("dqn-learning-starts", self.dqn_learning_starts, 0)
         _at_least("filter-k", self.filter_k, 1)
         _at_least("server-updates-per-round", self.server_updates_per_round, 0)
+        _at_least("server-buffer-size", self.server_buffer_size, 1)
         _at_least("experience-sample", self.experience_sample, 0)
         _in_range("fusion-mix", self.fusion_mix, 0.0, 1.0, high_open=True)
         if self.diversity_threshold < 0:

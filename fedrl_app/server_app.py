@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from logging import ERROR, INFO
 
 import numpy as np
@@ -42,7 +43,9 @@ def build_strategy(cfg: RunConfig):
                                controller_reward=cfg.controller_reward)
     elif cfg.strategy == "fusion":
         obs_dim, n_actions = env_dims(cfg.task)
-        strategy = Fusion(**common, obs_dim=obs_dim, n_actions=n_actions, agent_config=dqn_config(cfg),
+        # the server learner is the clients' agent, except for the size of its (global) replay buffer
+        server_agent = replace(dqn_config(cfg), buffer_size=cfg.server_buffer_size)
+        strategy = Fusion(**common, obs_dim=obs_dim, n_actions=n_actions, agent_config=server_agent,
                           mix=cfg.fusion_mix, diversity_filter=cfg.diversity_filter,
                           diversity_threshold=cfg.diversity_threshold, filter_k=cfg.filter_k,
                           server_updates=cfg.server_updates_per_round, seed=cfg.seed)

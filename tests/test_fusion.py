@@ -108,3 +108,25 @@ def test_fusion_drops_a_reply_without_valid_experience():
     assert out is None
     reasons = dict(s.rounds[1].dropped)
     assert "experience" in reasons[1] and "no 'experience'" in reasons[2]
+
+
+def test_server_buffer_size_sets_the_global_buffer_and_keeps_the_newest():
+    from fedrl_app.config import ConfigError, RunConfig
+    from fedrl_app.server_app import build_strategy
+
+    cfg = RunConfig.from_run_config({"task": "cartpole", "strategy": "fusion", "agent": "double",
+                                     "server-buffer-size": 12})
+    s = build_strategy(cfg)
+    assert s.learner.buffer.capacity == 12 and s.learner.config.double
+    g = _model(1.0, s)
+    list(s.configure_train(1, arrays(**g), ConfigRecord({}), FakeGrid([1, 2])))
+    obs, actions, rewards, next_obs, dones = _batch(n=10, d=4)  # CartPole: 4 observations, 2 actions
+    exp = pack_experience(obs, actions, rewards, next_obs, dones)[0]
+    s.diversity_filter = False
+    s.aggregate_train(1, [reply(n, arrays(**g), 10, extra={"experience": exp}) for n in (1, 2)])
+    # 20 offered into 12 slots: the ring keeps the newest 12, rows 8..9 of client 1 and all of client 2
+    assert s.learner.buffer.size == 12 and s.rounds[1].extra["experience-admitted"] == 20
+    np.testing.assert_allclose(np.sort(s.learner.buffer.rewards[:12]),
+                               np.sort(np.concatenate([rewards[8:], rewards]).astype(np.float32)))
+    with pytest.raises(ConfigError, match="server-buffer-size"):
+        RunConfig.from_run_config({"server-buffer-size": 0})
