@@ -63,6 +63,9 @@ METHODS = {
     "fusion-double-tf1": {"agent": "double", "strategy": "fusion", "dqn-train-frequency": 1},
 }
 
+# the published comparison; every other method is an ablation of fusion-double (plotted apart)
+MAIN_METHODS = ("local-dqn", "local-double", "fedavg-dqn", "fedavg-double", "fusion-dqn", "fusion-double")
+
 
 def client_curves(clients_rows: list[dict]) -> dict[int, dict]:
     """Per partition: episode returns in order, the env step at which each episode ended, steps and FLOPs."""
@@ -184,7 +187,7 @@ def greedy_curve(run: dict) -> list[float]:
     return [np.nan] + [float(np.mean(per_round[r])) for r in sorted(per_round)] if per_round else []
 
 
-def plot_returns(runs: dict[str, list[dict]], n: int, path: Path) -> None:
+def plot_returns(runs: dict[str, list[dict]], n: int, path: Path, title: str = "clients' own episodes") -> None:
     """Left: clients' moving-average return vs env steps per client; right: the server's greedy evaluation
     per round. Mean over seeds, shaded ± one std."""
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
@@ -209,7 +212,7 @@ def plot_returns(runs: dict[str, list[dict]], n: int, path: Path) -> None:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     ax1.set(xlabel="env steps per client", ylabel="clients' 20-episode moving-average return",
-            title=f"LunarLander-v3, N = {n}: clients' own episodes")
+            title=f"LunarLander-v3, N = {n}: {title}")
     ax2.set(xlabel="round", ylabel="greedy return (5 episodes)", ylim=(-600, 320),
             title=f"N = {n}: global network (local: mean of the agents' own)")
     save_figure(fig, path)
@@ -269,8 +272,11 @@ def report(command: str, out: Path = OUT) -> str:
                      f"| {fmt([x['admitted-last'] for x in f], '.1%', 'n/a')} | {fmt([x['buffer'] for x in f], '.0f', 'n/a')} "
                      f"| {fmt([x['gzip-ratio'] for x in f], '.2f', 'n/a')} |")
     for n in sorted({r[0]["n"] for r in runs.values()}):
-        plot_returns({name.split(" ")[0]: r for name, r in runs.items() if r[0]["n"] == n}, n,
-                     out / f"returns-n{n}.png")
+        at_n = {name.split(" ")[0]: r for name, r in runs.items() if r[0]["n"] == n}
+        plot_returns({m: r for m, r in at_n.items() if m in MAIN_METHODS}, n, out / f"returns-n{n}.png")
+        ablations = {m: r for m, r in at_n.items() if m not in MAIN_METHODS or m == "fusion-double"}
+        if len(ablations) > 1:
+            plot_returns(ablations, n, out / f"ablations-n{n}.png", title="Fusion Double and its ablations")
     return write_table(lines, out)
 
 
