@@ -9,7 +9,8 @@ Local agents run in-process with the same agent and rollout code as the ClientAp
 federated methods go through `flwr run`. A client "solves" when the 100-episode moving
 average of its own episode returns reaches 200 (the environment's reward, no shaping);
 we record the episode and the env step at which that happens. Results land in
-benchmarks/results/lunarlander/ (per-run JSON, table.md, returns-n<N>.png).
+benchmarks/results/lunarlander/ (per-run JSON, table.md, returns-n<N>.png for the six
+main methods, ablations-n<N>.png for Fusion's ablations).
 """
 
 from __future__ import annotations
@@ -54,8 +55,10 @@ METHODS = {
     # no dual learning: the server only mixes (α·θ_global + (1 − α)·trust-weighted clients); the shared
     # experience is still uploaded but nothing learns from it. Isolates what the learning server adds.
     "fusion-double-noserver": {"agent": "double", "strategy": "fusion", "server-updates-per-round": 0},
-    # the server learns on only the newest 10k shared transitions (default 50k); the TD loss drops and the
-    # global network recovers once a full 50k buffer starts to overwrite the early, ε-random experience
+    # the server learns on only the newest 10k shared transitions (default 50k): tests whether the global
+    # network's mid-run collapse comes from learning on stale ε-random experience (the TD loss drops and the
+    # greedy return recovers when a full 50k buffer starts to overwrite it). Measured: a shallower dip, but
+    # worse clients (README)
     "fusion-double-buf10k": {"agent": "double", "strategy": "fusion", "server-buffer-size": 10_000},
     # one gradient step per env step (the defaults take one per 4): 4× the updates and ~4× the compute
     "local-double-tf1": {"agent": "double", "local": True, "dqn-train-frequency": 1},
@@ -116,8 +119,9 @@ def summarise(run: dict) -> dict:
     return {
         "clients-solved": sum(x is not None for x in solve_steps),
         "final-100": statistics.mean(x for x in final if x is not None) if any(x is not None for x in final) else None,
-        "solve-episode": statistics.mean(solve_episodes) if all(x is not None for x in solve_episodes) else None,
-        "solve-steps-per-client": (statistics.mean(solve_steps) if all(x is not None for x in solve_steps) else None),
+        # per client (None where it never solved), so the table can say how many of all clients got there
+        "solve-episode": solve_episodes,
+        "solve-steps-per-client": solve_steps,
         "env-steps-total": sum(c["steps"] for c in curves.values()),
         "solve-steps-total": len(curves) * federation_step if federation_step is not None else None,
         "solve-episodes-total": (sum(sum(1 for e in c["end-steps"] if e <= federation_step) for c in curves.values())
@@ -247,8 +251,8 @@ def report(command: str, out: Path = OUT) -> str:
         col = {k: [s[k] for s in sums] for k in sums[0]}
         n = seed_runs[0]["n"]
         lines.append(f"| {name} | {len(sums)} | {fmt(col['clients-solved'], '.1f')} of {n} "
-                     f"| {fmt(col['final-100'], '.1f', 'n/a')} | {fmt(col['solve-episode'], '.0f')} "
-                     f"| {fmt(col['solve-steps-per-client'], '.3g')} | {fmt(col['solve-episodes-total'], '.0f')} "
+                     f"| {fmt(col['final-100'], '.1f', 'n/a')} | {fmt(sum(col['solve-episode'], []), '.0f')} "
+                     f"| {fmt(sum(col['solve-steps-per-client'], []), '.3g')} | {fmt(col['solve-episodes-total'], '.0f')} "
                      f"| {fmt(col['solve-steps-total'], '.3g')} | {fmt(col['env-steps-total'], '.3g')} "
                      f"| {fmt(col['flops-per-episode'], '.3g', 'n/a')} | {fmt(col['flops-total'], '.3g')} "
                      f"| {fmt(col['uplink-mb'], '.1f')} | {fmt(col['downlink-mb'], '.1f')} "
@@ -257,7 +261,9 @@ def report(command: str, out: Path = OUT) -> str:
     lines += ["", "Greedy columns: for federated methods the server's evaluation of the global network (5 greedy "
               "episodes from the same start states every round); for local ones each agent's own network, evaluated "
               "the same way after every round's steps, one value per agent (so 'not reached' counts agents). "
-              "'Until ≥ 200' is the first round at which the mean of the last 5 rounds' evaluations reaches 200.",
+              "'Until ≥ 200' is the first round at which the mean of the last 5 rounds' evaluations reaches 200. "
+              "The per-client 'to solve' columns pool the clients of all seeds: mean ± std over those that solved, "
+              "and how many of them did not. The 'all clients' columns need every client of a run to solve.",
               "", "Fusion's global replay buffer (diversity filter: admit a shared transition if the mean L2 distance "
               "of its state to 16 buffer states is ≥ θ):", "",
               "| method | seeds | θ | transitions admitted (all rounds) | admitted, last round | buffer at the end "

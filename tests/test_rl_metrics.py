@@ -36,7 +36,7 @@ def test_summarise_counts_per_client_and_federation_solves():
                _round(1, 1, [0.0] * 100), _round(1, 2, [500.0] * 100)]
     s = summarise({"clients": clients, "metrics": []})
     assert s["clients-solved"] == 2
-    assert s["solve-episode"] == (100 + 140) / 2 and s["solve-steps-per-client"] == (1000 + 1400) / 2
+    assert s["solve-episode"] == [100, 140] and s["solve-steps-per-client"] == [1000, 1400]
     assert s["solve-steps-total"] == 2 * 1400  # both clients had stepped 1400 times when the last one solved
     assert s["solve-episodes-total"] == 140 + 140
     assert s["env-steps-total"] == 4000 and s["flops-per-episode"] == 4 * 3 / 400
@@ -47,7 +47,8 @@ def test_summarise_leaves_totals_open_when_a_client_never_solves():
 
     s = summarise({"clients": [_round(0, 1, [250.0] * 100), _round(1, 1, [0.0] * 100)], "metrics": []})
     assert s["clients-solved"] == 1
-    assert s["solve-steps-per-client"] is None and s["solve-steps-total"] is None and s["solve-episodes-total"] is None
+    assert s["solve-episode"] == [100, None] and s["solve-steps-per-client"] == [1000, None]
+    assert s["solve-steps-total"] is None and s["solve-episodes-total"] is None
 
 
 def test_plot_run_draws_client_returns_and_fusion_buffer(tmp_path):
