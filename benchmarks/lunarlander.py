@@ -282,7 +282,7 @@ def report(command: str, out: Path = OUT) -> str:
         plot_returns({m: r for m, r in at_n.items() if m in MAIN_METHODS}, n, out / f"returns-n{n}.png")
         ablations = {m: r for m, r in at_n.items() if m not in MAIN_METHODS or m == "fusion-double"}
         if len(ablations) > 1:
-            plot_returns(ablations, n, out / f"ablations-n{n}.png", title="Fusion Double and its ablations")
+            plot_returns(ablations, n, out / f"ablations-n{n}.png", title="Fusion Double and the variant runs")
     return write_table(lines, out)
 
 
