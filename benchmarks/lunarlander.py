@@ -10,7 +10,7 @@ federated methods go through `flwr run`. A client "solves" when the 100-episode 
 average of its own episode returns reaches 200 (the environment's reward, no shaping);
 we record the episode and the env step at which that happens. Results land in
 benchmarks/results/lunarlander/ (per-run JSON, table.md, returns-n<N>.png for the six
-main methods, ablations-n<N>.png for Fusion's ablations).
+main methods, ablations-n<N>.png for Fusion Double beside every other method).
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ METHODS = {
     "fusion-double-tf1": {"agent": "double", "strategy": "fusion", "dqn-train-frequency": 1},
 }
 
-# the published comparison; every other method is an ablation of fusion-double (plotted apart)
+# the published comparison; every other method is a variant (an ablation of fusion-double, or -tf1), plotted apart
 MAIN_METHODS = ("local-dqn", "local-double", "fedavg-dqn", "fedavg-double", "fusion-dqn", "fusion-double")
 
 

@@ -136,3 +136,16 @@ def test_every_lunarlander_benchmark_method_is_a_valid_run_config():
     noserver = METHODS["fusion-double-noserver"] | {"task": TASK}
     assert RunConfig.from_run_config(noserver).server_updates_per_round == 0
     assert RunConfig.from_run_config(METHODS["fusion-double-tf1"] | {"task": TASK}).dqn_train_frequency == 1
+
+
+def test_dynamics_finds_the_dip_and_the_td_loss_around_the_full_buffer():
+    from benchmarks.lunarlander_dynamics import dynamics
+
+    # greedy -100 everywhere except rounds 20-24 at -600 (the only 5-round window at -600 ends at round 24);
+    # the buffer grows by 10 a round up to 300 (full at round 30); TD loss 2.0 before round 30, 1.0 after
+    rows = [{"round": r, "return": -600.0 if 20 <= r <= 24 else -100.0, "global-buffer-size": min(10 * r, 300),
+             "server-td-loss": 2.0 if r < 30 else 1.0} for r in range(1, 61)]
+    d = dynamics(rows)
+    assert (d["worst-greedy"], d["worst-round"], d["buffer-full"]) == (-600.0, 24, 30)
+    assert (d["td-before"], d["td-after"]) == (2.0, 1.0)
+    assert d["td-late"] == 1.0  # rounds 15..60: 15 values of 2.0 and 31 of 1.0
