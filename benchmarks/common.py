@@ -2,17 +2,32 @@
 
 from __future__ import annotations
 
+import argparse
 import json
+import shlex
 import shutil
+import statistics
+import sys
 from pathlib import Path
 
-import statistics
-
-from fedrl_app.hooks import CLIENTS_FILE, METRICS_FILE, read_jsonl
-from fedrl_app.launch import LocalSimulation
-from fedrl_app.paths import project_root
+from fedrl_app.runtime.launch import LocalSimulation
+from fedrl_app.runtime.paths import project_root
+from fedrl_app.server.recorder import CLIENTS_FILE, METRICS_FILE, read_jsonl
 
 ROOT = project_root() or Path(__file__).resolve().parent.parent
+
+
+def benchmark_parser(doc: str) -> argparse.ArgumentParser:
+    """An argument parser described by the module's first doc line, with the shared `--command` option."""
+    parser = argparse.ArgumentParser(description=doc.split("\n")[0])
+    parser.add_argument("--command", help="command line(s) to print above the table (default: the one that ran); "
+                                           "use it with --report-only to name the sweeps the results came from")
+    return parser
+
+
+def command_line(module: str, override: str | None = None) -> str:
+    """The command printed above a benchmark table: `override`, or this process's own command line."""
+    return override or shlex.join(["python", "-m", module, *sys.argv[1:]])
 
 
 def toml_value(value) -> str:

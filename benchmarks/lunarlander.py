@@ -5,7 +5,7 @@
     python -m benchmarks.lunarlander --report-only
 
 Local agents run in-process with the same agent and rollout code as the ClientApp
-(`fedrl_app.rl_client`, `fedrl_app.tasks.gym_rl`), for the same per-client step budget;
+(`fedrl_app.client.dqn`, `fedrl_app.tasks.gym_rl`), for the same per-client step budget;
 federated methods go through `flwr run`. A client "solves" when the 100-episode moving
 average of its own episode returns reaches 200 (the environment's reward, no shaping);
 we record the episode and the env step at which that happens. Results land in
@@ -15,7 +15,6 @@ main methods, ablations-n<N>.png for Fusion Double beside every other method).
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import tempfile
@@ -30,13 +29,16 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from benchmarks.common import ROOT, fmt, run_app, save_figure, write_table  # noqa: E402
+from benchmarks.common import ROOT, benchmark_parser, command_line, fmt, run_app, save_figure, write_table  # noqa: E402
 from fedrl_app.agents.dqn import DQNAgent  # noqa: E402
 from fedrl_app.config import RunConfig  # noqa: E402
-from fedrl_app.plots import episode_ends  # noqa: E402
-from fedrl_app.rl_client import dqn_config  # noqa: E402
+from fedrl_app.reporting.plots import episode_ends  # noqa: E402
 from fedrl_app.tasks.gym_rl import (  # noqa: E402
-    SOLVED_RETURN, env_dims, evaluate_policy, moving_average_solved, run_steps,
+    SOLVED_RETURN,
+    env_dims,
+    evaluate_policy,
+    moving_average_solved,
+    run_steps,
 )
 
 OUT = ROOT / "benchmarks" / "results" / "lunarlander"
@@ -88,7 +90,7 @@ def run_local(overrides: dict, rounds: int, clients: int, seed: int) -> list[dic
     torch.set_num_threads(1)  # as a ClientApp in a one-CPU Ray actor (OMP_NUM_THREADS=1): the same compute per agent
     rows = []
     for pid in range(clients):
-        agent = DQNAgent(*env_dims(TASK), dqn_config(cfg), seed=cfg.seed * 1_000 + pid)
+        agent = DQNAgent(*env_dims(TASK), cfg.dqn_config(), seed=cfg.seed * 1_000 + pid)
         for r in range(1, rounds + 1):
             act0, train0 = agent.act_flops, agent.train_flops
             stats = run_steps(agent, TASK, key=("local", seed, pid), seed=cfg.seed * 1_000 + pid,
@@ -287,7 +289,7 @@ def report(command: str, out: Path = OUT) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = benchmark_parser(__doc__)
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     parser.add_argument("--clients", type=int, nargs="+", default=[3, 5])
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
@@ -295,14 +297,10 @@ def main() -> None:
     parser.add_argument("--steps-per-round", type=int, default=1000)
     parser.add_argument("--report-only", action="store_true")
     parser.add_argument("--out", type=Path, default=OUT, help="results directory")
-    parser.add_argument("--command", help="command line(s) to print above the table (default: this one)")
     args = parser.parse_args()
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
-    command = (f"python -m benchmarks.lunarlander --methods {' '.join(args.methods)} --clients "
-               f"{' '.join(map(str, args.clients))} --seeds {' '.join(map(str, args.seeds))} --rounds {args.rounds} "
-               f"--steps-per-round {args.steps_per_round}")
-    command = args.command or command
+    command = command_line("benchmarks.lunarlander", args.command)
     if not args.report_only:
         for seed in args.seeds:
             local_rows: dict[str, list[dict]] = {}

@@ -10,7 +10,6 @@ one <strategy>-seed<k>.jsonl per run (the run's metrics.jsonl), table.md, accura
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import tempfile
 import time
@@ -22,9 +21,17 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from benchmarks.common import (  # noqa: E402
-    ROOT, first_round_reaching, fmt, run_app, save_figure, write_jsonl, write_table,
+    ROOT,
+    benchmark_parser,
+    command_line,
+    first_round_reaching,
+    fmt,
+    run_app,
+    save_figure,
+    write_jsonl,
+    write_table,
 )
-from fedrl_app.hooks import read_jsonl  # noqa: E402
+from fedrl_app.server.recorder import read_jsonl  # noqa: E402
 
 OUT = ROOT / "benchmarks" / "results" / "mnist_baselines"
 STRATEGIES = ("fedavg", "fedprox", "scaffold", "fedadagrad")
@@ -77,7 +84,7 @@ def report(strategies: tuple[str, ...], command: str) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = benchmark_parser(__doc__)
     parser.add_argument("--strategies", nargs="+", default=list(STRATEGIES), choices=STRATEGIES)
     parser.add_argument("--rounds", type=int, default=30)
     parser.add_argument("--seeds", type=int, nargs="+", default=[42])
@@ -85,8 +92,7 @@ def main() -> None:
     parser.add_argument("--report-only", action="store_true")
     args = parser.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
-    command = (f"python -m benchmarks.mnist_baselines --rounds {args.rounds} --seeds {' '.join(map(str, args.seeds))}"
-               f" --num-clients {args.num_clients}")
+    command = command_line("benchmarks.mnist_baselines", args.command)
     if not args.report_only:
         for seed in args.seeds:
             for strategy in args.strategies:

@@ -15,7 +15,6 @@ staleness.png, decisions.png, codec_cost.json).
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import tempfile
@@ -29,10 +28,18 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from benchmarks.common import (  # noqa: E402
-    ROOT, first_round_reaching, fmt, run_app, save_figure, write_jsonl, write_table,
+    ROOT,
+    benchmark_parser,
+    command_line,
+    first_round_reaching,
+    fmt,
+    run_app,
+    save_figure,
+    write_jsonl,
+    write_table,
 )
 from fedrl_app.config import RunConfig  # noqa: E402
-from fedrl_app.hooks import read_jsonl  # noqa: E402
+from fedrl_app.server.recorder import read_jsonl  # noqa: E402
 
 OUT = ROOT / "benchmarks" / "results" / "mnist_compression"
 TARGET = 0.97
@@ -77,9 +84,10 @@ def codec_cost(repeats: int = 20) -> dict:
     from flwr.app import MetricRecord, RecordDict
     from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
 
-    from fedrl_app.codecs import CompressionConfig, decode_update, encode_update
+    from fedrl_app.protocol.codecs import CompressionConfig, decode_update, encode_update
+    from fedrl_app.protocol.records import to_record
     from fedrl_app.tasks.mnist import Net
-    from strategies.strategy_utils import mean_arrays, to_record
+    from strategies.strategy_utils import mean_arrays
 
     rng = np.random.default_rng(0)
     weights = {k: v.numpy() for k, v in Net().state_dict().items()}
@@ -109,10 +117,9 @@ def payload_sizes() -> dict:
     """Serialized (protobuf) size of one client's CNN update, as the byte meter counts it: dense vs top-1% + int8."""
     from flwr.app import RecordDict
 
-    from fedrl_app.codecs import CompressionConfig, encode_update
-    from fedrl_app.payload import recorddict_nbytes
+    from fedrl_app.protocol.codecs import CompressionConfig, encode_update
+    from fedrl_app.protocol.records import recorddict_nbytes, to_record
     from fedrl_app.tasks.mnist import Net
-    from strategies.strategy_utils import to_record
 
     rng = np.random.default_rng(0)
     weights = {k: v.numpy() for k, v in Net().state_dict().items()}
@@ -214,7 +221,7 @@ def _plots(runs: dict) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = benchmark_parser(__doc__)
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--async-rounds-factor", type=int, default=2)
@@ -222,16 +229,13 @@ def main() -> None:
     parser.add_argument("--report-only", action="store_true")
     parser.add_argument("--payload-sizes", action="store_true", help="add payload sizes to codec_cost.json, report")
     parser.add_argument("--codec-cost", action="store_true", help="(re)time the codec into codec_cost.json, report")
-    parser.add_argument("--command", help="command line to print above the table (default: this one)")
     args = parser.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
     cost_path = OUT / "codec_cost.json"
     if args.payload_sizes:
         cost = json.loads(cost_path.read_text()) if cost_path.exists() else {}
         cost_path.write_text(json.dumps({**cost, **payload_sizes()}, indent=2))
-    command = (f"python -m benchmarks.mnist_compression --methods {' '.join(args.methods)} --rounds {args.rounds} "
-               f"--seeds {' '.join(map(str, args.seeds))}")
-    command = args.command or command
+    command = command_line("benchmarks.mnist_compression", args.command)
     if args.codec_cost or not (args.report_only or args.payload_sizes or cost_path.exists()):
         # timings: measure on an idle machine (a sweep running beside it inflates them); keeps payload sizes
         cost = json.loads(cost_path.read_text()) if cost_path.exists() else {}

@@ -18,7 +18,6 @@ the same clock for all three methods: a synchronous round waits for its slowest 
 
 from __future__ import annotations
 
-import argparse
 import json
 import tempfile
 import time
@@ -30,7 +29,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from benchmarks.common import ROOT, fmt, run_app, save_figure, write_table  # noqa: E402
+from benchmarks.common import ROOT, benchmark_parser, command_line, fmt, run_app, save_figure, write_table  # noqa: E402
 from fedrl_app.tasks.gym_rl import SOLVED_RETURN  # noqa: E402
 
 OUT = ROOT / "benchmarks" / "results" / "policy_gradient"
@@ -174,7 +173,7 @@ def report(command: str, out: Path = OUT) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = benchmark_parser(__doc__)
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 2, 4, 8])
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
@@ -186,9 +185,7 @@ def main() -> None:
     args = parser.parse_args()
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
-    command = (f"python -m benchmarks.policy_gradient --methods {' '.join(args.methods)} --clients "
-               f"{' '.join(map(str, args.clients))} --seeds {' '.join(map(str, args.seeds))} --rounds {args.rounds} "
-               f"--episodes {args.episodes} --eval-episodes {args.eval_episodes}")
+    command = command_line("benchmarks.policy_gradient", args.command)
     if not args.report_only:
         for seed in args.seeds:
             for n in args.clients:

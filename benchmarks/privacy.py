@@ -10,7 +10,6 @@ amplification). Results: benchmarks/results/privacy/ (<name>-seed<k>.jsonl, tabl
 
 from __future__ import annotations
 
-import argparse
 import tempfile
 from pathlib import Path
 
@@ -19,8 +18,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from benchmarks.common import ROOT, fmt, run_app, save_figure, write_jsonl, write_table  # noqa: E402
-from fedrl_app.hooks import read_jsonl  # noqa: E402
+from benchmarks.common import ROOT, benchmark_parser, command_line, fmt, run_app, save_figure, write_jsonl, write_table  # noqa: E402
+from fedrl_app.server.recorder import read_jsonl  # noqa: E402
 
 OUT = ROOT / "benchmarks" / "results" / "privacy"
 CLIPPING_NORM = 1.0
@@ -80,7 +79,7 @@ def report(command: str, runs_config: dict[str, dict]) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = benchmark_parser(__doc__)
     parser.add_argument("--noise", type=float, nargs="+", default=list(NOISE))
     parser.add_argument("--client-side-noise", type=float, default=0.03)
     parser.add_argument("--rounds", type=int, default=10)
@@ -89,8 +88,7 @@ def main() -> None:
     args = parser.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
     runs = settings(tuple(args.noise), args.client_side_noise)
-    command = (f"python -m benchmarks.privacy --noise {' '.join(f'{z:g}' for z in args.noise)} --client-side-noise "
-               f"{args.client_side_noise:g} --rounds {args.rounds} --seeds {' '.join(map(str, args.seeds))}")
+    command = command_line("benchmarks.privacy", args.command)
     if not args.report_only:
         for seed in args.seeds:
             for name, overrides in runs.items():

@@ -13,12 +13,11 @@ Results: benchmarks/results/robustness/ (<rule>-<attack>-seed<k>.jsonl, table.md
 
 from __future__ import annotations
 
-import argparse
 import tempfile
 from pathlib import Path
 
-from benchmarks.common import ROOT, fmt, run_app, write_jsonl, write_table
-from fedrl_app.hooks import read_jsonl
+from benchmarks.common import ROOT, benchmark_parser, command_line, fmt, run_app, write_jsonl, write_table
+from fedrl_app.server.recorder import read_jsonl
 
 OUT = ROOT / "benchmarks" / "results" / "robustness"
 RULES = {"fedavg": {}, "fedmedian": {}, "fedtrimmedavg": {"trimmed-beta": 0.2}, "krum": {"krum-malicious": 2}}
@@ -65,7 +64,7 @@ def report(command: str, rounds: int) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = benchmark_parser(__doc__)
     parser.add_argument("--rules", nargs="+", default=list(RULES), choices=list(RULES))
     parser.add_argument("--attacks", nargs="*", default=list(ATTACKS), choices=list(ATTACKS))
     parser.add_argument("--malformed", nargs="*", default=list(MALFORMED), choices=list(MALFORMED),
@@ -75,8 +74,7 @@ def main() -> None:
     parser.add_argument("--report-only", action="store_true")
     args = parser.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
-    command = (f"python -m benchmarks.robustness --rules {' '.join(args.rules)} --attacks {' '.join(args.attacks)} "
-               f"--malformed {' '.join(args.malformed)} --rounds {args.rounds} --seeds {' '.join(map(str, args.seeds))}")
+    command = command_line("benchmarks.robustness", args.command)
     if not args.report_only:
         runs = [(rule, attack, ATTACKS[attack]) for rule in args.rules for attack in args.attacks]
         runs += [("fedavg", attack, MALFORMED[attack]) for attack in args.malformed]

@@ -1,25 +1,28 @@
-"""Run configuration: the typed, validated view of `[tool.flwr.app.config]`."""
+"""Run configuration: the typed, validated view of `[tool.flwr.app.config]`, one field per key.
+
+Each field carries its default, its help text, its group and the values it accepts (`option`),
+so validation, `pyproject.toml` and `docs/configuration.md` all derive from this one list (a test
+checks that they agree). Which strategy works with which task and wrapper is the strategy
+registry's business (`fedrl_app.server.registry`), checked when the ServerApp starts.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
+
+from fedrl_app.agents.dqn import AGENTS, DQNConfig
 
 TASKS = ("mnist", "cartpole", "lunarlander")
 RL_TASKS = ("cartpole", "lunarlander")
-AGENTS = ("dqn", "double", "dueling", "double-dueling")
-STRATEGIES = ("fedavg", "fedprox", "scaffold", "fedadagrad", "drl-compress", "fusion", "fedmedian", "fedtrimmedavg", "krum", "fedpg", "lapg", "afedpg")
-ASYNC_STRATEGIES = ("fedavg", "fedprox", "drl-compress")
-PG_STRATEGIES = ("fedpg", "lapg", "afedpg")  # clients send policy-gradient estimates, not parameters
-RL_STRATEGIES = ("fedavg", "fusion", *PG_STRATEGIES)
 FAULT_MODES = ("", "raise", "hang")
 BYZANTINE_ATTACKS = ("sign-flip", "scale", "nan", "wrong-shape", "pickle-exploit")  # the last three: malformed replies
 SYNC_POLICIES = ("dqn", "compressed", "full")
 CONTROLLER_REWARDS = ("own-gain", "global-gain")  # see fedrl_app.agents.sync_controller
 DP_MODES = ("off", "server", "client")  # Flower's fixed-clipping DP wrappers: who clips the updates
-DP_STRATEGIES = ("fedavg", "fedprox")  # the wrappers add noise to a plain (equal-weight) mean of full models
 WANDB_MODES = ("offline", "online", "disabled")
 TRACK_METRICS = ("", "accuracy", "loss", "return")
 
@@ -28,89 +31,207 @@ class ConfigError(ValueError):
     """A run-config value is missing, of the wrong type, or outside its allowed range."""
 
 
+def option(default: Any, help: str, *, group: str, choices: tuple[str, ...] | None = None, ge: float | None = None,
+           gt: float | None = None, interval: tuple[float, float, str] | None = None) -> Any:
+    """A RunConfig field: its default, help text and docs group, and what it accepts.
+
+    `choices` lists the allowed strings; `ge` / `gt` bound a number from below; `interval` is
+    (low, high, brackets) with brackets "[]", "(]", "[)" or "()" for closed or open ends.
+    """
+    return field(default=default, metadata={"help": help, "group": group, "choices": choices, "ge": ge, "gt": gt,
+                                            "interval": interval})
+
+
 @dataclass(frozen=True)
 class RunConfig:
-    """Every run-config key, kebab-case in TOML, snake_case here.
+    """Every run-config key, kebab-case in TOML, snake_case here (defaults equal `pyproject.toml`'s)."""
 
-    Field defaults mirror `pyproject.toml`, so a config missing a key still runs.
-    """
-
-    task: str = "mnist"
-    strategy: str = "fedavg"
-    num_server_rounds: int = 10
-    fraction_train: float = 1.0
-    fraction_evaluate: float = 0.5
-    local_epochs: int = 1
-    batch_size: int = 32
-    lr: float = 0.1
-    momentum: float = 0.0
-    lr_decay_factor: float = 0.5
-    lr_decay_every: int = 5
-    proximal_mu: float = 0.01
-    server_lr: float = 0.01
-    adagrad_tau: float = 0.001
-    bytes_penalty: float = 0.1
-    sync_policy: str = "dqn"
-    controller_reward: str = "own-gain"
-    async_aggregation: bool = False
-    buffer_size: int = 5
-    staleness_exponent: float = 0.5
-    speed_sigma: float = 1.0
-    clustering: bool = False
-    cluster_every: int = 5
-    max_clusters: int = 4
-    prune_threshold: float = 0.0
-    dirichlet_alpha: float = 0.3
-    seed: int = 42
-    data_path: str = ""
-    local_test_fraction: float = 0.1
-    max_client_examples: int = 0
-    eval_batch_size: int = 1000
-    round_timeout: float = 600.0
-    track_metric: str = ""
-    agent: str = "dqn"
-    steps_per_round: int = 1000
-    eval_episodes: int = 5
-    dqn_hidden: int = 256
-    dqn_learning_starts: int = 1000
-    dqn_epsilon_decay_steps: int = 20000
-    dqn_batch_size: int = 128
-    dqn_train_frequency: int = 4
-    dqn_target_update_every: int = 250
-    fusion_mix: float = 0.5
-    diversity_filter: bool = True
-    diversity_threshold: float = 0.15
-    filter_k: int = 16
-    server_updates_per_round: int = 100
-    server_buffer_size: int = 50000
-    experience_sample: int = 256
-    pg_lr: float = 0.001
-    pg_batch_episodes: int = 10
-    pg_hidden: int = 64
-    pg_gamma: float = 0.99
-    lapg_threshold: float = 1.0
-    lapg_memory: int = 10
-    afedpg_step_size: float = 0.1
-    afedpg_eta_exponent: float = 0.5
-    afedpg_delay_adaptive: bool = True
-    afedpg_step_exponent: float = 0.0
-    outputs_dir: str = ""
-    resume_from: str = ""
-    byzantine_fraction: float = 0.0
-    byzantine_attack: str = "sign-flip"
-    byzantine_scale: float = 10.0
-    trimmed_beta: float = 0.2
-    krum_malicious: int = 0
-    dp_mode: str = "off"
-    dp_noise_multiplier: float = 1.0
-    dp_clipping_norm: float = 1.0
-    dp_target_delta: float = 1e-5
-    fault_mode: str = ""
-    fault_partition: int = -1
-    fault_round: int = 0
-    fault_hang_s: float = 30.0
-    wandb_mode: str = "offline"
-    wandb_project: str = "fedrl"
+    task: str = option(
+        "mnist", "`mnist`, or the RL tasks `cartpole` (CartPole-v1) and `lunarlander` (LunarLander-v3)",
+        group="Run", choices=TASKS)
+    strategy: str = option(
+        "fedavg", "the aggregation strategy: a name in the strategy registry (docs/configuration.md lists them)",
+        group="Run")
+    num_server_rounds: int = option(
+        10, "total rounds (a resumed run counts the rounds already done)",
+        group="Run", ge=1)
+    fraction_train: float = option(
+        1.0, "fraction of nodes sampled for training each round (0, 1]",
+        group="Client training", interval=(0.0, 1.0, "(]"))
+    fraction_evaluate: float = option(
+        0.5, "fraction of nodes sampled for client-side evaluation [0, 1]",
+        group="Client training", interval=(0.0, 1.0, "[]"))
+    local_epochs: int = option(1, "local epochs per round", group="Client training", ge=1)
+    batch_size: int = option(32, "local mini-batch size", group="Client training", ge=1)
+    lr: float = option(0.1, "client SGD learning rate at round 0", group="Client training", gt=0)
+    momentum: float = option(
+        0.0, "client SGD momentum (must be 0 with `scaffold`, whose control-variate update assumes plain SGD)",
+        group="Client training", interval=(0.0, 1.0, "[)"))
+    lr_decay_factor: float = option(
+        0.5, "the lr sent in round r is `lr * lr-decay-factor ** (r // lr-decay-every)`",
+        group="Client training", interval=(0.0, 1.0, "(]"))
+    lr_decay_every: int = option(
+        5, "rounds between two lr decays (see `lr-decay-factor`)",
+        group="Client training", ge=1)
+    proximal_mu: float = option(0.01, "FedProx μ: clients add (μ/2)·‖w − w_global‖²", group="Server optimisers", ge=0)
+    server_lr: float = option(0.01, "FedAdagrad server step η", group="Server optimisers", gt=0)
+    adagrad_tau: float = option(0.001, "FedAdagrad adaptivity τ", group="Server optimisers", gt=0)
+    bytes_penalty: float = option(
+        0.1, "drl-compress: λ in the controllers' reward, accuracy gain − λ · bytes sent / full-model bytes",
+        group="drl-compress", ge=0)
+    sync_policy: str = option(
+        "dqn", "drl-compress: `dqn` (each client's controller decides), or the ablations `compressed` (always top-k + int8 at the initial rate) and `full`",
+        group="drl-compress", choices=SYNC_POLICIES)
+    controller_reward: str = option(
+        "own-gain", "drl-compress: the accuracy gain in the controllers' reward: `own-gain`, what the client's own message (decoded as the server will) adds to the global model's local accuracy, measured at once; or `global-gain`, the global model's local accuracy gain by the next round (mostly other clients' doing)",
+        group="drl-compress", choices=CONTROLLER_REWARDS)
+    async_aggregation: bool = option(
+        False, "FedBuff-style asynchronous aggregation (with `fedavg`, `fedprox`, `drl-compress`); a \"round\" is then one aggregation",
+        group="Asynchronous aggregation")
+    buffer_size: int = option(5, "async: K, updates per aggregation", group="Asynchronous aggregation", ge=1)
+    staleness_exponent: float = option(
+        0.5, "async: a in the staleness weight s(τ) = (1+τ)^−a",
+        group="Asynchronous aggregation", ge=0)
+    speed_sigma: float = option(
+        1.0, "async and policy-gradient strategies: σ of the clients' log-normal simulated slowness (0 = equal speeds)",
+        group="Asynchronous aggregation", ge=0)
+    clustering: bool = option(
+        False, "cluster clients by the direction of their summed updates over the last `cluster-every` rounds, one model per cluster (with synchronous `fedavg`, `fedprox`, `drl-compress`)",
+        group="Clustering")
+    cluster_every: int = option(5, "clustering: re-cluster after every this many rounds", group="Clustering", ge=1)
+    max_clusters: int = option(
+        4, "clustering: largest k tried (k chosen by silhouette score)",
+        group="Clustering", ge=2)
+    prune_threshold: float = option(
+        0.0, "drl-compress: layers whose update norm relative to the layer's weight norm is below this are not sent (0 = off)",
+        group="drl-compress", ge=0)
+    dirichlet_alpha: float = option(
+        0.3, "Dirichlet concentration of the label partition (smaller = more non-IID)",
+        group="Data (MNIST)", gt=0)
+    seed: int = option(42, "seed of the partition, local splits, shuffling and model init", group="Run")
+    data_path: str = option(
+        "", "empty: the shipped MNIST copy; a directory with `train.parquet`/`test.parquet`; or a hub id such as `ylecun/mnist` (needs network)",
+        group="Data (MNIST)")
+    local_test_fraction: float = option(
+        0.1, "share of each client's partition held out for client-side evaluation",
+        group="Data (MNIST)", interval=(0.0, 0.9, "(]"))
+    max_client_examples: int = option(
+        0, "cap on each client's partition (0 = all); for quick tests",
+        group="Data (MNIST)", ge=0)
+    eval_batch_size: int = option(1000, "batch size of evaluation", group="Data (MNIST)", ge=1)
+    round_timeout: float = option(600.0, "seconds the server waits for replies each round", group="Run", gt=0)
+    track_metric: str = option(
+        "", "metric the best-model checkpoint follows (`accuracy`, `loss`, `return`); empty: `accuracy` for MNIST, `return` for RL",
+        group="Run", choices=TRACK_METRICS)
+    agent: str = option(
+        "dqn", "RL: `dqn`, `double`, `dueling`, `double-dueling`",
+        group="RL agents (DQN family)", choices=AGENTS)
+    steps_per_round: int = option(
+        1000, "RL: environment steps each client takes per round",
+        group="RL agents (DQN family)", ge=1)
+    eval_episodes: int = option(
+        5, "RL: greedy episodes the server (and an evaluating client) plays per round",
+        group="RL agents (DQN family)", ge=1)
+    dqn_hidden: int = option(
+        256, "RL: width of the Q-network's two hidden layers",
+        group="RL agents (DQN family)", ge=1)
+    dqn_learning_starts: int = option(
+        1000, "RL: env steps before the first gradient step",
+        group="RL agents (DQN family)", ge=0)
+    dqn_epsilon_decay_steps: int = option(
+        20000, "RL: env steps of linear ε decay (1.0 → 0.05)",
+        group="RL agents (DQN family)", ge=1)
+    dqn_batch_size: int = option(128, "RL: replay minibatch size", group="RL agents (DQN family)", ge=1)
+    dqn_train_frequency: int = option(4, "RL: env steps per gradient step", group="RL agents (DQN family)", ge=1)
+    dqn_target_update_every: int = option(
+        250, "RL: gradient steps between target-network copies",
+        group="RL agents (DQN family)", ge=1)
+    fusion_mix: float = option(
+        0.5, "Fusion: α kept on the global network, θ = α·θ_global + (1−α)·Σ w_k θ_k",
+        group="Fusion", interval=(0.0, 1.0, "[)"))
+    diversity_filter: bool = option(
+        True, "Fusion: admit shared transitions only if diverse enough (false: the ablation)",
+        group="Fusion")
+    diversity_threshold: float = option(
+        0.15, "Fusion: θ, minimum mean L2 distance to sampled buffer states (0.15 admits every LunarLander transition; see Benchmarks)",
+        group="Fusion", ge=0)
+    filter_k: int = option(16, "Fusion: buffer states sampled per diversity test", group="Fusion", ge=1)
+    server_updates_per_round: int = option(
+        100, "Fusion: DQN steps the server takes on the global buffer each round",
+        group="Fusion", ge=0)
+    server_buffer_size: int = option(
+        50000, "Fusion: capacity of the server's global replay buffer (oldest transitions go first)",
+        group="Fusion", ge=1)
+    experience_sample: int = option(
+        256, "Fusion: transitions each client shares per round (gzip-compressed)",
+        group="Fusion", ge=0)
+    pg_lr: float = option(
+        0.001, "fedpg/lapg: η, the server's ascent step θ ← θ + η·mean ĝ",
+        group="Policy gradient (FedPG, LAPG, AFedPG)", gt=0)
+    pg_batch_episodes: int = option(
+        10, "policy gradient: episodes each client samples per gradient estimate",
+        group="Policy gradient (FedPG, LAPG, AFedPG)", ge=1)
+    pg_hidden: int = option(
+        64, "policy gradient: width of the policy's two tanh hidden layers",
+        group="Policy gradient (FedPG, LAPG, AFedPG)", ge=1)
+    pg_gamma: float = option(
+        0.99, "policy gradient: discount in the rewards-to-go (1 = unbiased for the undiscounted return)",
+        group="Policy gradient (FedPG, LAPG, AFedPG)", interval=(0.0, 1.0, "(]"))
+    lapg_threshold: float = option(
+        1.0, "LAPG: ξ; a client skips when ‖ĝ_new − ĝ_last‖² ≤ (ξ/D)·(1/η²)·Σ_{d≤D} ‖θ^{k+1−d} − θ^{k−d}‖²",
+        group="Policy gradient (FedPG, LAPG, AFedPG)", ge=0)
+    lapg_memory: int = option(
+        10, "LAPG: D, past steps in the bound above",
+        group="Policy gradient (FedPG, LAPG, AFedPG)", ge=1)
+    afedpg_step_size: float = option(
+        0.1, "AFedPG: α, the length of the normalized step θ ← θ + α·d/‖d‖ (see `afedpg-step-exponent`)",
+        group="Policy gradient (FedPG, LAPG, AFedPG)", gt=0)
+    afedpg_eta_exponent: float = option(
+        0.5, "AFedPG: p in the momentum/lookahead weight η_v = (v+1)^−p (0: no momentum). 0.8, the exponent of the paper's analysis as reconstructed here, freezes the momentum when N agents make N updates per round (see the policy-gradient benchmark)",
+        group="Policy gradient (FedPG, LAPG, AFedPG)", interval=(0.0, 1.0, "[]"))
+    afedpg_delay_adaptive: bool = option(
+        True, "AFedPG: weight a gradient δ updates late by η_v/(1−δη_v) instead of η_v",
+        group="Policy gradient (FedPG, LAPG, AFedPG)")
+    afedpg_step_exponent: float = option(
+        0.0, "AFedPG: q in the step length α_k = α·(k+1)^−q of update k (the paper's decaying rate; 0: constant α)",
+        group="Policy gradient (FedPG, LAPG, AFedPG)", interval=(0.0, 1.0, "[]"))
+    outputs_dir: str = option("", "where run folders go; empty: `<project>/outputs`", group="Run")
+    resume_from: str = option("", "a run folder (or `latest`) to continue from its last checkpoint", group="Run")
+    byzantine_fraction: float = option(
+        0.0, "share of clients (the first partitions) that attack every round",
+        group="Robustness drills", interval=(0.0, 1.0, "[]"))
+    byzantine_attack: str = option(
+        "sign-flip", "well-formed: `sign-flip` (send −Δ) or `scale` (send `byzantine-scale`·Δ); malformed (drills of the server's checks): `nan` (a NaN in the model), `wrong-shape` (an array one entry short), `pickle-exploit` (metadata that names `os.system`)",
+        group="Robustness drills", choices=BYZANTINE_ATTACKS)
+    byzantine_scale: float = option(10.0, "factor of the `scale` attack", group="Robustness drills")
+    trimmed_beta: float = option(
+        0.2, "`fedtrimmedavg`: fraction cut at each end per coordinate",
+        group="Robustness drills", interval=(0.0, 0.5, "[)"))
+    krum_malicious: int = option(
+        0, "`krum`: f, the number of attackers Krum tolerates",
+        group="Robustness drills", ge=0)
+    dp_mode: str = option(
+        "off", "differential privacy with Flower's fixed-clipping wrappers (`fedavg`, `fedprox`): `server` (the server clips each update) or `client` (clients clip with Flower's `fixedclipping_mod`; the server refuses an update longer than the clipping norm)",
+        group="Differential privacy", choices=DP_MODES)
+    dp_noise_multiplier: float = option(
+        1.0, "DP: z; Gaussian noise of std z·C/n is added to the equal-weight mean of n clipped updates (0: clipping only, no privacy)",
+        group="Differential privacy", ge=0)
+    dp_clipping_norm: float = option(
+        1.0, "DP: C, the largest update norm one client can contribute",
+        group="Differential privacy", gt=0)
+    dp_target_delta: float = option(
+        1e-5, "DP: δ at which ε is reported each round (`dp-epsilon` in metrics.jsonl, Flower's RDP accountant)",
+        group="Differential privacy", interval=(0.0, 1.0, "()"))
+    fault_mode: str = option(
+        "", "fault injection for drills and tests: `raise` (the client raises) or `hang` (it answers after `fault-hang-s`)",
+        group="Robustness drills", choices=FAULT_MODES)
+    fault_partition: int = option(-1, "the partition that misbehaves (-1: none)", group="Robustness drills")
+    fault_round: int = option(0, "the round it misbehaves in (0: every round)", group="Robustness drills", ge=0)
+    fault_hang_s: float = option(30.0, "how long a `hang` client sleeps before answering", group="Robustness drills")
+    wandb_mode: str = option(
+        "offline", "`offline`, `online` or `disabled`; the `WANDB_MODE` environment variable wins",
+        group="Run", choices=WANDB_MODES)
+    wandb_project: str = option("fedrl", "W&B project name", group="Run")
 
     @classmethod
     def from_run_config(cls, run_config: Mapping[str, Any]) -> RunConfig:
@@ -121,126 +242,46 @@ class RunConfig:
         ConfigError
             Naming the offending key and what it accepts.
         """
-        known = {f.name.replace("_", "-"): f for f in fields(cls)}
+        known = {key_of(f): f for f in fields(cls)}
         unknown = sorted(set(run_config) - set(known))
         if unknown:
-            raise ConfigError(
-                f"unknown config key(s) {unknown}; known keys: {sorted(known)}"
-            )
-        values: dict[str, Any] = {}
-        for key, value in run_config.items():
-            field = known[key]
-            values[field.name] = _coerce(key, value, field.type)
+            raise ConfigError(f"unknown config key(s) {unknown}; known keys: {sorted(known)}")
+        values = {known[key].name: _coerce(key, value, known[key].type) for key, value in run_config.items()}
         cfg = cls(**values)
         cfg.validate()
         return cfg
 
     def validate(self) -> None:
-        """Check ranges and choices; raise ConfigError naming the key."""
-        _choice("task", self.task, TASKS)
-        _choice("strategy", self.strategy, STRATEGIES)
-        _choice("wandb-mode", self.wandb_mode, WANDB_MODES)
-        _choice("track-metric", self.track_metric, TRACK_METRICS)
-        _choice("agent", self.agent, AGENTS)
-        for key in ("steps-per-round", "eval-episodes", "dqn-hidden", "dqn-batch-size", "dqn-train-frequency",
-                    "dqn-target-update-every"):
-            _at_least(key, getattr(self, key.replace("-", "_")), 1)
-        _at_least("dqn-learning-starts", self.dqn_learning_starts, 0)
-        _at_least("filter-k", self.filter_k, 1)
-        _at_least("server-updates-per-round", self.server_updates_per_round, 0)
-        _at_least("server-buffer-size", self.server_buffer_size, 1)
-        _at_least("experience-sample", self.experience_sample, 0)
-        _in_range("fusion-mix", self.fusion_mix, 0.0, 1.0, high_open=True)
-        if self.diversity_threshold < 0:
-            raise ConfigError(f"config key 'diversity-threshold' must be >= 0, got {self.diversity_threshold!r}")
-        if self.strategy in ("fusion", *PG_STRATEGIES) and self.task not in RL_TASKS:
-            raise ConfigError(f"config key 'strategy' is {self.strategy!r}, which needs task in {list(RL_TASKS)}")
-        for key in ("pg-batch-episodes", "pg-hidden", "lapg-memory"):
-            _at_least(key, getattr(self, key.replace("-", "_")), 1)
-        _in_range("pg-gamma", self.pg_gamma, 0.0, 1.0, low_open=True)
-        _in_range("afedpg-eta-exponent", self.afedpg_eta_exponent, 0.0, 1.0)
-        _in_range("afedpg-step-exponent", self.afedpg_step_exponent, 0.0, 1.0)
-        if self.lapg_threshold < 0:
-            raise ConfigError(f"config key 'lapg-threshold' must be >= 0, got {self.lapg_threshold!r}")
-        _at_least("dqn-epsilon-decay-steps", self.dqn_epsilon_decay_steps, 1)
-        if self.task in RL_TASKS and self.strategy not in RL_STRATEGIES:
-            raise ConfigError(f"config key 'strategy' is {self.strategy!r}; with task {self.task!r} allowed values: "
-                              f"{list(RL_STRATEGIES)}")
-        _choice("sync-policy", self.sync_policy, SYNC_POLICIES)
-        _choice("controller-reward", self.controller_reward, CONTROLLER_REWARDS)
-        _choice("fault-mode", self.fault_mode, FAULT_MODES)
-        _choice("dp-mode", self.dp_mode, DP_MODES)
-        if self.dp_mode != "off" and (self.strategy not in DP_STRATEGIES or self.async_aggregation or self.clustering):
-            raise ConfigError(f"config key 'dp-mode' is {self.dp_mode!r}, which works with synchronous, unclustered "
-                              f"strategy in {list(DP_STRATEGIES)} (got strategy={self.strategy!r}, "
-                              f"async-aggregation={self.async_aggregation}, clustering={self.clustering})")
-        if self.dp_noise_multiplier < 0:
-            raise ConfigError(f"config key 'dp-noise-multiplier' must be >= 0, got {self.dp_noise_multiplier!r}")
-        _in_range("dp-target-delta", self.dp_target_delta, 0.0, 1.0, low_open=True, high_open=True)
-        _choice("byzantine-attack", self.byzantine_attack, BYZANTINE_ATTACKS)
-        _in_range("byzantine-fraction", self.byzantine_fraction, 0.0, 1.0)
-        _in_range("trimmed-beta", self.trimmed_beta, 0.0, 0.5, high_open=True)
-        _at_least("krum-malicious", self.krum_malicious, 0)
-        _at_least("fault-round", self.fault_round, 0)
-        _at_least("num-server-rounds", self.num_server_rounds, 1)
-        _at_least("local-epochs", self.local_epochs, 1)
-        _at_least("batch-size", self.batch_size, 1)
-        _at_least("eval-batch-size", self.eval_batch_size, 1)
-        _at_least("lr-decay-every", self.lr_decay_every, 1)
-        _at_least("max-client-examples", self.max_client_examples, 0)
-        _at_least("buffer-size", self.buffer_size, 1)
-        _at_least("cluster-every", self.cluster_every, 1)
-        _at_least("max-clusters", self.max_clusters, 2)
-        if self.clustering and (self.async_aggregation or self.strategy not in ASYNC_STRATEGIES):
-            raise ConfigError(f"config key 'clustering' works with synchronous strategy in {list(ASYNC_STRATEGIES)}"
-                              f" (got strategy={self.strategy!r}, async-aggregation={self.async_aggregation})")
-        for key, value in (("staleness-exponent", self.staleness_exponent), ("speed-sigma", self.speed_sigma)):
-            if value < 0:
-                raise ConfigError(f"config key '{key}' must be >= 0, got {value!r}")
-        if self.async_aggregation and self.strategy not in ASYNC_STRATEGIES:
-            raise ConfigError(f"config key 'async-aggregation' works with strategy in {list(ASYNC_STRATEGIES)}, "
-                              f"not {self.strategy!r}")
-        _in_range("fraction-train", self.fraction_train, 0.0, 1.0, low_open=True)
-        _in_range("fraction-evaluate", self.fraction_evaluate, 0.0, 1.0)
-        _in_range("lr-decay-factor", self.lr_decay_factor, 0.0, 1.0, low_open=True)
-        _in_range("momentum", self.momentum, 0.0, 1.0, high_open=True)
-        _in_range("local-test-fraction", self.local_test_fraction, 0.0, 0.9, low_open=True)
-        for key, value in (
-            ("lr", self.lr),
-            ("server-lr", self.server_lr),
-            ("adagrad-tau", self.adagrad_tau),
-            ("dirichlet-alpha", self.dirichlet_alpha),
-            ("round-timeout", self.round_timeout),
-            ("pg-lr", self.pg_lr),
-            ("afedpg-step-size", self.afedpg_step_size),
-            ("dp-clipping-norm", self.dp_clipping_norm),
-        ):
-            if not value > 0:
-                raise ConfigError(f"config key '{key}' must be > 0, got {value!r}")
-        for key, value in (("bytes-penalty", self.bytes_penalty), ("prune-threshold", self.prune_threshold)):
-            if value < 0:
-                raise ConfigError(f"config key '{key}' must be >= 0, got {value!r}")
-        if self.proximal_mu < 0:
-            raise ConfigError(f"config key 'proximal-mu' must be >= 0, got {self.proximal_mu!r}")
-        if self.strategy == "scaffold" and self.momentum != 0.0:
-            raise ConfigError(
-                "config key 'momentum' must be 0.0 with strategy='scaffold': the "
-                "SCAFFOLD control-variate update (option II) assumes plain SGD steps"
-            )
+        """Check every value against its field's choices and bounds; raise ConfigError naming the key."""
+        for f in fields(self):
+            _check_field(key_of(f), getattr(self, f.name), f.metadata)
 
     @property
     def tracked_metric(self) -> str:
         """The metric the best checkpoint follows: 'track-metric', or the task's natural one."""
         return self.track_metric or ("return" if self.task in RL_TASKS else "accuracy")
 
+    @property
+    def is_rl(self) -> bool:
+        """True for the gymnasium tasks."""
+        return self.task in RL_TASKS
+
+    def dqn_config(self) -> DQNConfig:
+        """The DQN-family agent's hyperparameters (clients' agents and Fusion's server learner)."""
+        return DQNConfig.for_agent(
+            self.agent, hidden=self.dqn_hidden, learning_starts=self.dqn_learning_starts,
+            epsilon_decay_steps=self.dqn_epsilon_decay_steps, batch_size=self.dqn_batch_size,
+            train_frequency=self.dqn_train_frequency, target_update_every=self.dqn_target_update_every,
+        )
+
     def as_dict(self) -> dict[str, Any]:
         """Kebab-case dict, as in pyproject.toml (for JSON and W&B)."""
         return {k.replace("_", "-"): v for k, v in dataclasses.asdict(self).items()}
 
 
-def lr_at_round(lr: float, decay_factor: float, decay_every: int, server_round: int) -> float:
-    """Step-decayed learning rate for a round: lr * factor ** (round // every)."""
-    return lr * decay_factor ** (server_round // decay_every)
+def key_of(f: dataclasses.Field) -> str:
+    """The TOML key of a RunConfig field (kebab-case)."""
+    return f.name.replace("_", "-")
 
 
 def _coerce(key: str, value: Any, type_name: Any) -> Any:
@@ -266,21 +307,33 @@ def _coerce(key: str, value: Any, type_name: Any) -> Any:
     raise AssertionError(f"unsupported field type {type_name} for {key}")
 
 
-def _choice(key: str, value: str, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        raise ConfigError(f"config key '{key}' is {value!r}; allowed values: {list(allowed)}")
+def _check_field(key: str, value: Any, meta: Mapping[str, Any]) -> None:
+    if meta.get("choices") is not None and value not in meta["choices"]:
+        raise ConfigError(f"config key '{key}' is {value!r}; allowed values: {list(meta['choices'])}")
+    if isinstance(value, float) and not math.isfinite(value) and (meta.get("ge") is not None or meta.get("gt")
+                                                                  is not None or meta.get("interval")):
+        raise ConfigError(f"config key '{key}' must be a finite number, got {value!r}")
+    if meta.get("ge") is not None and not value >= meta["ge"]:
+        raise ConfigError(f"config key '{key}' must be >= {meta['ge']}, got {value!r}")
+    if meta.get("gt") is not None and not value > meta["gt"]:
+        raise ConfigError(f"config key '{key}' must be > {meta['gt']}, got {value!r}")
+    if meta.get("interval") is not None:
+        low, high, brackets = meta["interval"]
+        too_low = value <= low if brackets[0] == "(" else value < low
+        too_high = value >= high if brackets[1] == ")" else value > high
+        if too_low or too_high:
+            raise ConfigError(f"config key '{key}' must be in {brackets[0]}{low}, {high}{brackets[1]}, got {value!r}")
 
 
-def _at_least(key: str, value: int, low: int) -> None:
-    if value < low:
-        raise ConfigError(f"config key '{key}' must be >= {low}, got {value!r}")
-
-
-def _in_range(
-    key: str, value: float, low: float, high: float, low_open: bool = False, high_open: bool = False
-) -> None:
-    too_low = value <= low if low_open else value < low
-    too_high = value >= high if high_open else value > high
-    if too_low or too_high:
-        lo, hi = ("(" if low_open else "["), (")" if high_open else "]")
-        raise ConfigError(f"config key '{key}' must be in {lo}{low}, {high}{hi}, got {value!r}")
+def describe_accepted(meta: Mapping[str, Any]) -> str:
+    """What a field accepts, in words, for the docs ('' when anything of its type goes)."""
+    if meta.get("choices") is not None:
+        return ", ".join(f"`{c}`" if c else '`""`' for c in meta["choices"])
+    if meta.get("interval") is not None:
+        low, high, brackets = meta["interval"]
+        return f"{brackets[0]}{low:g}, {high:g}{brackets[1]}"
+    if meta.get("ge") is not None:
+        return f"≥ {meta['ge']:g}"
+    if meta.get("gt") is not None:
+        return f"> {meta['gt']:g}"
+    return ""

@@ -11,8 +11,8 @@ from strategies.fedprox import FedProx
 from strategies.fusion import Fusion
 from strategies.lapg import LAPG
 from strategies.private import ClientSideDP, ServerSideDP
-from strategies.robust import FedMedian, FedTrimmedAvg, Krum
 from strategies.reply_guard import ClientReport, ReplyGuardMixin
+from strategies.robust import FedMedian, FedTrimmedAvg, Krum
 from strategies.round_schedule import RoundScheduleMixin
 from strategies.scaffold import Scaffold
 

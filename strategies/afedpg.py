@@ -51,9 +51,11 @@ import numpy as np
 from flwr.app import Message
 from flwr.supercore import log
 
+from fedrl_app.protocol import keys
+from fedrl_app.protocol.records import to_numpy
 from strategies.async_buffer import Arrival, AsyncBuffer, Job
-from strategies.fedpg import GRADIENT_KEY, FedPG
-from strategies.strategy_utils import distance, squared_norm, to_numpy
+from strategies.fedpg import FedPG
+from strategies.strategy_utils import distance, squared_norm
 
 
 def eta_schedule(version: int, exponent: float) -> float:
@@ -82,8 +84,8 @@ class AFedPG(AsyncBuffer):
 
     Parameters
     ----------
-    inner : FedPG
-        Builds the per-client messages (config "pg") and checks each reply's gradient.
+    strategy : FedPG
+        Builds the per-client messages (role "policy-gradient") and checks each reply's gradient.
     step_size : float (default: 0.1)
         α, the length of every normalized step ‖θ_{k+1} − θ_k‖.
     eta_exponent : float (default: 0.5)
@@ -96,9 +98,9 @@ class AFedPG(AsyncBuffer):
         `speed_sigma`, `seed`, `poll_interval`, `jitter`, `speeds` of :class:`AsyncBuffer`.
     """
 
-    def __init__(self, inner: FedPG, *, step_size: float = 0.1, eta_exponent: float = 0.5,
+    def __init__(self, strategy: FedPG, *, step_size: float = 0.1, eta_exponent: float = 0.5,
                  delay_adaptive: bool = True, step_exponent: float = 0.0, **kwargs) -> None:
-        super().__init__(inner, buffer_size=1, staleness_exponent=0.0, server_lr=step_size, **kwargs)
+        super().__init__(strategy, buffer_size=1, staleness_exponent=0.0, server_lr=step_size, **kwargs)
         self.step_size, self.eta_exponent, self.delay_adaptive = step_size, eta_exponent, delay_adaptive
         self.step_exponent = step_exponent
         self.direction: dict[str, np.ndarray] | None = None  # d_{k−1}, float64
@@ -108,7 +110,7 @@ class AFedPG(AsyncBuffer):
         """Log summary configuration of the strategy."""
         log(INFO, "\t├──> AFedPG: α_k=%s·(k+1)^-%s, η_v=(v+1)^-%s, delay-adaptive=%s, speed σ=%s", self.step_size,
             self.step_exponent, self.eta_exponent, self.delay_adaptive, self.speed_sigma)
-        self.inner.summary()
+        self.strategy.summary()
 
     def prepare_dispatch(self, version: int, models: dict[int, dict[str, np.ndarray]]):
         """The lookahead point θ̃_v, and η_v for when the gradient comes back."""
@@ -119,7 +121,7 @@ class AFedPG(AsyncBuffer):
 
     def contribution(self, reply: Message, job: Job, models, tau: int) -> Arrival | None:
         """The checked gradient ĝ(θ̃_v) as it came."""
-        return Arrival(to_numpy(reply.content[GRADIENT_KEY]), 1.0, tau, job)
+        return Arrival(to_numpy(reply.content[keys.GRADIENT]), 1.0, tau, job)
 
     def apply_buffer(self, x: dict[str, np.ndarray], buffer: list[Arrival], round_no: int) -> dict[str, np.ndarray]:
         """d_k = (1 − η) d_{k−1} + η g;  θ_{k+1} = θ_k + α_k d_k / ‖d_k‖ (one arrival per update)."""
@@ -133,7 +135,7 @@ class AFedPG(AsyncBuffer):
         scale = step / norm if norm > 0 else 0.0
         new = {k: (x[k].astype(np.float64) + scale * d[k]).astype(x[k].dtype) for k in x}
         self._previous, self.direction = x, d
-        self.inner.rounds[round_no].extra.update({
+        self.strategy.rounds[round_no].extra.update({
             "eta": eta, "eta-dispatch": arrival.job.info["eta"], "delay": arrival.tau,
             "lookahead-distance": arrival.job.info["lookahead-distance"], "direction-norm": norm,
             "step-norm": step if norm > 0 else 0.0,

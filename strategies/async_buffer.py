@@ -13,9 +13,9 @@ ClientApps do train on old versions. Messages go through `Grid.push_messages` /
 `pull_messages`; the simulated clock only decides the order in which arrivals are
 consumed, so no run sleeps to imitate a slow client.
 
-The wrapped strategy builds the messages and checks the replies (`configure_train`,
-`filter_train_replies`); its `reply_delta` turns a checked reply into Δ relative to
-the version the client started from.
+The wrapped strategy (a `strategies.wrapper.CheckedStrategy`) builds the messages and checks
+the replies (`configure_train`, `filter_train_replies`); its `reply_delta` turns a checked reply
+into Δ relative to the version the client started from.
 
 The event loop (dispatch, simulated clock, arrival order, pulling, redispatch, evaluation) is
 separate from the update rule, which is three methods a subclass may override:
@@ -27,7 +27,6 @@ checked reply adds to the buffer) and `apply_buffer` (the step once K have arriv
 from __future__ import annotations
 
 import heapq
-import io
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -37,10 +36,12 @@ from typing import Any
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import Result, Strategy
+from flwr.serverapp.strategy import Result
 from flwr.supercore import log
 
-from strategies.strategy_utils import DelegatesToWrapped, mean_arrays, staleness_weight, to_numpy, to_record
+from fedrl_app.protocol.records import to_numpy, to_record
+from strategies.strategy_utils import SubsetGrid, mean_arrays, staleness_weight
+from strategies.wrapper import CheckedStrategy, StrategyWrapper
 
 
 @dataclass(order=True)
@@ -63,18 +64,6 @@ class Arrival:
     job: Job
 
 
-class _OneNodeGrid:
-    """Grid view with a single node, so the wrapped strategy's sampling picks exactly it."""
-
-    def __init__(self, grid: Grid, node_id: int) -> None:
-        self._grid, self._node_id = grid, node_id
-
-    def get_node_ids(self) -> list[int]:
-        return [self._node_id]
-
-    def __getattr__(self, name):
-        return getattr(self._grid, name)
-
 
 def client_speeds(node_ids: list[int], sigma: float, seed: int) -> dict[int, float]:
     """Per-client time per job: LogNormal(0, sigma) slowness, seeded, in sorted node order (1.0 if sigma=0)."""
@@ -82,13 +71,14 @@ def client_speeds(node_ids: list[int], sigma: float, seed: int) -> dict[int, flo
     return {n: float(rng.lognormal(0.0, sigma)) if sigma > 0 else 1.0 for n in sorted(node_ids)}
 
 
-class AsyncBuffer(DelegatesToWrapped, Strategy):
+class AsyncBuffer(StrategyWrapper):
     """Asynchronous buffered aggregation with staleness weighting around an update strategy.
 
     Parameters
     ----------
-    inner : Strategy
-        A :class:`ReplyGuardMixin` strategy with `reply_delta` (FedAvg or DrlCompress).
+    strategy : CheckedStrategy
+        FedAvg, FedProx or DrlCompress, built with `min_train_nodes = min_available_nodes = 1`
+        (`required_settings`: each dispatch addresses one node).
     buffer_size : int (default: 5)
         K: arrivals per aggregation (one aggregation = one "round" / model version).
     staleness_exponent : float (default: 0.5)
@@ -107,11 +97,12 @@ class AsyncBuffer(DelegatesToWrapped, Strategy):
         Explicit per-node slowness (overrides `speed_sigma`), for tests and replays.
     """
 
-    def __init__(self, inner, *, buffer_size: int = 5, staleness_exponent: float = 0.5, server_lr: float = 1.0,
+    required_settings = {"min_train_nodes": 1, "min_available_nodes": 1}
+
+    def __init__(self, strategy: CheckedStrategy, *, buffer_size: int = 5, staleness_exponent: float = 0.5, server_lr: float = 1.0,
                  speed_sigma: float = 1.0, seed: int = 0, poll_interval: float = 0.2, jitter: float = 0.1,
                  speeds: dict[int, float] | None = None) -> None:
-        self.inner = inner
-        inner.min_train_nodes = inner.min_available_nodes = 1  # one dispatch addresses one node
+        super().__init__(strategy)
         self.buffer_size, self.staleness_exponent, self.server_lr = buffer_size, staleness_exponent, server_lr
         self.speed_sigma, self.seed, self.poll_interval = speed_sigma, seed, poll_interval
         self.jitter, self.speeds = jitter, speeds
@@ -119,27 +110,24 @@ class AsyncBuffer(DelegatesToWrapped, Strategy):
         self.staleness: list[tuple[int, int, int]] = []  # (version aggregated into, node, τ)
         self.sim_time = 0.0
 
-    def _wrapped(self):
-        return self.inner
-
-    # Flower's Strategy interface: the wrapped strategy does per-message work.
-    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid):
-        return self.inner.configure_train(server_round, arrays, config, grid)
-
+    # Flower's Strategy interface: the event loop in `start` replaces Flower's synchronous rounds.
     def aggregate_train(self, server_round: int, replies: Iterable[Message]):
         raise NotImplementedError("AsyncBuffer aggregates inside start(); it has no synchronous round")
 
-    def configure_evaluate(self, server_round, arrays, config, grid):
+    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+                           ) -> list[Message]:
+        """No client-side evaluation: the server evaluates each new version."""
         return []
 
-    def aggregate_evaluate(self, server_round, replies):
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        """Nothing to aggregate (see `configure_evaluate`)."""
         return None
 
     def summary(self) -> None:
         """Log summary configuration of the strategy."""
         log(INFO, "\t├──> AsyncBuffer: K=%d, s(τ)=(1+τ)^-%s, η=%s, speed σ=%s", self.buffer_size,
             self.staleness_exponent, self.server_lr, self.speed_sigma)
-        self.inner.summary()
+        self.strategy.summary()
 
     # --- the event loop -------------------------------------------------------------------
     def start(  # pylint: disable=too-many-locals
@@ -162,7 +150,7 @@ class AsyncBuffer(DelegatesToWrapped, Strategy):
             if res is not None:
                 result.evaluate_metrics_serverapp[0] = res
 
-        offset = self.inner.round_offset
+        offset = self.strategy.round_offset
         x = to_numpy(initial_arrays)
         version = 0
         models = {0: x}                     # versions still referenced by in-flight jobs
@@ -176,8 +164,8 @@ class AsyncBuffer(DelegatesToWrapped, Strategy):
             nonlocal seq
             start, info = self.prepare_dispatch(version, models)
             # The wrapped strategy sees the true (offset) round through its schedule mixin.
-            msgs = list(self.inner.configure_train(version + 1, to_record(start),
-                                                   ConfigRecord(dict(train_config)), _OneNodeGrid(grid, node)))
+            msgs = list(self.strategy.configure_train(version + 1, to_record(start),
+                                                   ConfigRecord(dict(train_config)), SubsetGrid(grid, [node])))
             (msg_id,) = list(grid.push_messages(msgs))
             duration = speeds[node] * float(self.rng.uniform(1.0 - self.jitter, 1.0 + self.jitter))
             heapq.heappush(jobs, Job(self.sim_time + duration, seq, node, version, msg_id, info))
@@ -196,7 +184,7 @@ class AsyncBuffer(DelegatesToWrapped, Strategy):
             round_no = version + 1 + offset
             arrival = None
             if reply is not None:
-                kept = self.inner.filter_train_replies(round_no, [reply])
+                kept = self.strategy.filter_train_replies(round_no, [reply])
                 if kept:
                     arrival = self.contribution(kept[0], job, models, tau)
             if arrival is not None:
@@ -207,12 +195,11 @@ class AsyncBuffer(DelegatesToWrapped, Strategy):
                 version += 1
                 models[version] = x
                 taus = [a.tau for a in buffer]
-                extra = self.inner.rounds[version + offset].extra
+                extra = self.strategy.rounds[version + offset].extra
                 extra.update({"staleness-mean": float(np.mean(taus)), "staleness-max": int(max(taus)),
                               "staleness": taus, "sim-time": self.sim_time, "buffer-size": len(buffer)})
                 buffer = []
-                if hasattr(self.inner, "record_round_stats"):
-                    self.inner.record_round_stats(version + offset)
+                self.strategy.record_round_stats(version + offset)
                 result.arrays = to_record(x)
                 if evaluate_fn:
                     res = evaluate_fn(version, to_record(x))
@@ -237,7 +224,7 @@ class AsyncBuffer(DelegatesToWrapped, Strategy):
     def contribution(self, reply: Message, job: Job, models: dict[int, dict[str, np.ndarray]],
                      tau: int) -> Arrival | None:
         """A checked reply's Δ (relative to the version it started from), weighted n · s(τ); None: nothing to add."""
-        delta = self.inner.reply_delta(reply, models[job.version])
+        delta = self.strategy.reply_delta(reply, models[job.version])
         if delta is None:
             return None
         n = float(next(iter(reply.content.metric_records.values()))["num-examples"])

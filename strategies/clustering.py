@@ -22,26 +22,14 @@ from logging import INFO
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import Strategy
 from flwr.supercore import log
 from sklearn.cluster import KMeans
 from sklearn.metrics import silhouette_score
 
+from fedrl_app.protocol.records import to_numpy, to_record
 from strategies.reply_guard import RoundLog
-from strategies.strategy_utils import mean_arrays, to_numpy, to_record
-
-
-class _SubsetGrid:
-    """Grid view restricted to some nodes, so a cluster's strategy samples only its members."""
-
-    def __init__(self, grid: Grid, node_ids: list[int]) -> None:
-        self._grid, self._node_ids = grid, node_ids
-
-    def get_node_ids(self) -> list[int]:
-        return list(self._node_ids)
-
-    def __getattr__(self, name):
-        return getattr(self._grid, name)
+from strategies.strategy_utils import SubsetGrid, mean_arrays
+from strategies.wrapper import CheckedStrategy, StrategyState, StrategyWrapper
 
 
 def choose_clusters(directions: np.ndarray, max_clusters: int, min_silhouette: float, seed: int) -> tuple[np.ndarray, float]:
@@ -65,13 +53,14 @@ def choose_clusters(directions: np.ndarray, max_clusters: int, min_silhouette: f
     return best_labels, best_score
 
 
-class Clustered(Strategy):
+class Clustered(StrategyWrapper):
     """One wrapped-strategy instance and one model per cluster of similar clients.
 
     Parameters
     ----------
-    template : Strategy
-        A ReplyGuardMixin strategy (FedAvg, FedProx or DrlCompress); deep-copied per cluster.
+    strategy : CheckedStrategy
+        FedAvg, FedProx or DrlCompress, deep-copied per cluster; built with `required_settings`
+        (any cluster, however small, trains and evaluates, and every client evaluates).
     cluster_every : int (default: 5)
         Re-cluster after every this many rounds.
     max_clusters : int (default: 4)
@@ -82,17 +71,20 @@ class Clustered(Strategy):
         KMeans seed.
     """
 
-    def __init__(self, template, *, cluster_every: int = 5, max_clusters: int = 4, min_silhouette: float = 0.05,
-                 seed: int = 0) -> None:
-        template.min_train_nodes = template.min_evaluate_nodes = template.min_available_nodes = 1
-        template.fraction_evaluate = 1.0  # personalised accuracy needs every client's view
-        self.template, self.cluster_every, self.max_clusters = template, cluster_every, max_clusters
+    required_settings = {"min_train_nodes": 1, "min_evaluate_nodes": 1, "min_available_nodes": 1,
+                         "fraction_evaluate": 1.0}  # personalised accuracy needs every client's view
+    state_prefix = "clustering"
+
+    def __init__(self, strategy: CheckedStrategy, *, cluster_every: int = 5, max_clusters: int = 4,
+                 min_silhouette: float = 0.05, seed: int = 0) -> None:
+        super().__init__(strategy)
+        self.cluster_every, self.max_clusters = cluster_every, max_clusters
         self.min_silhouette, self.seed = min_silhouette, seed
-        self.rounds: dict[int, RoundLog] = defaultdict(RoundLog)
+        self._rounds: dict[int, RoundLog] = defaultdict(RoundLog)  # merged over the clusters
         self.assignment: dict[int, int] = {}                 # node -> cluster
         self.models: dict[int, dict[str, np.ndarray]] = {}   # cluster -> model
         self.members: dict[int, list[int]] = {}
-        self.inners: dict[int, Strategy] = {}
+        self.cluster_strategies: dict[int, CheckedStrategy] = {}
         self.directions: dict[int, np.ndarray] = {}          # node -> sum of its updates in this window
         self._previous_directions: dict[int, np.ndarray] = {}  # node -> its direction in the last window
         self.examples: dict[int, float] = {}
@@ -100,20 +92,62 @@ class Clustered(Strategy):
         self._sent: dict[int, dict[str, np.ndarray]] = {}
 
     @property
+    def rounds(self) -> dict[int, RoundLog]:
+        """Per-round logs merged over the clusters' strategies."""
+        return self._rounds
+
+    @property
     def round_offset(self) -> int:
-        return self.template.round_offset
+        """Rounds done before a resume (the template's, and every cluster's copy's)."""
+        return self.strategy.round_offset
 
     @round_offset.setter
     def round_offset(self, value: int) -> None:
-        self.template.round_offset = value
-        for inner in self.inners.values():
+        self.strategy.round_offset = value
+        for inner in self.cluster_strategies.values():
             inner.round_offset = value
 
     def summary(self) -> None:
         """Log summary configuration of the strategy."""
         log(INFO, "\t├──> Clustered: every %d rounds, k ≤ %d, min silhouette %s", self.cluster_every,
             self.max_clusters, self.min_silhouette)
-        self.template.summary()
+        self.strategy.summary()
+
+    def own_state_dict(self) -> StrategyState:
+        """Assignment (node → cluster), examples per node, each cluster's model and its strategy's state."""
+        nodes = sorted(self.assignment)
+        state: StrategyState = {"clustering": {
+            # node ids are uint64: stored bit for bit as int64 (checkpoints hold torch tensors)
+            "nodes": np.asarray(nodes, dtype=np.uint64).view(np.int64),
+            "clusters": np.asarray([self.assignment[n] for n in nodes], dtype=np.int64),
+            "examples": np.asarray([self.examples.get(n, 1.0) for n in nodes], dtype=np.float64),
+        }}
+        for c, model in self.models.items():
+            state[f"clustering/model-{c}"] = dict(model)
+            for group, arrays in self.cluster_strategies[c].state_dict().items():
+                state[f"clustering/strategy-{c}/{group}"] = dict(arrays)
+        return state
+
+    def load_own_state_dict(self, state: StrategyState) -> None:
+        """Restore the clusters, their models and their strategies (a fresh copy of the template each)."""
+        if "clustering" not in state:
+            return
+        group = state["clustering"]
+        nodes = [int(n) for n in np.asarray(group["nodes"], dtype=np.int64).view(np.uint64)]
+        self.assignment = {n: int(c) for n, c in zip(nodes, group["clusters"])}
+        self.examples = {n: float(e) for n, e in zip(nodes, group["examples"])}
+        self.members = defaultdict(list)
+        for n, c in self.assignment.items():
+            self.members[c].append(n)
+        self.members = dict(self.members)
+        self.models = {int(k.removeprefix("clustering/model-")): dict(v) for k, v in state.items()
+                       if k.startswith("clustering/model-")}
+        self.cluster_strategies = {}
+        for c in self.models:
+            inner = copy.deepcopy(self.strategy)
+            prefix = f"clustering/strategy-{c}/"
+            inner.load_state_dict({k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)})
+            self.cluster_strategies[c] = inner
 
     def _ensure_clusters(self, arrays: ArrayRecord, grid: Grid) -> None:
         nodes = sorted(grid.get_node_ids())
@@ -121,7 +155,7 @@ class Clustered(Strategy):
             self.models = {0: to_numpy(arrays)}
             self.members = {0: nodes}
             self.assignment = {n: 0 for n in nodes}
-            self.inners = {0: copy.deepcopy(self.template)}
+            self.cluster_strategies = {0: copy.deepcopy(self.strategy)}
         for n in nodes:  # nodes that joined later start in cluster 0
             if n not in self.assignment:
                 self.assignment[n] = 0
@@ -133,12 +167,12 @@ class Clustered(Strategy):
         self._ensure_clusters(arrays, grid)
         messages: list[Message] = []
         self._sent = {}
-        for c, inner in self.inners.items():
+        for c, inner in self.cluster_strategies.items():
             if not self.members.get(c):
                 continue
             self._sent[c] = self.models[c]
             messages += list(inner.configure_train(server_round, to_record(self.models[c]), config,
-                                                   _SubsetGrid(grid, self.members[c])))
+                                                   SubsetGrid(grid, self.members[c])))
         return messages
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
@@ -149,7 +183,7 @@ class Clustered(Strategy):
             by_cluster[self.assignment.get(msg.metadata.src_node_id, -1)].append(msg)
         true_round = server_round + self.round_offset
         merged = self.rounds[true_round]
-        for c, inner in self.inners.items():
+        for c, inner in self.cluster_strategies.items():
             if c not in self._sent:
                 continue
             new, _ = inner.aggregate_train(server_round, by_cluster.get(c, []))
@@ -199,12 +233,12 @@ class Clustered(Strategy):
         for n in self.assignment:  # nodes with no direction yet keep cluster 0 of the new split
             if n not in directions:
                 new_members[0].append(n)
-        models, inners = {}, {}
+        models, cluster_strategies = {}, {}
         for c, members in new_members.items():
             prev = [self.models[self.assignment[n]] for n in members]
             models[c] = mean_arrays(prev, [self.examples.get(n, 1.0) for n in members])
-            inners[c] = copy.deepcopy(self.template)
-        self.models, self.members, self.inners = models, dict(new_members), inners
+            cluster_strategies[c] = copy.deepcopy(self.strategy)
+        self.models, self.members, self.cluster_strategies = models, dict(new_members), cluster_strategies
         self.assignment = {n: c for c, members in new_members.items() for n in members}
         self.history.append({"round": server_round, "k": len(new_members), "silhouette": score,
                              "assignment": {str(n): c for n, c in sorted(self.assignment.items())}})
@@ -216,10 +250,10 @@ class Clustered(Strategy):
                            ) -> Iterable[Message]:
         """Every client evaluates its own cluster's model (personalised accuracy)."""
         messages: list[Message] = []
-        for c, inner in self.inners.items():
+        for c, inner in self.cluster_strategies.items():
             if self.members.get(c):
                 messages += list(inner.configure_evaluate(server_round, to_record(self.models[c]), config,
-                                                          _SubsetGrid(grid, self.members[c])))
+                                                          SubsetGrid(grid, self.members[c])))
         return messages
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
@@ -230,7 +264,7 @@ class Clustered(Strategy):
         true_round = server_round + self.round_offset
         merged = self.rounds[true_round]
         total_n, total_acc = 0.0, 0.0
-        for c, inner in self.inners.items():
+        for c, inner in self.cluster_strategies.items():
             metrics = inner.aggregate_evaluate(server_round, by_cluster.get(c, []))
             if metrics is None or "accuracy" not in metrics:
                 continue

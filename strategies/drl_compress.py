@@ -23,15 +23,14 @@ from flwr.serverapp.strategy import FedAvg as FlowerFedAvg
 from flwr.supercore import log
 
 from fedrl_app.agents.sync_controller import ACTIONS
-from fedrl_app.codecs import decode_update
-from fedrl_app.metadata import ClientMetadata
-from fedrl_app.payload import PayloadError, check_arrays
+from fedrl_app.protocol import keys
+from fedrl_app.protocol.codecs import decode_update
+from fedrl_app.protocol.metadata import ClientMetadata
+from fedrl_app.protocol.payload import PayloadError, check_arrays
+from fedrl_app.protocol.records import to_numpy, to_record
 from strategies.reply_guard import ReplyGuardMixin
 from strategies.round_schedule import RoundScheduleMixin
-from strategies.strategy_utils import mean_arrays, to_numpy, to_record
-
-DENSE_KEY = "delta"
-COMPRESSED_KEY = "delta-compressed"
+from strategies.strategy_utils import mean_arrays
 
 
 class DrlCompress(RoundScheduleMixin, ReplyGuardMixin, FlowerFedAvg):
@@ -73,16 +72,15 @@ class DrlCompress(RoundScheduleMixin, ReplyGuardMixin, FlowerFedAvg):
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        """Send the model and the controller settings."""
+        """Send the model and the controller settings (the clients run role "sync-controller")."""
         self.current = to_numpy(arrays)
         self._deltas = {}
         config = ConfigRecord(dict(config))
-        config["sync-controller"] = True
-        config["bytes-penalty"] = self.bytes_penalty
-        config["prune-threshold"] = self.prune_threshold
-        config["num-server-rounds"] = self.num_rounds
-        config["sync-policy"] = self.sync_policy
-        config["controller-reward"] = self.controller_reward
+        config[keys.BYTES_PENALTY] = self.bytes_penalty
+        config[keys.PRUNE_THRESHOLD] = self.prune_threshold
+        config[keys.NUM_SERVER_ROUNDS] = self.num_rounds
+        config[keys.SYNC_POLICY] = self.sync_policy
+        config[keys.CONTROLLER_REWARD] = self.controller_reward
         return super().configure_train(server_round, arrays, config, grid)
 
     def check_reply_arrays(self, msg: Message, meta: ClientMetadata) -> None:
@@ -97,13 +95,13 @@ class DrlCompress(RoundScheduleMixin, ReplyGuardMixin, FlowerFedAvg):
             return
         spec = self._sent_spec or {}
         if decision == "full":
-            if DENSE_KEY not in records:
-                raise PayloadError(f"full-sync reply has no ArrayRecord '{DENSE_KEY}'")
-            delta = check_arrays(records[DENSE_KEY], spec, name=DENSE_KEY)
+            if keys.DELTA not in records:
+                raise PayloadError(f"full-sync reply has no ArrayRecord '{keys.DELTA}'")
+            delta = check_arrays(records[keys.DELTA], spec, name=keys.DELTA)
         else:
-            if COMPRESSED_KEY not in records:
-                raise PayloadError(f"compressed reply has no ArrayRecord '{COMPRESSED_KEY}'")
-            delta = decode_update(records[COMPRESSED_KEY], spec)
+            if keys.DELTA_COMPRESSED not in records:
+                raise PayloadError(f"compressed reply has no ArrayRecord '{keys.DELTA_COMPRESSED}'")
+            delta = decode_update(records[keys.DELTA_COMPRESSED], spec)
         self._deltas[msg.metadata.src_node_id] = delta
 
     def aggregate_valid_replies(

@@ -1,7 +1,7 @@
 """FedPG: synchronous federated policy gradient — average the clients' gradient estimates, take one ascent step.
 
 Each round the M sampled clients receive θ_k, sample trajectories with π_θk and reply with
-ĝ_m(θ_k) (ArrayRecord "gradient"; see `fedrl_app.pg_client`). The server ascends
+ĝ_m(θ_k) (ArrayRecord "gradient"; see `fedrl_app.client.policy_gradient`). The server ascends
 
     θ_{k+1} = θ_k + η · (1/M) · Σ_m ĝ_m(θ_k)
 
@@ -25,14 +25,14 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg as FlowerFedAvg
 from flwr.supercore import log
 
-from fedrl_app.metadata import ClientMetadata
-from fedrl_app.payload import PayloadError
+from fedrl_app.protocol import keys
+from fedrl_app.protocol.metadata import ClientMetadata
+from fedrl_app.protocol.payload import PayloadError
+from fedrl_app.protocol.records import to_numpy, to_record
 from strategies.async_buffer import client_speeds
 from strategies.reply_guard import ReplyGuardMixin
 from strategies.round_schedule import RoundScheduleMixin
-from strategies.strategy_utils import mean_arrays, squared_norm, to_numpy, to_record
-
-GRADIENT_KEY = "gradient"  # fedrl_app.pg_client.GRADIENT_KEY (strategies do not import the client)
+from strategies.strategy_utils import mean_arrays, squared_norm
 
 
 class FedPG(RoundScheduleMixin, ReplyGuardMixin, FlowerFedAvg):
@@ -56,7 +56,7 @@ class FedPG(RoundScheduleMixin, ReplyGuardMixin, FlowerFedAvg):
         so a single client can train.
     """
 
-    reply_array_records = (GRADIENT_KEY,)
+    reply_array_records = (keys.GRADIENT,)
 
     def __init__(self, *, lr: float = 0.001, speed_sigma: float = 1.0, seed: int = 0, jitter: float = 0.1,
                  speeds: dict[int, float] | None = None, **kwargs) -> None:
@@ -81,20 +81,10 @@ class FedPG(RoundScheduleMixin, ReplyGuardMixin, FlowerFedAvg):
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        """Send θ_k and ask for a gradient estimate (config "pg")."""
+        """Send θ_k; the clients (role "policy-gradient") reply with a gradient estimate."""
         self.current = to_numpy(arrays)
         self._node_ids = sorted(grid.get_node_ids())
-        config = ConfigRecord(dict(config))
-        config["pg"] = True
         return super().configure_train(server_round, arrays, config, grid)
-
-    def configure_evaluate(
-        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
-    ) -> Iterable[Message]:
-        """Client-side evaluation loads a policy network, not a Q-network."""
-        config = ConfigRecord(dict(config))
-        config["pg"] = True
-        return super().configure_evaluate(server_round, arrays, config, grid)
 
     def check_reply_arrays(self, msg: Message, meta: ClientMetadata) -> None:
         """The gradient must match the policy's keys, shapes and dtypes; only LAPG accepts lazy skips."""
@@ -105,7 +95,7 @@ class FedPG(RoundScheduleMixin, ReplyGuardMixin, FlowerFedAvg):
     # --- aggregation --------------------------------------------------------------------------
     def round_direction(self, server_round: int, replies: list[Message]) -> dict[str, np.ndarray]:
         """(1/M) Σ_m ĝ_m: the mean of this round's gradients."""
-        return mean_arrays([to_numpy(m.content[GRADIENT_KEY]) for m in replies])
+        return mean_arrays([to_numpy(m.content[keys.GRADIENT]) for m in replies])
 
     def aggregate_valid_replies(
         self, server_round: int, replies: list[Message]

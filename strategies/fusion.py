@@ -21,12 +21,13 @@ from flwr.serverapp.strategy import FedAvg as FlowerFedAvg
 from flwr.supercore import log
 
 from fedrl_app.agents.dqn import DQNAgent, DQNConfig
-from fedrl_app.experience import EXPERIENCE_KEY, ExperienceError, unpack_experience
-from fedrl_app.metadata import ClientMetadata
-from fedrl_app.payload import PayloadError
+from fedrl_app.protocol import keys
+from fedrl_app.protocol.experience import ExperienceError, unpack_experience
+from fedrl_app.protocol.metadata import ClientMetadata
+from fedrl_app.protocol.payload import PayloadError
+from fedrl_app.protocol.records import to_numpy, to_record
 from strategies.reply_guard import ReplyGuardMixin
 from strategies.round_schedule import RoundScheduleMixin
-from strategies.strategy_utils import to_numpy, to_record
 
 
 def trust_weights(global_flat: np.ndarray, client_flats: list[np.ndarray]) -> tuple[np.ndarray, bool]:
@@ -99,15 +100,15 @@ class Fusion(RoundScheduleMixin, ReplyGuardMixin, FlowerFedAvg):
         self.current = to_numpy(arrays)
         self._experience = {}
         config = ConfigRecord(dict(config))
-        config["share-experience"] = True
+        config[keys.SHARE_EXPERIENCE] = True
         return super().configure_train(server_round, arrays, config, grid)
 
     def check_reply_arrays(self, msg: Message, meta: ClientMetadata) -> None:
         """The network as usual, plus the experience record (refused if malformed)."""
         super().check_reply_arrays(msg, meta)
-        record = msg.content.config_records.get(EXPERIENCE_KEY)
+        record = msg.content.config_records.get(keys.EXPERIENCE)
         if record is None:
-            raise PayloadError(f"reply has no '{EXPERIENCE_KEY}' ConfigRecord")
+            raise PayloadError(f"reply has no '{keys.EXPERIENCE}' ConfigRecord")
         try:
             self._experience[msg.metadata.src_node_id] = unpack_experience(record, self.obs_dim, self.n_actions)
         except ExperienceError as err:
@@ -119,15 +120,15 @@ class Fusion(RoundScheduleMixin, ReplyGuardMixin, FlowerFedAvg):
         if not replies or self.current is None:
             return None, None
         round_log = self.rounds[server_round]
-        keys = list(self.current)
-        flat = lambda d: np.concatenate([d[k].ravel() for k in keys])  # noqa: E731
-        clients = [to_numpy(m.content["arrays"]) for m in replies]
+        names = list(self.current)
+        flat = lambda d: np.concatenate([d[k].ravel() for k in names])  # noqa: E731
+        clients = [to_numpy(m.content[keys.ARRAYS]) for m in replies]
         weights, fell_back = trust_weights(flat(self.current), [flat(c) for c in clients])
         if fell_back:
             log(WARNING, "round %d: every client's cosine similarity to the global network is ≤ 0; "
                 "using a plain mean", server_round)
         mixed = {k: (self.mix * self.current[k] + (1 - self.mix) * sum(w * c[k] for w, c in zip(weights, clients))
-                     ).astype(self.current[k].dtype) for k in keys}
+                     ).astype(self.current[k].dtype) for k in names}
 
         offered = admitted = 0
         for m in replies:

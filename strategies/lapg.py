@@ -12,7 +12,7 @@ Client m skips (a reply with metadata and metrics, no arrays) when the lazy cond
     ‖ĝ_m(θ^k) − ĝ_m(θ̂_m)‖² ≤ (ξ / D) · (1 / η²) · Σ_{d=1}^{D} ‖θ^{k+1−d} − θ^{k−d}‖²,
 
 with ξ = `lapg-threshold` and D = `lapg-memory`; the client evaluates it itself
-(`fedrl_app.pg_client.lazy_skip`, whose docstring derives it from the paper's rule). For that the
+(`fedrl_app.client.policy_gradient.lazy_skip`, whose docstring derives it from the paper's rule). For that the
 server sends η, ξ, D and the last D squared step norms ‖θ^{k+1−d} − θ^{k−d}‖² (newest first).
 The paper sums over all M workers every iteration; here the mean runs over the clients that
 replied this round (a client that did not reply at all contributes nothing, stale or fresh).
@@ -32,10 +32,12 @@ from flwr.app import ArrayRecord, ConfigRecord, Message
 from flwr.serverapp import Grid
 from flwr.supercore import log
 
-from fedrl_app.metadata import ClientMetadata
-from fedrl_app.payload import PayloadError
-from strategies.fedpg import GRADIENT_KEY, FedPG
-from strategies.strategy_utils import mean_arrays, squared_norm, to_numpy
+from fedrl_app.protocol import keys
+from fedrl_app.protocol.metadata import ClientMetadata
+from fedrl_app.protocol.payload import PayloadError
+from fedrl_app.protocol.records import to_numpy
+from strategies.fedpg import FedPG
+from strategies.strategy_utils import mean_arrays, squared_norm
 
 
 class LAPG(FedPG):
@@ -68,10 +70,10 @@ class LAPG(FedPG):
     ) -> Iterable[Message]:
         """Send what the clients' lazy condition needs: ξ, D and the recent squared step norms."""
         config = ConfigRecord(dict(config))
-        config["lapg"] = True
-        config["lapg-threshold"] = float(self.threshold)
-        config["lapg-memory"] = int(self.memory)
-        config["lapg-recent-steps"] = [float(x) for x in self.recent_steps[: self.memory]]
+        config[keys.LAZY] = True
+        config[keys.LAPG_THRESHOLD] = float(self.threshold)
+        config[keys.LAPG_MEMORY] = int(self.memory)
+        config[keys.LAPG_RECENT_STEPS] = [float(x) for x in self.recent_steps[: self.memory]]
         self.rounds[server_round + self.round_offset].extra["lazy-bound"] = (
             self.threshold / self.memory / self.lr**2 * float(sum(self.recent_steps[: self.memory])))
         return super().configure_train(server_round, arrays, config, grid)
@@ -92,8 +94,8 @@ class LAPG(FedPG):
         uploaded, skipped, grads = [], [], []
         for msg in replies:
             node = msg.metadata.src_node_id
-            if GRADIENT_KEY in msg.content.array_records:
-                self.last[node] = to_numpy(msg.content[GRADIENT_KEY])
+            if keys.GRADIENT in msg.content.array_records:
+                self.last[node] = to_numpy(msg.content[keys.GRADIENT])
                 uploaded.append(partition.get(node, node))
             else:
                 skipped.append(partition.get(node, node))

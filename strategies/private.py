@@ -30,23 +30,27 @@ from logging import INFO, WARNING
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, Message, MetricRecord
-from flwr.serverapp.strategy import (DifferentialPrivacyClientSideFixedClipping,
-                                     DifferentialPrivacyServerSideFixedClipping)
+from flwr.serverapp.strategy import (
+    DifferentialPrivacyClientSideFixedClipping,
+    DifferentialPrivacyServerSideFixedClipping,
+)
 from flwr.supercore import log
 from flwr.supercore.differential_privacy import compute_clip_model_update, compute_stdv
-from flwr.supercore.privacy_accounting import (GaussianPrivacyEvent, NeighboringRelation, PrivacyConfig,
-                                               SamplingMethod)
+from flwr.supercore.privacy_accounting import GaussianPrivacyEvent, NeighboringRelation, PrivacyConfig, SamplingMethod
 from flwr.supercore.privacy_accounting.rdp_accountant import RdpAccountant
 
-from strategies.strategy_utils import DelegatesToWrapped, distance, to_numpy
+from fedrl_app.protocol import keys
+from fedrl_app.protocol.records import to_numpy
+from strategies.strategy_utils import distance
+from strategies.wrapper import StrategyState, WrapsStrategy
 
 CLIP_TOLERANCE = 1e-4  # relative slack for float32 rounding in a client's clipped update
 
 
-class _Accounted(DelegatesToWrapped):
+class _Accounted(WrapsStrategy):
     """Shared by both wrappers: check, equal weights, account ε; delegate round logs and state to the inner strategy."""
 
-    strategy: object
+    state_prefix = "dp"
     noise_multiplier: float
     clipping_norm: float
     num_sampled_clients: int
@@ -76,20 +80,14 @@ class _Accounted(DelegatesToWrapped):
                                sampling_method=SamplingMethod.NO_AMPLIFICATION)
         return RdpAccountant(config)
 
-    # --- the inner strategy's logs, offset and checkpoint state ------------------------------------
-    def _wrapped(self):
-        return self.strategy
+    # --- checkpoint state (the wrapped strategy's logs, offset and state: WrapsStrategy) -------------
+    def own_state_dict(self) -> StrategyState:
+        """The noise multiplier of every release so far."""
+        return {"dp": {"released-noise-multipliers": np.asarray(self.released, np.float64)}}
 
-    def state_dict(self) -> dict[str, dict[str, np.ndarray]]:
-        state = super().state_dict()
-        state["dp"] = {"released-noise-multipliers": np.asarray(self.released, np.float64)}
-        return state
-
-    def load_state_dict(self, state: dict[str, dict[str, np.ndarray]]) -> None:
-        """Restore the inner state and the releases already made (replayed into the accountant), so ε keeps counting."""
-        state = dict(state)
-        released = state.pop("dp", {}).get("released-noise-multipliers", np.zeros(0))
-        super().load_state_dict(state)
+    def load_own_state_dict(self, state: StrategyState) -> None:
+        """Restore the releases already made (replayed into the accountant on the next round), so ε keeps counting."""
+        released = state.get("dp", {}).get("released-noise-multipliers", np.zeros(0))
         self.released, self.population, self._accountant = np.asarray(released, np.float64).tolist(), None, None
 
     # --- aggregation (rounds here are the true ones: Flower's loop counter + round_offset) ----------
@@ -163,6 +161,7 @@ class ServerSideDP(_Accounted, DifferentialPrivacyServerSideFixedClipping):
 
     def __init__(self, strategy, noise_multiplier: float, clipping_norm: float, *, target_delta: float = 1e-5
                  ) -> None:
+        self.check_wrapped(strategy)
         super().__init__(strategy, noise_multiplier, clipping_norm, num_sampled_clients=1)
         self._setup(target_delta)
 
@@ -179,13 +178,13 @@ class ServerSideDP(_Accounted, DifferentialPrivacyServerSideFixedClipping):
         sent = to_numpy(self.current_arrays)
         norms = []
         for msg in replies:
-            returned = to_numpy(msg.content["arrays"])
+            returned = to_numpy(msg.content[keys.ARRAYS])
             norms.append(distance(returned, sent))
             if norms[-1] == 0.0:
                 continue
             clipped = list(returned.values())
             compute_clip_model_update(param1=clipped, param2=[sent[k] for k in returned], clipping_norm=self.clipping_norm)
-            msg.content["arrays"] = ArrayRecord({k: Array(np.asarray(v)) for k, v in zip(returned, clipped)})
+            msg.content[keys.ARRAYS] = ArrayRecord({k: Array(np.asarray(v)) for k, v in zip(returned, clipped)})
         self.strategy.rounds[true_round].extra.update({
             "dp-update-norm-median": float(np.median(norms)),
             "dp-clipped-fraction": float(np.mean([n > self.clipping_norm for n in norms])),
@@ -201,6 +200,7 @@ class ClientSideDP(_Accounted, DifferentialPrivacyClientSideFixedClipping):
 
     def __init__(self, strategy, noise_multiplier: float, clipping_norm: float, *, target_delta: float = 1e-5
                  ) -> None:
+        self.check_wrapped(strategy)
         super().__init__(strategy, noise_multiplier, clipping_norm, num_sampled_clients=1)
         self._setup(target_delta)
         self._sent: dict[str, np.ndarray] | None = None
@@ -211,7 +211,7 @@ class ClientSideDP(_Accounted, DifferentialPrivacyClientSideFixedClipping):
         return self._sample(list(super().configure_train(server_round, arrays, config, grid)), grid)
 
     def _clip_ok(self, true_round: int, msg: Message) -> bool:
-        norm = distance(to_numpy(msg.content["arrays"]), self._sent)
+        norm = distance(to_numpy(msg.content[keys.ARRAYS]), self._sent)
         if norm <= self.clipping_norm * (1 + CLIP_TOLERANCE):
             return True
         self.strategy.drop_accepted_reply(

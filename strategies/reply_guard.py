@@ -6,17 +6,19 @@ import math
 from collections import Counter, defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
 from logging import INFO, WARNING
+from typing import Any
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.supercore import log
 
-from fedrl_app.codecs import CodecError
-from fedrl_app.metadata import ClientMetadata, MetadataError, read_metadata
-from fedrl_app.payload import PayloadError, array_spec, check_arrays
+from fedrl_app.protocol import keys
+from fedrl_app.protocol.codecs import CodecError
+from fedrl_app.protocol.metadata import ClientMetadata, MetadataError, read_metadata
+from fedrl_app.protocol.payload import PayloadError, check_arrays
+from fedrl_app.protocol.records import array_spec
 
 
 @dataclass
@@ -52,7 +54,10 @@ class ReplyGuardMixin:
     each must match the spec of the global arrays.
     """
 
-    reply_array_records: tuple[str, ...] = ("arrays",)
+    reply_array_records: tuple[str, ...] = (keys.ARRAYS,)
+
+    # The mixin sits before a Flower strategy in the bases; the `super()` calls below reach that
+    # strategy, which mypy cannot see from the mixin alone (hence the `type: ignore[misc]`s).
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -65,7 +70,7 @@ class ReplyGuardMixin:
     ) -> Iterable[Message]:
         """Remember the spec of the arrays sent out; replies are checked against it."""
         self._sent_spec = array_spec(arrays)
-        messages = list(super().configure_train(server_round, arrays, config, grid))  # type: ignore[misc]
+        messages = list(super().configure_train(server_round, arrays, config, grid))  # type: ignore[misc]  # Flower's
         self._expected_replies = len(messages)
         return messages
 
@@ -110,7 +115,17 @@ class ReplyGuardMixin:
 
     def reply_delta(self, msg: Message, start: dict[str, np.ndarray]) -> dict[str, np.ndarray] | None:
         """The update a checked reply carries, relative to the model the client started from."""
-        return {k: v.numpy() - start[k] for k, v in msg.content["arrays"].items()}
+        return {k: v.numpy() - start[k] for k, v in msg.content[keys.ARRAYS].items()}
+
+    def record_round_stats(self, server_round: int) -> None:
+        """Strategy-specific per-round series for `rounds[server_round].extra` (none by default)."""
+
+    def state_dict(self) -> dict[str, dict[str, np.ndarray]]:
+        """Checkpoint groups (a stateless strategy has none)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, dict[str, np.ndarray]]) -> None:
+        """Restore `state_dict`'s groups (nothing for a stateless strategy)."""
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
@@ -131,7 +146,7 @@ class ReplyGuardMixin:
         self, server_round: int, replies: list[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Aggregation of checked replies; the wrapped Flower strategy's by default."""
-        return super().aggregate_train(server_round, replies)  # type: ignore[misc]
+        return super().aggregate_train(server_round, replies)  # type: ignore[misc]  # Flower's
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         """Drop evaluation replies with errors or bad metrics, then aggregate."""
@@ -147,7 +162,7 @@ class ReplyGuardMixin:
                 continue
             kept.append(msg)
         kept = _majority_metric_keys(kept, server_round, None)
-        metrics = super().aggregate_evaluate(server_round, kept)  # type: ignore[misc]
+        metrics = super().aggregate_evaluate(server_round, kept)  # type: ignore[misc]  # Flower's
         if metrics is not None:
             self.rounds[server_round].evaluate_metrics = {
                 k: float(v) for k, v in metrics.items() if not isinstance(v, list)
@@ -166,8 +181,8 @@ def _check_metrics(content) -> dict[str, float]:
             raise PayloadError(f"metric '{key}' is not finite")
         if not isinstance(value, list):
             metrics[key] = float(value)
-    if not metrics.get("num-examples", 0) > 0:
-        raise PayloadError("metric 'num-examples' missing or not positive")
+    if not metrics.get(keys.NUM_EXAMPLES, 0) > 0:
+        raise PayloadError(f"metric '{keys.NUM_EXAMPLES}' missing or not positive")
     return metrics
 
 
@@ -177,11 +192,11 @@ def _majority_metric_keys(kept: list[Message], server_round: int, round_log: Rou
     keysets = [frozenset(next(iter(m.content.metric_records.values())).keys()) for m in kept]
     majority, _ = Counter(keysets).most_common(1)[0]
     out = []
-    for msg, keys in zip(kept, keysets):
-        if keys == majority:
+    for msg, keyset in zip(kept, keysets):
+        if keyset == majority:
             out.append(msg)
             continue
-        _record_drop(round_log, server_round, msg, f"metric keys {sorted(keys)} differ from the round's {sorted(majority)}")
+        _record_drop(round_log, server_round, msg, f"metric keys {sorted(keyset)} differ from the round's {sorted(majority)}")
     return out
 
 

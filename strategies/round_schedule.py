@@ -7,7 +7,12 @@ from collections.abc import Iterable
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 
-from fedrl_app.config import lr_at_round
+from fedrl_app.protocol import keys
+
+
+def lr_at_round(lr: float, decay_factor: float, decay_every: int, server_round: int) -> float:
+    """Step-decayed learning rate for a round: lr * factor ** (round // every)."""
+    return lr * decay_factor ** (server_round // decay_every)
 
 
 class RoundScheduleMixin:
@@ -15,9 +20,12 @@ class RoundScheduleMixin:
 
     The learning rate is computed from the round into a fresh ConfigRecord; the config
     shared across rounds is never mutated. `round_offset` shifts Flower's loop counter
-    (which restarts at 1) so a resumed run continues its round numbers and schedule.
+    (which restarts at 1) so a resumed run continues its round numbers and schedule: this
+    mixin is the one place that adds it, so every class after it in the bases, and every
+    wrapper (through `strategies.wrapper.WrapsStrategy`), sees the true round.
 
-    Place it first in the bases so every inner class sees the true round.
+    Place it first in the bases. Its `super()` calls reach the Flower strategy further down
+    the bases, which mypy cannot see from the mixin (hence the `type: ignore[misc]`s).
     """
 
     round_offset: int = 0
@@ -38,19 +46,23 @@ class RoundScheduleMixin:
         """Inject this round's learning rate, then defer to the strategy."""
         server_round += self.round_offset
         config = ConfigRecord(dict(config))
-        config["lr"] = lr_at_round(self.lr, self.lr_decay_factor, self.lr_decay_every, server_round)
-        return super().configure_train(server_round, arrays, config, grid)  # type: ignore[misc]
+        config[keys.LR] = lr_at_round(self.lr, self.lr_decay_factor, self.lr_decay_every, server_round)
+        return super().configure_train(server_round, arrays, config, grid)  # type: ignore[misc]  # see class doc
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        return super().aggregate_train(server_round + self.round_offset, replies)  # type: ignore[misc]
+        """Defer with the true round."""
+        return super().aggregate_train(server_round + self.round_offset, replies)  # type: ignore[misc]  # see class doc
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
+        """Defer with the true round (on a copy of the config)."""
         config = ConfigRecord(dict(config))
-        return super().configure_evaluate(server_round + self.round_offset, arrays, config, grid)  # type: ignore[misc]
+        return super().configure_evaluate(  # type: ignore[misc]  # see class doc
+            server_round + self.round_offset, arrays, config, grid)
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
-        return super().aggregate_evaluate(server_round + self.round_offset, replies)  # type: ignore[misc]
+        """Defer with the true round."""
+        return super().aggregate_evaluate(server_round + self.round_offset, replies)  # type: ignore[misc]  # see class doc

@@ -11,12 +11,11 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg as FlowerFedAvg
 from flwr.supercore import log
 
+from fedrl_app.protocol import keys
+from fedrl_app.protocol.records import to_numpy, to_record
 from strategies.reply_guard import ReplyGuardMixin
 from strategies.round_schedule import RoundScheduleMixin
-from strategies.strategy_utils import mean_arrays, to_numpy, to_record
-
-CONTROL_KEY = "control"
-CONTROL_DELTA_KEY = "control-delta"
+from strategies.strategy_utils import mean_arrays
 
 
 class Scaffold(RoundScheduleMixin, ReplyGuardMixin, FlowerFedAvg):
@@ -38,7 +37,7 @@ class Scaffold(RoundScheduleMixin, ReplyGuardMixin, FlowerFedAvg):
         Passed to :class:`flwr.serverapp.strategy.FedAvg`.
     """
 
-    reply_array_records = ("arrays", CONTROL_DELTA_KEY)
+    reply_array_records = (keys.ARRAYS, keys.CONTROL_DELTA)
 
     def __init__(self, *, global_lr: float = 1.0, **kwargs) -> None:
         super().__init__(**kwargs)
@@ -64,7 +63,7 @@ class Scaffold(RoundScheduleMixin, ReplyGuardMixin, FlowerFedAvg):
         self.num_total_nodes = len(list(grid.get_node_ids()))
         control = to_record(self.control)
         for msg in messages:
-            msg.content[CONTROL_KEY] = control
+            msg.content[keys.CONTROL] = control
         return messages
 
     def aggregate_valid_replies(
@@ -74,8 +73,8 @@ class Scaffold(RoundScheduleMixin, ReplyGuardMixin, FlowerFedAvg):
         if not replies or self.current is None or self.control is None:
             return None, None
         contents = [msg.content for msg in replies]
-        new_weights = [to_numpy(c["arrays"]) for c in contents]
-        control_deltas = [to_numpy(c[CONTROL_DELTA_KEY]) for c in contents]
+        new_weights = [to_numpy(c[keys.ARRAYS]) for c in contents]
+        control_deltas = [to_numpy(c[keys.CONTROL_DELTA]) for c in contents]
         arrays, control = scaffold_update(
             self.current, self.control, new_weights, control_deltas, self.global_lr,
             max(self.num_total_nodes, len(replies)),

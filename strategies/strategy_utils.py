@@ -1,9 +1,9 @@
-"""Small helpers shared by the strategies: array arithmetic, staleness weights, delegation to a wrapped strategy."""
+"""Small helpers shared by the strategies: array arithmetic, staleness weights, and views of a Grid."""
 
 from __future__ import annotations
 
 import numpy as np
-from flwr.app import Array, ArrayRecord
+from flwr.serverapp import Grid
 
 
 def mean_arrays(arrays: list[dict[str, np.ndarray]], weights: list[float] | None = None) -> dict[str, np.ndarray]:
@@ -22,16 +22,6 @@ def distance(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> float:
     return float(np.sqrt(squared_norm({k: a[k].astype(np.float64) - v.astype(np.float64) for k, v in b.items()})))
 
 
-def to_numpy(record: ArrayRecord) -> dict[str, np.ndarray]:
-    """ArrayRecord -> dict of numpy arrays."""
-    return {k: v.numpy() for k, v in record.items()}
-
-
-def to_record(arrays: dict[str, np.ndarray]) -> ArrayRecord:
-    """Dict of numpy arrays -> ArrayRecord."""
-    return ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in arrays.items()})
-
-
 def staleness_weight(tau: int, exponent: float) -> float:
     """s(τ) = (1 + τ)^(−a): the weight of an update computed on a model τ versions old."""
     if tau < 0:
@@ -39,30 +29,29 @@ def staleness_weight(tau: int, exponent: float) -> float:
     return float((1.0 + tau) ** (-exponent))
 
 
-class DelegatesToWrapped:
-    """For a strategy that wraps another: the hooks' per-round logs, the resume offset and the checkpoint
-    state are the wrapped strategy's. Subclasses name the wrapped one in `_wrapped`."""
+class GridView:
+    """A Grid seen through a wrapper: every attribute is the wrapped Grid's unless a subclass overrides it.
 
-    def _wrapped(self):
-        raise NotImplementedError
+    Flower's strategies only call the Grid's methods (no isinstance check), so a view need not
+    re-implement the abstract Grid interface method by method.
+    """
 
-    @property
-    def rounds(self):
-        """Per-round logs (reports, drops, extra series) for the hooks."""
-        return self._wrapped().rounds
+    def __init__(self, grid: Grid) -> None:
+        self._grid = grid
 
-    @property
-    def round_offset(self) -> int:
-        return self._wrapped().round_offset
+    def __getattr__(self, name: str):
+        if name == "_grid":  # not set yet (copy/unpickle): no recursion
+            raise AttributeError(name)
+        return getattr(self._grid, name)
 
-    @round_offset.setter
-    def round_offset(self, value: int) -> None:
-        self._wrapped().round_offset = value
 
-    def state_dict(self) -> dict:
-        getter = getattr(self._wrapped(), "state_dict", None)
-        return dict(getter()) if getter else {}
+class SubsetGrid(GridView):
+    """A Grid restricted to some nodes, so a wrapped strategy's sampling picks only among them."""
 
-    def load_state_dict(self, state: dict) -> None:
-        if hasattr(self._wrapped(), "load_state_dict"):
-            self._wrapped().load_state_dict(state)
+    def __init__(self, grid: Grid, node_ids: list[int]) -> None:
+        super().__init__(grid)
+        self._node_ids = list(node_ids)
+
+    def get_node_ids(self) -> list[int]:
+        """The nodes of this view (a copy)."""
+        return list(self._node_ids)

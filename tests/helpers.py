@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict
 
-from fedrl_app.metadata import METADATA_RECORD_KEY, ClientMetadata, encode_metadata
+from fedrl_app.protocol import keys
+from fedrl_app.protocol.metadata import ClientMetadata, encode_metadata
 
 
 def arrays(**named: np.ndarray) -> ArrayRecord:
@@ -23,7 +24,7 @@ def reply(node_id: int, weights: ArrayRecord, num_examples: int, *, metadata: Co
     content = RecordDict({
         "arrays": weights,
         "metrics": MetricRecord(metrics if metrics is not None else {"num-examples": num_examples, "loss": 0.5}),
-        METADATA_RECORD_KEY: meta,
+        keys.METADATA: meta,
     })
     for key, value in (extra or {}).items():
         content[key] = value

@@ -36,7 +36,7 @@ def weight_client(update):
 def test_updates_arrive_in_simulated_order_and_are_staleness_weighted():
     # node 1 takes 1.0 per job and adds +1; node 2 takes 2.5 and adds +10; K = 2, a = 1
     grid = InstantGrid([1, 2], weight_client(lambda node, w: w + (1.0 if node == 1 else 10.0)))
-    strategy = AsyncBuffer(FedAvg(), buffer_size=2, staleness_exponent=1.0, jitter=0.0, speeds={1: 1.0, 2: 2.5})
+    strategy = AsyncBuffer(FedAvg(**AsyncBuffer.required_settings), buffer_size=2, staleness_exponent=1.0, jitter=0.0, speeds={1: 1.0, 2: 2.5})
     evaluated = {}
     strategy.start(grid, arrays(w=[0.0]), num_rounds=2, train_config=ConfigRecord({}),
                    evaluate_fn=lambda r, a: evaluated.setdefault(r, float(a["w"].numpy()[0])) and None)
@@ -56,7 +56,7 @@ def test_bad_reply_in_async_mode_is_dropped_and_the_run_goes_on():
         return w + np.nan if node == 2 else w + 1.0
 
     grid = InstantGrid([1, 2], weight_client(client))
-    strategy = AsyncBuffer(FedAvg(), buffer_size=1, jitter=0.0, speeds={1: 1.0, 2: 1.5})
+    strategy = AsyncBuffer(FedAvg(**AsyncBuffer.required_settings), buffer_size=1, jitter=0.0, speeds={1: 1.0, 2: 1.5})
     out = strategy.start(grid, arrays(w=[0.0]), num_rounds=3, train_config=ConfigRecord({}))
     assert float(out.arrays["w"].numpy()[0]) == 3.0
     assert any("NaN" in reason for log in strategy.rounds.values() for _, reason in log.dropped)
@@ -65,7 +65,7 @@ def test_bad_reply_in_async_mode_is_dropped_and_the_run_goes_on():
 def test_round_logs_offset_and_checkpoint_state_are_the_wrapped_strategys():
     from strategies import FedAdagrad
 
-    inner = FedAdagrad()
+    inner = FedAdagrad(**AsyncBuffer.required_settings)
     buffered = AsyncBuffer(inner, buffer_size=2)
     buffered.round_offset = 7
     assert inner.round_offset == 7 and buffered.round_offset == 7
@@ -73,7 +73,14 @@ def test_round_logs_offset_and_checkpoint_state_are_the_wrapped_strategys():
     inner.m_t, inner.v_t = {"w": np.ones(2)}, {"w": np.full(2, 2.0)}
     state = buffered.state_dict()
     assert state == inner.state_dict() and set(state) == {"m_t", "v_t"}  # the moments reach the checkpoint
-    fresh = FedAdagrad()
+    fresh = FedAdagrad(**AsyncBuffer.required_settings)
     AsyncBuffer(fresh, buffer_size=2).load_state_dict(state)
     assert np.array_equal(fresh.v_t["w"], np.full(2, 2.0))
-    assert AsyncBuffer(FedAvg(), buffer_size=2).state_dict() == {}  # nothing to keep
+    assert AsyncBuffer(FedAvg(**AsyncBuffer.required_settings), buffer_size=2).state_dict() == {}  # nothing to keep
+
+
+def test_a_wrapped_strategy_without_the_required_settings_is_refused_naming_them():
+    with pytest.raises(ValueError, match=r"AsyncBuffer needs the wrapped strategy built with .*min_train_nodes"):
+        AsyncBuffer(FedAvg(), buffer_size=2)  # Flower's default samples at least 2 nodes: a one-node dispatch stalls
+    with pytest.raises(TypeError, match="wraps a CheckedStrategy"):
+        AsyncBuffer(object(), buffer_size=2)

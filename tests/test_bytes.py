@@ -3,8 +3,8 @@
 import numpy as np
 from flwr.app import ConfigRecord, MetricRecord, RecordDict
 
-from fedrl_app.metered_grid import MeteredGrid
-from fedrl_app.payload import recorddict_nbytes
+from fedrl_app.protocol.records import recorddict_nbytes
+from fedrl_app.server.metered_grid import MeteredGrid
 from tests.helpers import arrays, error_reply, instruction, reply
 
 

@@ -24,7 +24,7 @@ def test_unstructured_directions_stay_one_cluster():
 
 
 def test_clients_get_their_cluster_model_after_reclustering():
-    s = Clustered(FedAvg(), cluster_every=1, max_clusters=3)
+    s = Clustered(FedAvg(**Clustered.required_settings), cluster_every=1, max_clusters=3)
     grid = FakeGrid([1, 2, 3, 4])
     x0 = arrays(w=[0.0, 0.0])
     msgs = list(s.configure_train(1, x0, ConfigRecord({}), grid))
@@ -46,7 +46,7 @@ def test_clients_get_their_cluster_model_after_reclustering():
 
 
 def test_directions_are_summed_over_the_window_between_reclusterings():
-    s = Clustered(FedAvg(), cluster_every=2, max_clusters=3)
+    s = Clustered(FedAvg(**Clustered.required_settings), cluster_every=2, max_clusters=3)
     grid = FakeGrid([1, 2, 3, 4])
     x0 = arrays(w=[0.0, 0.0])
     list(s.configure_train(1, x0, ConfigRecord({}), grid))

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord
 
-from fedrl_app.codecs import (
+from fedrl_app.protocol.codecs import (
     CodecError,
     CompressionConfig,
     decode_update,

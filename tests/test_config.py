@@ -1,31 +1,73 @@
-"""Run config validation and the LR schedule."""
+"""Run config validation, the strategy registry's checks, the LR schedule, and that config, pyproject and docs agree."""
+
+import tomllib
+from dataclasses import fields
+from pathlib import Path
 
 import pytest
 
-from fedrl_app.config import ConfigError, RunConfig, lr_at_round
-from fedrl_app.paths import find_mnist_dir
+from fedrl_app.config import ConfigError, RunConfig, key_of
+from fedrl_app.runtime.paths import find_mnist_dir
+from fedrl_app.server import config_docs
+from fedrl_app.server.registry import STRATEGIES, WRAPPERS, build_strategy, client_role, parse_config, task_model
 from fedrl_app.tasks.mnist import resolve_source
+from strategies.round_schedule import lr_at_round
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_lr_schedule_exact_values():
     assert [lr_at_round(0.1, 0.5, 5, r) for r in (1, 4, 5, 9, 10, 15)] == [0.1, 0.1, 0.05, 0.05, 0.025, 0.0125]
 
 
-def test_defaults_match_pyproject():
-    import tomllib
-    from pathlib import Path
-
-    toml = tomllib.loads((Path(__file__).parent.parent / "pyproject.toml").read_text())
-    app_config = toml["tool"]["flwr"]["app"]["config"]
+def test_pyproject_has_every_key_with_its_default_in_field_order():
+    app_config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
+    assert list(app_config) == [key_of(f) for f in fields(RunConfig)]
     assert RunConfig.from_run_config(app_config) == RunConfig()
+    parse_config(app_config)  # and the registry accepts the defaults
+
+
+def test_every_field_documents_itself():
+    for f in fields(RunConfig):
+        assert f.metadata["help"] and f.metadata["group"], key_of(f)
+
+
+def test_docs_and_readme_strategy_table_are_generated_from_the_code():
+    assert config_docs.main(["--check"]) == 0, "run: python -m fedrl_app.server.config_docs"
+    docs = (ROOT / "docs" / "configuration.md").read_text()
+    readme = (ROOT / "README.md").read_text()
+    for f in fields(RunConfig):
+        assert f"| `{key_of(f)}` |" in docs, key_of(f)
+    for name in STRATEGIES:
+        assert f"| `{name}` |" in docs and f"| `{name}` |" in readme, name
+
+
+@pytest.mark.parametrize("name", list(STRATEGIES))
+def test_every_registered_strategy_builds_for_each_task_it_names(name):
+    for task in STRATEGIES[name].tasks:
+        cfg = parse_config({"strategy": name, "task": task})
+        strategy = build_strategy(cfg)
+        assert strategy.state_dict() == {} or isinstance(strategy.state_dict(), dict)
+        assert client_role(cfg) in ("supervised", "sync-controller", "dqn", "policy-gradient")
+        assert sum(p.numel() for p in task_model(cfg).parameters()) > 0
+
+
+@pytest.mark.parametrize("wrapper", WRAPPERS, ids=lambda w: w.name)
+def test_every_wrapper_builds_around_every_strategy_that_lists_it(wrapper):
+    on = {"clustering": {"clustering": True}, "async": {"async-aggregation": True}, "dp": {"dp-mode": "server"}}
+    names = [e.name for e in STRATEGIES.values() if wrapper.name in e.wrappers]
+    assert names, wrapper.name
+    for name in names:
+        built = build_strategy(parse_config({"strategy": name, **on[wrapper.name]}))
+        assert isinstance(built, wrapper.cls) and built.strategy.min_train_nodes >= 1
 
 
 @pytest.mark.parametrize(
     ("override", "message"),
     [
-        ({"strategy": "fedsgdx"}, r"'strategy' is 'fedsgdx'; allowed values: \['fedavg', 'fedprox', 'scaffold', 'fedadagrad', 'drl-compress', 'fusion', 'fedmedian', 'fedtrimmedavg', 'krum', 'fedpg', 'lapg', 'afedpg'\]"),
+        ({"strategy": "fedsgdx"}, r"'strategy' is 'fedsgdx'; allowed values: \['fedavg', 'fedprox', 'scaffold', 'fedadagrad', 'drl-compress', 'fedmedian', 'fedtrimmedavg', 'krum', 'fusion', 'fedpg', 'lapg', 'afedpg'\]"),
         ({"task": "cifar"}, r"'task' is 'cifar'; allowed values: \['mnist', 'cartpole', 'lunarlander'\]"),
-        ({"task": "cartpole", "strategy": "scaffold"}, r"with task 'cartpole' allowed values: \['fedavg', 'fusion', 'fedpg', 'lapg', 'afedpg'\]"),
+        ({"task": "cartpole", "strategy": "scaffold"}, r"which needs task in \['mnist'\]; with task 'cartpole' allowed values: \['fedavg', 'fusion', 'fedpg', 'lapg', 'afedpg'\]"),
         ({"strategy": "lapg"}, r"'strategy' is 'lapg', which needs task in \['cartpole', 'lunarlander'\]"),
         ({"task": "cartpole", "strategy": "fedpg", "async-aggregation": True}, r"'async-aggregation' works with strategy in"),
         ({"pg-lr": 0.0}, r"'pg-lr' must be > 0"),
@@ -48,7 +90,24 @@ def test_defaults_match_pyproject():
 )
 def test_bad_config_names_the_key(override, message):
     with pytest.raises(ConfigError, match=message):
-        RunConfig.from_run_config(override)
+        parse_config(override)
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ({"clustering": True, "async-aggregation": True},
+         r"config keys 'clustering' and 'async-aggregation' cannot be combined \(got clustering=True, "
+         r"async-aggregation=True\)"),
+        ({"strategy": "scaffold", "clustering": True}, r"'clustering' works with strategy in \['fedavg', 'fedprox', "
+                                                       r"'drl-compress'\], not 'scaffold'"),
+        ({"strategy": "drl-compress", "dp-mode": "client"}, r"'dp-mode' works with strategy in \['fedavg', 'fedprox'\]"),
+    ],
+)
+def test_the_registry_refuses_unsupported_wrapper_combinations_naming_the_keys(override, message):
+    RunConfig.from_run_config(override)  # each key alone is a valid value...
+    with pytest.raises(ConfigError, match=message):
+        parse_config(override)  # ...the registry refuses the combination
 
 
 def test_missing_data_path_names_the_key(tmp_path):

@@ -7,9 +7,11 @@ import time
 import pytest
 
 from benchmarks.common import ROOT, run_config_args
-from fedrl_app.deployment import LocalDeployment
-from fedrl_app.hooks import read_jsonl
-from fedrl_app.launch import CONNECTION, _pids_mentioning
+from fedrl_app.runtime.deployment import LocalDeployment
+from fedrl_app.runtime.launch import CONNECTION, _pids_mentioning
+from fedrl_app.server.recorder import read_jsonl
+
+pytestmark = pytest.mark.e2e
 
 TINY = {"max-client-examples": 300, "local-test-fraction": 0.25, "eval-batch-size": 2000, "wandb-mode": "disabled"}
 CARTPOLE = {"task": "cartpole", "steps-per-round": 200, "dqn-hidden": 32, "dqn-learning-starts": 50,

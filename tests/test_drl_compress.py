@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from flwr.app import ConfigRecord
 
-from fedrl_app.codecs import CompressionConfig, encode_update
-from fedrl_app.metadata import ClientMetadata, encode_metadata
+from fedrl_app.protocol.codecs import CompressionConfig, encode_update
+from fedrl_app.protocol.metadata import ClientMetadata, encode_metadata
 from strategies import DrlCompress
 from tests.helpers import FakeGrid, arrays, reply
 
@@ -31,7 +31,8 @@ def _drl_reply(node, n, decision, delta=None):
 def _strategy():
     s = DrlCompress(num_rounds=10)
     msgs = list(s.configure_train(1, arrays(**X), ConfigRecord({}), FakeGrid([1, 2, 3])))
-    assert msgs[0].content["config"]["sync-controller"] is True
+    config = msgs[0].content["config"]
+    assert (config["bytes-penalty"], config["num-server-rounds"], config["sync-policy"]) == (0.1, 10, "dqn")
     return s
 
 
@@ -73,7 +74,7 @@ def test_skip_drops_the_update_and_keeps_the_compression_residual(monkeypatch):
     from flwr.app import Context, RecordDict
 
     from fedrl_app.agents.sync_controller import SKIP, SyncController
-    from fedrl_app.sync_client import RESIDUAL_KEY, decide_and_encode
+    from fedrl_app.client.sync import RESIDUAL_KEY, decide_and_encode
 
     context = Context(run_id=1, node_id=1, node_config={}, state=RecordDict(), run_config={})
     g = {"w": np.zeros(100, np.float32)}
@@ -92,7 +93,7 @@ def test_own_gain_reward_is_what_the_message_adds_minus_its_bytes(monkeypatch):
     from flwr.app import Context, RecordDict
 
     from fedrl_app.agents.sync_controller import SKIP, SyncController
-    from fedrl_app.sync_client import decide_and_encode
+    from fedrl_app.client.sync import decide_and_encode
 
     def accuracy_of(weights):  # a stand-in "accuracy": the sum of the weights / 1000
         return float(weights["w"].sum()) / 1000

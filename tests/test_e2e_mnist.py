@@ -1,26 +1,18 @@
 """End to end: the app through `flwr run` on a private simulation SuperLink (2 rounds, tiny data)."""
 
 import json
-import os
 import re
 
 import pytest
 import torch
 
 from benchmarks.common import ROOT, run_config_args
-from fedrl_app.hooks import read_jsonl
-from fedrl_app.launch import LocalSimulation, _pids_mentioning
+from fedrl_app.server.recorder import read_jsonl
+
+pytestmark = pytest.mark.e2e
+NUM_SUPERNODES = 3
 
 TINY = {"max-client-examples": 400, "local-test-fraction": 0.25, "local-epochs": 2, "eval-batch-size": 2000}
-
-
-@pytest.fixture(scope="module")
-def sim():
-    simulation = LocalSimulation(num_supernodes=3)
-    with simulation:
-        yield simulation
-    assert simulation.process.poll() is not None, "SuperLink still running"
-    assert _pids_mentioning(f"127.0.0.1:{simulation.port}") == [], "processes of the run still alive"
 
 
 def _run(sim, tmp_path, **overrides):

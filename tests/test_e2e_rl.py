@@ -5,16 +5,10 @@ import json
 import pytest
 
 from benchmarks.common import ROOT, run_config_args
-from fedrl_app.hooks import read_jsonl
-from fedrl_app.launch import LocalSimulation, _pids_mentioning
+from fedrl_app.server.recorder import read_jsonl
 
-
-@pytest.fixture(scope="module")
-def sim():
-    simulation = LocalSimulation(num_supernodes=2)
-    with simulation:
-        yield simulation
-    assert _pids_mentioning(f"127.0.0.1:{simulation.port}") == []
+pytestmark = pytest.mark.e2e
+NUM_SUPERNODES = 2
 
 
 SMALL = {"task": "cartpole", "num-server-rounds": 2, "steps-per-round": 300, "dqn-hidden": 32,

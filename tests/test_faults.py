@@ -10,8 +10,11 @@ from pathlib import Path
 import pytest
 
 from benchmarks.common import ROOT, run_config_args
-from fedrl_app.hooks import read_jsonl
-from fedrl_app.launch import CONNECTION, LocalSimulation, _pids_mentioning
+from fedrl_app.runtime.launch import CONNECTION, LocalSimulation, _pids_mentioning
+from fedrl_app.server.recorder import read_jsonl
+
+pytestmark = pytest.mark.e2e
+NUM_SUPERNODES = 3
 
 TINY = {"max-client-examples": 300, "local-test-fraction": 0.25, "eval-batch-size": 2000, "wandb-mode": "disabled"}
 
@@ -19,14 +22,6 @@ TINY = {"max-client-examples": 300, "local-test-fraction": 0.25, "eval-batch-siz
 def _overrides(tmp_path, **kw) -> list[str]:
     config = {**TINY, "outputs-dir": str(tmp_path), **kw}
     return run_config_args(config)
-
-
-@pytest.fixture(scope="module")
-def sim():
-    simulation = LocalSimulation(num_supernodes=3)
-    with simulation:
-        yield simulation
-    assert _pids_mentioning(f"127.0.0.1:{simulation.port}") == []
 
 
 def _rows(tmp_path):

@@ -7,7 +7,7 @@ import pytest
 from flwr.app import ConfigRecord
 
 from fedrl_app.agents.dqn import DQNConfig
-from fedrl_app.experience import ExperienceError, pack_experience, unpack_experience
+from fedrl_app.protocol.experience import ExperienceError, pack_experience, unpack_experience
 from strategies import Fusion
 from strategies.fusion import diversity_admit, trust_weights
 from tests.helpers import FakeGrid, arrays, reply
@@ -112,7 +112,7 @@ def test_fusion_drops_a_reply_without_valid_experience():
 
 def test_server_buffer_size_sets_the_global_buffer_and_keeps_the_newest():
     from fedrl_app.config import ConfigError, RunConfig
-    from fedrl_app.server_app import build_strategy
+    from fedrl_app.server.registry import build_strategy
 
     cfg = RunConfig.from_run_config({"task": "cartpole", "strategy": "fusion", "agent": "double",
                                      "server-buffer-size": 12})

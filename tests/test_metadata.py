@@ -5,9 +5,9 @@ import pickle
 
 import pytest
 
-from fedrl_app.metadata import (
+from fedrl_app.protocol import keys
+from fedrl_app.protocol.metadata import (
     MAX_METADATA_BYTES,
-    METADATA_PAYLOAD_KEY,
     ClientMetadata,
     MetadataError,
     decode_metadata,
@@ -24,7 +24,7 @@ def _meta(**kw) -> ClientMetadata:
 
 def test_round_trip_is_exact():
     meta = _meta()
-    assert decode_metadata(encode_metadata(meta)[METADATA_PAYLOAD_KEY]) == meta
+    assert decode_metadata(encode_metadata(meta)[keys.METADATA_PAYLOAD]) == meta
 
 
 class _RunsCode:
@@ -59,7 +59,7 @@ def test_oversized_payload_is_refused_before_unpickling():
 
 
 def test_truncated_payload_is_refused():
-    payload = encode_metadata(_meta())[METADATA_PAYLOAD_KEY]
+    payload = encode_metadata(_meta())[keys.METADATA_PAYLOAD]
     with pytest.raises(MetadataError, match="not a valid pickle"):
         decode_metadata(payload[: len(payload) // 2])
 

@@ -5,11 +5,11 @@ import pytest
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 
-from fedrl_app import pg_client
 from fedrl_app.agents.policy_gradient import PolicyNetwork
+from fedrl_app.client import policy_gradient as pg_client
 from fedrl_app.config import RunConfig
-from fedrl_app.metadata import ClientMetadata, encode_metadata, read_metadata
-from strategies import AFedPG, LAPG, FedPG
+from fedrl_app.protocol.metadata import ClientMetadata, encode_metadata, read_metadata
+from strategies import LAPG, AFedPG, FedPG
 from strategies.afedpg import eta_schedule, lookahead_point, mixing_weight
 from tests.helpers import FakeGrid, InstantGrid, arrays, reply
 
@@ -47,16 +47,17 @@ def test_lazy_condition_upload_vs_skip():
 def _client_round(context, server_round, threshold, recent):
     """One LAPG client round on CartPole from a fixed tiny policy."""
     torch.manual_seed(0)
-    config = ConfigRecord({"server-round": server_round, "pg": True, "lapg": True, "lr": 0.001,
+    config = ConfigRecord({"server-round": server_round, "role": "policy-gradient", "lapg": True, "lr": 0.001,
                            "lapg-threshold": threshold, "lapg-memory": 10, "lapg-recent-steps": recent})
     msg = Message(RecordDict({"arrays": ArrayRecord(PolicyNetwork(4, 2, 8).state_dict()), "config": config}),
                   dst_node_id=1, message_type="train")
     cfg = RunConfig.from_run_config({"task": "cartpole", "strategy": "lapg", "pg-hidden": 8, "pg-batch-episodes": 2})
-    return pg_client.train(msg, context, cfg, pid=0)
+    return pg_client.train(msg, context, cfg)
 
 
 def test_client_applies_the_lazy_condition_and_keeps_its_last_upload():
-    context = Context(run_id=1, node_id=1, node_config={}, state=RecordDict(), run_config={})
+    context = Context(run_id=1, node_id=1, node_config={"partition-id": 0, "num-partitions": 1}, state=RecordDict(),
+                      run_config={})
     first = _client_round(context, 1, threshold=1e12, recent=[])  # no earlier upload: must upload
     assert "gradient" in first.content.array_records
     stored = context.state.array_records[pg_client.LAST_UPLOAD_KEY]["net.0.weight"].numpy()
@@ -79,7 +80,7 @@ def test_client_applies_the_lazy_condition_and_keeps_its_last_upload():
 def test_fedpg_ascends_on_the_mean_gradient_and_refuses_skips():
     s = FedPG(lr=0.5, speeds={1: 1.0, 2: 3.0}, jitter=0.0)
     msgs = list(s.configure_train(1, arrays(**THETA), ConfigRecord({}), FakeGrid([1, 2])))
-    assert all(m.content["config"]["pg"] is True and m.content["config"]["lr"] == 0.5 for m in msgs)
+    assert all(m.content["config"]["lr"] == 0.5 for m in msgs)
     out, _ = s.aggregate_train(1, [pg_reply(1, [2.0, 0.0]), pg_reply(2, [0.0, 4.0]), pg_reply(3, None)])
     np.testing.assert_allclose(out["w"].numpy(), THETA["w"] + 0.5 * np.array([1.0, 2.0]))
     extra = s.rounds[1].extra
@@ -134,7 +135,7 @@ def test_afedpg_formulas():
 def gradient_grid(gradients: dict[int, list[float]]) -> InstantGrid:
     """Each pushed (policy-gradient) message is answered at once with `gradients[node]`."""
     def respond(msg):
-        assert msg.content["config"]["pg"] is True
+        assert msg.content["config"]["role"] == "policy-gradient"  # the train config the ServerApp passes
         node = msg.metadata.dst_node_id
         return pg_reply(node, gradients[node], to=msg)
     return InstantGrid(sorted(gradients), respond)
@@ -147,7 +148,7 @@ def test_afedpg_run_by_hand(delay_adaptive):
     s = AFedPG(FedPG(), step_size=1.0, eta_exponent=1.0, delay_adaptive=delay_adaptive, jitter=0.0,
                speeds={1: 1.0, 2: 2.5})
     seen = {}
-    s.start(grid, arrays(w=[0.0, 0.0]), num_rounds=4, train_config=ConfigRecord({}),
+    s.start(grid, arrays(w=[0.0, 0.0]), num_rounds=4, train_config=ConfigRecord({"role": "policy-gradient"}),
             evaluate_fn=lambda r, a: seen.setdefault(r, a["w"].numpy().tolist()) and None)
     # t=1  node 1 (v=0, δ=0): η=1, d=(1,0), θ1=(1,0); redispatched at v=1: η=1/2, θ̃ = θ1 + 1·(θ1−θ0) = (2,0)
     # t=2  node 1 (v=1, δ=0): η=1/2, d=(1,0), θ2=(2,0); redispatched at v=2: η=1/3, θ̃ = θ2 + 2·(θ2−θ1) = (4,0)
@@ -170,7 +171,7 @@ def test_afedpg_takes_no_step_on_a_zero_gradient():
     grid = gradient_grid({1: [0.0, 0.0], 2: [0.0, 1.0]})
     s = AFedPG(FedPG(), step_size=0.5, eta_exponent=0.0, jitter=0.0, speeds={1: 1.0, 2: 1.5})
     seen = {}
-    s.start(grid, arrays(w=[1.0, 1.0]), num_rounds=2, train_config=ConfigRecord({}),
+    s.start(grid, arrays(w=[1.0, 1.0]), num_rounds=2, train_config=ConfigRecord({"role": "policy-gradient"}),
             evaluate_fn=lambda r, a: seen.setdefault(r, a["w"].numpy().tolist()) and None)
     assert seen[1] == [1.0, 1.0] and s.rounds[1].extra["step-norm"] == 0.0
     assert seen[2] == [1.0, 1.5] and s.rounds[2].extra["step-norm"] == 0.5
@@ -181,7 +182,7 @@ def test_afedpg_step_length_decays_as_k_to_the_minus_q():
     grid = gradient_grid({1: [1.0, 0.0]})
     s = AFedPG(FedPG(), step_size=1.0, eta_exponent=0.0, step_exponent=0.5, jitter=0.0, speeds={1: 1.0})
     seen = {}
-    s.start(grid, arrays(w=[0.0, 0.0]), num_rounds=3, train_config=ConfigRecord({}),
+    s.start(grid, arrays(w=[0.0, 0.0]), num_rounds=3, train_config=ConfigRecord({"role": "policy-gradient"}),
             evaluate_fn=lambda r, a: seen.setdefault(r, a["w"].numpy().tolist()) and None)
     steps = [1.0, 2 ** -0.5, 3 ** -0.5]
     for k in (1, 2, 3):

@@ -6,8 +6,15 @@ import pytest
 import torch
 from torch import nn
 
-from fedrl_app.agents.policy_gradient import (PolicyNetwork, Trajectory, estimate_gradient, leave_one_out_baselines,
-                                              policy_gradient, rewards_to_go, sample_trajectories)
+from fedrl_app.agents.policy_gradient import (
+    PolicyNetwork,
+    Trajectory,
+    estimate_gradient,
+    leave_one_out_baselines,
+    policy_gradient,
+    rewards_to_go,
+    sample_trajectories,
+)
 
 
 class Logits(nn.Module):

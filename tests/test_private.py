@@ -9,9 +9,9 @@ from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 
 from fedrl_app.client_app import dp_clipping_mod
 from fedrl_app.config import ConfigError, RunConfig
-from fedrl_app.server_app import build_strategy
+from fedrl_app.server.registry import build_strategy, parse_config
 from strategies import ClientSideDP, FedAvg, ServerSideDP
-from tests.helpers import FakeGrid, arrays, instruction, reply
+from tests.helpers import FakeGrid, arrays, reply
 
 GRID = FakeGrid([1, 2])
 
@@ -119,8 +119,9 @@ def test_client_mod_clips_only_when_asked():
 
 
 @pytest.mark.parametrize("overrides, match", [
-    ({"dp-mode": "server", "strategy": "scaffold"}, r"'dp-mode' is 'server', which works with synchronous"),
-    ({"dp-mode": "client", "async-aggregation": True}, r"'dp-mode' is 'client'"),
+    ({"dp-mode": "server", "strategy": "scaffold"}, r"'dp-mode' works with strategy in \['fedavg', 'fedprox'\], not "
+                                                    r"'scaffold' \(got dp-mode='server'\)"),
+    ({"dp-mode": "client", "async-aggregation": True}, r"'async-aggregation' and 'dp-mode' cannot be combined"),
     ({"dp-mode": "both"}, r"'dp-mode'"),
     ({"dp-noise-multiplier": -1.0}, r"'dp-noise-multiplier' must be >= 0"),
     ({"dp-target-delta": 1.0}, r"'dp-target-delta' must be in \(0.0, 1.0\)"),
@@ -128,7 +129,7 @@ def test_client_mod_clips_only_when_asked():
 ])
 def test_bad_dp_config_names_the_key(overrides, match):
     with pytest.raises(ConfigError, match=match):
-        RunConfig.from_run_config(overrides)
+        parse_config(overrides)
 
 
 def test_build_strategy_wraps_fedprox_with_the_configured_mode():

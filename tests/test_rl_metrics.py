@@ -52,7 +52,7 @@ def test_summarise_leaves_totals_open_when_a_client_never_solves():
 
 
 def test_plot_run_draws_client_returns_and_fusion_buffer(tmp_path):
-    from fedrl_app.plots import plot_run
+    from fedrl_app.reporting.plots import plot_run
 
     rows = [{"round": r, "return": 10.0 * r, "uplink-bytes": 5, "downlink-bytes": 5, "uplink-bytes-total": 5 * r,
              "downlink-bytes-total": 5 * r, "global-buffer-size": 64 * r, "filter-acceptance": 0.5} for r in (1, 2)]

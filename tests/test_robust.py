@@ -5,7 +5,7 @@ import pytest
 import torch
 from flwr.app import ConfigRecord
 
-from fedrl_app.client_app import byzantine_update, is_byzantine
+from fedrl_app.client.drills import byzantine_update, is_byzantine
 from fedrl_app.config import RunConfig
 from strategies import FedAvg, FedMedian, FedTrimmedAvg, Krum
 from tests.helpers import FakeGrid, arrays, reply
@@ -50,7 +50,7 @@ def test_malformed_replies_are_refused_and_the_round_goes_on(attack, reason, mon
     import os
     import re
 
-    from fedrl_app.client_app import malformed_reply
+    from fedrl_app.client.drills import malformed_reply
 
     bad = reply(1, arrays(w=[[1.0, 2.0]], b=[0.5]), 10)
     malformed_reply(bad.content, attack)

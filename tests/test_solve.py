@@ -1,6 +1,6 @@
 """Solve tracking: the episode and env step at which a client's 100-episode mean first reaches the target."""
 
-from fedrl_app.solve import SolveTracker
+from fedrl_app.reporting.solve import SolveTracker
 
 
 def test_solve_episode_and_env_step_across_rounds():

@@ -7,7 +7,7 @@ import pytest
 import torch
 from flwr.app import ConfigRecord
 
-from fedrl_app.metadata import METADATA_PAYLOAD_KEY
+from fedrl_app.protocol import keys
 from fedrl_app.tasks.mnist import train
 from strategies import FedAdagrad, FedAvg, FedProx, Scaffold
 from strategies.scaffold import scaffold_update
@@ -31,7 +31,7 @@ def test_fedavg_weights_by_examples():
 
 def test_bad_replies_are_dropped_with_a_log_line_and_the_round_goes_on(caplog):
     s = _configured(FedAvg())
-    hostile = ConfigRecord({METADATA_PAYLOAD_KEY: b"cos\nsystem\n(S'echo pwned'\ntR."})
+    hostile = ConfigRecord({keys.METADATA_PAYLOAD: b"cos\nsystem\n(S'echo pwned'\ntR."})
     replies = [
         reply(1, arrays(w=[[1.0, 1.0]], b=[1.0]), 10),
         reply(2, arrays(w=[[np.nan, 1.0]], b=[1.0]), 10),                    # NaN

@@ -16,7 +16,7 @@ from flwr_datasets import FederatedDataset
 from flwr_datasets.partitioner import DirichletPartitioner
 from torch import nn
 
-from fedrl_app.paths import MNIST_FILES, find_mnist_dir
+from fedrl_app.runtime.paths import MNIST_FILES, find_mnist_dir
 
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
 

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field, fields
 
 from flwr.app import ConfigRecord, RecordDict
 
-METADATA_RECORD_KEY = "metadata"
-METADATA_PAYLOAD_KEY = "payload"
+from fedrl_app.protocol import keys
+
 MAX_METADATA_BYTES = 64 * 1024
 
 
@@ -96,7 +96,7 @@ class ClientMetadata:
 # (module, qualname) pairs the decoder may resolve. Nothing else is ever imported.
 ALLOWED_GLOBALS: frozenset[tuple[str, str]] = frozenset(
     {
-        ("fedrl_app.metadata", "ClientMetadata"),
+        ("fedrl_app.protocol.metadata", "ClientMetadata"),
     }
 )
 _METADATA_CLASSES = (ClientMetadata,)
@@ -115,7 +115,7 @@ class _AllowlistUnpickler(pickle.Unpickler):
 def encode_metadata(meta: ClientMetadata) -> ConfigRecord:
     """Pickle a metadata dataclass into a ConfigRecord (client side)."""
     meta.validate()
-    return ConfigRecord({METADATA_PAYLOAD_KEY: pickle.dumps(meta, protocol=pickle.HIGHEST_PROTOCOL)})
+    return ConfigRecord({keys.METADATA_PAYLOAD: pickle.dumps(meta, protocol=pickle.HIGHEST_PROTOCOL)})
 
 
 def decode_metadata(payload: bytes) -> ClientMetadata:
@@ -148,12 +148,12 @@ def decode_metadata(payload: bytes) -> ClientMetadata:
 
 def read_metadata(content: RecordDict) -> ClientMetadata:
     """Find and decode the metadata ConfigRecord of a reply."""
-    record = content.config_records.get(METADATA_RECORD_KEY)
+    record = content.config_records.get(keys.METADATA)
     if record is None:
-        raise MetadataError(f"reply has no '{METADATA_RECORD_KEY}' ConfigRecord")
-    payload = record.get(METADATA_PAYLOAD_KEY)
+        raise MetadataError(f"reply has no '{keys.METADATA}' ConfigRecord")
+    payload = record.get(keys.METADATA_PAYLOAD)
     if payload is None:
-        raise MetadataError(f"'{METADATA_RECORD_KEY}' record has no '{METADATA_PAYLOAD_KEY}' entry")
+        raise MetadataError(f"'{keys.METADATA}' record has no '{keys.METADATA_PAYLOAD}' entry")
     return decode_metadata(payload)
 
 

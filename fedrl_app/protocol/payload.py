@@ -1,26 +1,23 @@
-"""Payload checks and byte accounting for the records that travel between server and clients."""
+"""Payload checks: an untrusted ArrayRecord must match the spec of what the server sent."""
 
 from __future__ import annotations
 
 import numpy as np
-from flwr.app import ArrayRecord, RecordDict
-from flwr.common.serde import recorddict_to_proto
+from flwr.app import ArrayRecord
+
+from fedrl_app.protocol import keys
+from fedrl_app.protocol.records import ModelSpec
 
 
 class PayloadError(ValueError):
     """A reply's arrays do not match what the server expects (keys, shapes, dtypes, values)."""
 
 
-def recorddict_nbytes(content: RecordDict) -> int:
-    """Bytes of a message's content as serialized on the wire (protobuf), not a parameter count."""
-    return recorddict_to_proto(content).ByteSize()
-
-
 def check_arrays(
     record: ArrayRecord,
-    expected: dict[str, tuple[tuple[int, ...], str]],
+    expected: ModelSpec,
     *,
-    name: str = "arrays",
+    name: str = keys.ARRAYS,
     max_abs: float = 1e6,
 ) -> dict[str, np.ndarray]:
     """Validate an untrusted ArrayRecord against expected keys, shapes and dtypes.
@@ -67,8 +64,3 @@ def check_arrays(
             raise PayloadError(f"'{name}[{key}]' has |value| up to {float(np.max(np.abs(value))):.3g} > {max_abs:g}")
         out[key] = value
     return out
-
-
-def array_spec(record: ArrayRecord) -> dict[str, tuple[tuple[int, ...], str]]:
-    """Key -> (shape, dtype) of a record, the expectation replies are checked against."""
-    return {k: (tuple(a.shape), a.dtype) for k, a in record.items()}

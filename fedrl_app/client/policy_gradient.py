@@ -1,4 +1,4 @@
-"""ClientApp side of the policy-gradient strategies (fedpg, lapg, afedpg): send a gradient estimate, not parameters.
+"""Role "policy-gradient" (fedpg, lapg, afedpg): send a gradient estimate, not parameters.
 
 Each round the client receives policy parameters θ (for AFedPG, the lookahead point the server
 chose), samples `pg-batch-episodes` episodes with π_θ, and replies with the estimate ĝ(θ) as the
@@ -26,15 +26,16 @@ from __future__ import annotations
 import time
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import Context, Message, MetricRecord, RecordDict
 
 from fedrl_app.agents.policy_gradient import PolicyNetwork, estimate_gradient, flat_norm
+from fedrl_app.client.common import attach_metadata, partition
 from fedrl_app.config import RunConfig
-from fedrl_app.metadata import METADATA_RECORD_KEY, ClientMetadata, encode_metadata
-from fedrl_app.payload import recorddict_nbytes
-from fedrl_app.tasks.gym_rl import env_dims
+from fedrl_app.protocol import keys
+from fedrl_app.protocol.metadata import ClientMetadata
+from fedrl_app.protocol.records import recorddict_nbytes, to_numpy, to_record
+from fedrl_app.tasks.gym_rl import env_dims, evaluate_policy
 
-GRADIENT_KEY = "gradient"
 LAST_UPLOAD_KEY = "lapg-last-gradient"
 
 
@@ -51,40 +52,51 @@ def lazy_skip(new: dict[str, np.ndarray], last: dict[str, np.ndarray] | None, bo
     return change <= bound, change
 
 
-def train(msg: Message, context: Context, cfg: RunConfig, pid: int) -> Message:
+def train(msg: Message, context: Context, cfg: RunConfig) -> Message:
     """Estimate ∇J at the received parameters; upload it (or, with LAPG, maybe not)."""
-    config = msg.content["config"]
-    server_round = int(config["server-round"])
+    pid = partition(context)[0]
+    config = msg.content[keys.CONFIG]
+    server_round = int(config[keys.SERVER_ROUND])
     policy = PolicyNetwork(*env_dims(cfg.task), cfg.pg_hidden)
-    policy.load_state_dict(msg.content["arrays"].to_torch_state_dict())
+    policy.load_state_dict(msg.content[keys.ARRAYS].to_torch_state_dict())
     start = time.perf_counter()
     estimate = estimate_gradient(policy, cfg.task, cfg.pg_batch_episodes, cfg.pg_gamma,
                                  seed=cfg.seed * 1_000_003 + pid * 10_007 + server_round)
     elapsed = time.perf_counter() - start
 
     upload, change, bound = True, None, None
-    if config.get("lapg", False):
+    if config.get(keys.LAZY, False):
         stored = context.state.array_records.get(LAST_UPLOAD_KEY)
-        last = {k: v.numpy() for k, v in stored.items()} if stored is not None else None
-        bound = lazy_bound([float(x) for x in config.get("lapg-recent-steps", [])], float(config["lr"]),
-                           float(config["lapg-threshold"]), int(config["lapg-memory"]))
+        last = to_numpy(stored) if stored is not None else None
+        bound = lazy_bound([float(x) for x in config.get(keys.LAPG_RECENT_STEPS, [])], float(config[keys.LR]),
+                           float(config[keys.LAPG_THRESHOLD]), int(config[keys.LAPG_MEMORY]))
         skip, change = lazy_skip(estimate.gradient, last, bound)
         upload = not skip
-    record = ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in estimate.gradient.items()})
-    if upload and config.get("lapg", False):
+    record = to_record(estimate.gradient)
+    if upload and config.get(keys.LAZY, False):
         context.state[LAST_UPLOAD_KEY] = record
 
-    content = RecordDict({"metrics": MetricRecord({
-        "num-examples": estimate.env_steps, "episodes": estimate.trajectories,
+    content = RecordDict({keys.METRICS: MetricRecord({
+        keys.NUM_EXAMPLES: estimate.env_steps, "episodes": estimate.trajectories,
         "return": float(np.mean(estimate.returns)),
     })})
     if upload:
-        content[GRADIENT_KEY] = record
+        content[keys.GRADIENT] = record
     meta = ClientMetadata(
         partition_id=pid, num_examples=estimate.env_steps, train_time_s=elapsed,
         bytes_sent=recorddict_nbytes(content), episode_returns=estimate.returns, episode_lengths=estimate.lengths,
         env_steps=estimate.env_steps, trajectories=estimate.trajectories, gradient_norm=flat_norm(estimate.gradient),
         gradient_uploaded=upload, gradient_change=change, lazy_bound=bound,
     )
-    content[METADATA_RECORD_KEY] = encode_metadata(meta)
+    attach_metadata(content, meta)
     return Message(content=content, reply_to=msg)
+
+
+def evaluate(msg: Message, context: Context, cfg: RunConfig) -> Message:
+    """Greedy episodes (argmax of the logits) of the received policy on this client's environment."""
+    pid = partition(context)[0]
+    net = PolicyNetwork(*env_dims(cfg.task), cfg.pg_hidden)
+    net.load_state_dict(msg.content[keys.ARRAYS].to_torch_state_dict())
+    returns = evaluate_policy(net, cfg.task, cfg.eval_episodes, seed=20_000 + 100 * pid)
+    metrics = MetricRecord({keys.NUM_EXAMPLES: len(returns), "return": sum(returns) / len(returns)})
+    return Message(content=RecordDict({keys.METRICS: metrics}), reply_to=msg)

@@ -7,10 +7,11 @@ from collections.abc import Iterable
 from flwr.app import Message
 from flwr.serverapp import Grid
 
-from fedrl_app.payload import recorddict_nbytes
+from fedrl_app.protocol.records import recorddict_nbytes
+from strategies.strategy_utils import GridView
 
 
-class MeteredGrid(Grid):
+class MeteredGrid(GridView):
     """Wrap a Grid; add the serialized size of each message's content to byte counters.
 
     Downlink counts every message pushed (one copy per destination node, as on the
@@ -19,7 +20,7 @@ class MeteredGrid(Grid):
     """
 
     def __init__(self, grid: Grid) -> None:
-        self._grid = grid
+        super().__init__(grid)
         self.downlink_bytes = 0
         self.uplink_bytes = 0
         self.downlink_messages = 0
@@ -44,28 +45,15 @@ class MeteredGrid(Grid):
         self.uplink_messages += len(replies)
         return replies
 
-    # --- Grid API -------------------------------------------------------------------
-    def set_run(self, run) -> None:  # noqa: D102
-        self._grid.set_run(run)
-
-    @property
-    def run(self):  # noqa: D102
-        return self._grid.run
-
-    def create_message(self, *args, **kwargs) -> Message:  # noqa: D102
-        return self._grid.create_message(*args, **kwargs)
-
-    def get_node_ids(self) -> Iterable[int]:  # noqa: D102
-        return self._grid.get_node_ids()
-
-    def get_nodes(self):  # noqa: D102
-        return self._grid.get_nodes()
-
-    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:  # noqa: D102
+    # --- the Grid calls that move messages; everything else is the wrapped Grid's (GridView) -------
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        """Count, then push."""
         return self._grid.push_messages(self._count_down(messages))
 
-    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:  # noqa: D102
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        """Pull, then count."""
         return self._count_up(self._grid.pull_messages(message_ids))
 
-    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:  # noqa: D102
+    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
+        """Count both ways around the synchronous exchange."""
         return self._count_up(self._grid.send_and_receive(self._count_down(messages), timeout=timeout))

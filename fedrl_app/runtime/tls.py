@@ -1,4 +1,4 @@
-"""Self-signed TLS material for a loopback deployment: `python -m fedrl_app.tls OUT_DIR`.
+"""Self-signed TLS material for a loopback deployment: `python -m fedrl_app.runtime.tls OUT_DIR`.
 
 Writes a CA (ca.key, ca.crt) and a SuperLink certificate signed by it (server.key,
 server.pem) valid for 127.0.0.1 and localhost, plus one ECDSA key pair per SuperNode
@@ -50,6 +50,6 @@ def generate_certificates(out_dir: Path, supernodes: int = 0, days: int = 30) ->
 
 if __name__ == "__main__":
     if len(sys.argv) not in (2, 3):
-        sys.exit("usage: python -m fedrl_app.tls OUT_DIR [NUM_SUPERNODE_KEYS]")
+        sys.exit("usage: python -m fedrl_app.runtime.tls OUT_DIR [NUM_SUPERNODE_KEYS]")
     for name, path in generate_certificates(Path(sys.argv[1]), int(sys.argv[2]) if len(sys.argv) == 3 else 0).items():
         print(f"{name}: {path}")

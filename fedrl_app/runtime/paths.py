@@ -33,7 +33,7 @@ def _candidate_roots() -> list[Path]:
         url = json.loads(direct_url).get("url", "")
         if url.startswith("file://"):
             roots.append(Path(unquote(urlparse(url).path)))
-    here = Path(__file__).resolve().parent.parent
+    here = Path(__file__).resolve().parents[2]  # fedrl_app/runtime/paths.py -> the project
     if not _inside_flwr_apps(here):
         roots.append(here)
     if dist is not None:

@@ -10,7 +10,6 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-
 CENTRAL_METRICS = {
     "accuracy": "test accuracy (server, 10k images)",
     "loss": "test loss (server)",

@@ -1,4 +1,4 @@
-"""Server hooks shared by every strategy and task: metrics.jsonl, checkpoints, W&B, plots, resume."""
+"""The run recorder, shared by every strategy and task: metrics.jsonl, clients.jsonl, checkpoints, W&B, plots, resume."""
 
 from __future__ import annotations
 
@@ -16,9 +16,9 @@ import torch
 from flwr.app import ArrayRecord, MetricRecord
 from flwr.supercore import log
 
-from fedrl_app.config import RL_TASKS, RunConfig
-from fedrl_app.metered_grid import MeteredGrid
-from fedrl_app.solve import SolveTracker
+from fedrl_app.config import RunConfig
+from fedrl_app.reporting.solve import SolveTracker
+from fedrl_app.server.metered_grid import MeteredGrid
 
 METRICS_FILE = "metrics.jsonl"
 CLIENTS_FILE = "clients.jsonl"
@@ -62,7 +62,7 @@ def arrays_to_tensors(arrays: ArrayRecord) -> dict[str, torch.Tensor]:
     return {k: torch.from_numpy(np.array(v.numpy())) for k, v in arrays.items()}
 
 
-class RunHooks:
+class RunRecorder:
     """Everything the server does at the end of a round, in one place.
 
     Called through Flower's `evaluate_fn` after each round's training and client-side
@@ -84,7 +84,7 @@ class RunHooks:
         if resume:
             _truncate_jsonl(run_dir / METRICS_FILE, self.round_offset)
             _truncate_jsonl(run_dir / CLIENTS_FILE, self.round_offset)
-        self.solves = SolveTracker(cfg.task) if cfg.task in RL_TASKS else None
+        self.solves = SolveTracker(cfg.task) if cfg.is_rl else None
         if self.solves is not None and resume and (run_dir / CLIENTS_FILE).exists():
             for c in read_jsonl(run_dir / CLIENTS_FILE):  # the episodes before the stop still count
                 self.solves.add(c["round"], c["partition_id"], c.get("episode_returns") or [],
@@ -209,10 +209,9 @@ class RunHooks:
         return value < self.best_value if self.cfg.tracked_metric == "loss" else value > self.best_value
 
     def _save_last(self, server_round: int, arrays: ArrayRecord) -> None:
-        state_dict = getattr(self.strategy, "state_dict", None)
         strategy_state = {
             name: {k: torch.from_numpy(np.array(v)) for k, v in group.items()}
-            for name, group in (state_dict() if state_dict else {}).items()
+            for name, group in self.strategy.state_dict().items()
         }
         checkpoint = {
             "round": server_round,
@@ -232,7 +231,7 @@ class RunHooks:
         """Draw the plots, close W&B, say where everything is."""
         rows = read_jsonl(self.run_dir / METRICS_FILE)
         try:
-            from fedrl_app.plots import plot_run
+            from fedrl_app.reporting.plots import plot_run
 
             plot_run(rows, self.run_dir, read_jsonl(self.run_dir / CLIENTS_FILE))
         except Exception as err:

@@ -1,6 +1,6 @@
 """LocalDeployment: a real `flower-superlink` with N `flower-supernode`s on loopback, for tests and trials.
 
-Insecure, or TLS with certificates from `fedrl_app.tls`, optionally with SuperNode
+Insecure, or TLS with certificates from `fedrl_app.runtime.tls`, optionally with SuperNode
 authentication (each SuperNode's public key registered with `flwr supernode register`).
 Every process runs in its own session and is stopped by process group on exit.
 """
@@ -14,8 +14,8 @@ import time
 import urllib.request
 from pathlib import Path
 
-from fedrl_app.launch import CONNECTION, LocalSimulation, free_port
-from fedrl_app.tls import generate_certificates
+from fedrl_app.runtime.launch import CONNECTION, LocalSimulation, free_port
+from fedrl_app.runtime.tls import generate_certificates
 
 
 class LocalDeployment(LocalSimulation):
@@ -81,7 +81,7 @@ class LocalDeployment(LocalSimulation):
 
     def kill_supernode(self, i: int) -> None:
         """Stop SuperNode i hard (a crash), for fault tests."""
-        from fedrl_app.launch import stop_process_group
+        from fedrl_app.runtime.launch import stop_process_group
 
         stop_process_group(self.supernodes[i], grace_s=0.1)
 

@@ -21,7 +21,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from fedrl_app.paths import project_root
+from fedrl_app.runtime.paths import project_root
 
 CONNECTION = "fedrl-local"
 
@@ -170,7 +170,7 @@ def _pids_mentioning(needle: str) -> list[int]:
 def _kill_stragglers(address: str, grace_s: float = 10.0) -> None:
     """Processes that detached from the group but still talk to our SuperLink (flwr-simulation)."""
     deadline = time.monotonic() + grace_s
-    while (pids := _pids_mentioning(address)) and time.monotonic() < deadline:
+    while _pids_mentioning(address) and time.monotonic() < deadline:
         time.sleep(0.5)  # they watch their parent's pid and exit on their own
     for pid in _pids_mentioning(address):
         try:

@@ -14,8 +14,6 @@ import zlib
 import numpy as np
 from flwr.app import ConfigRecord
 
-EXPERIENCE_KEY = "experience"
-
 
 class ExperienceError(ValueError):
     """A shared-experience payload was refused."""

@@ -1,4 +1,4 @@
-"""ClientApp side of the RL tasks: a DQN-family agent that keeps its replay and target network across rounds."""
+"""Role "dqn" on the RL tasks: a DQN-family agent that keeps its replay and target network across rounds."""
 
 from __future__ import annotations
 
@@ -6,26 +6,18 @@ import gzip
 import time
 
 import numpy as np
-
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 
-from fedrl_app.agents.dqn import DQNAgent, DQNConfig
+from fedrl_app.agents.dqn import DQNAgent, QNetwork
+from fedrl_app.client.common import attach_metadata, partition
 from fedrl_app.config import RunConfig
-from fedrl_app.experience import EXPERIENCE_KEY, pack_experience
-from fedrl_app.metadata import METADATA_RECORD_KEY, ClientMetadata, encode_metadata
-from fedrl_app.payload import recorddict_nbytes
-from fedrl_app.tasks.gym_rl import env_dims, run_steps
+from fedrl_app.protocol import keys
+from fedrl_app.protocol.experience import pack_experience
+from fedrl_app.protocol.metadata import ClientMetadata
+from fedrl_app.protocol.records import recorddict_nbytes
+from fedrl_app.tasks.gym_rl import env_dims, evaluate_policy, run_steps
 
 AGENT_STATE_KEY = "dqn-agent"
-
-
-def dqn_config(cfg: RunConfig) -> DQNConfig:
-    """The agent's hyperparameters from the run config."""
-    return DQNConfig.for_agent(
-        cfg.agent, hidden=cfg.dqn_hidden, learning_starts=cfg.dqn_learning_starts,
-        epsilon_decay_steps=cfg.dqn_epsilon_decay_steps, batch_size=cfg.dqn_batch_size,
-        train_frequency=cfg.dqn_train_frequency, target_update_every=cfg.dqn_target_update_every,
-    )
 
 
 def gzip_size(record: ArrayRecord) -> int:
@@ -42,18 +34,19 @@ def recent_sample(agent: DQNAgent, recent: int, n: int, seed: int):
     return buf.obs[idx], buf.actions[idx], buf.rewards[idx], buf.next_obs[idx], buf.dones[idx]
 
 
-def train(msg: Message, context: Context, cfg: RunConfig, pid: int) -> Message:
+def train(msg: Message, context: Context, cfg: RunConfig) -> Message:
     """Start from the received Q-network, interact `steps-per-round` steps, return the new network."""
-    server_round = int(msg.content["config"]["server-round"])
+    pid = partition(context)[0]
+    server_round = int(msg.content[keys.CONFIG][keys.SERVER_ROUND])
     seed = cfg.seed * 1_000 + pid
     stored = context.state.config_records.get(AGENT_STATE_KEY)
     if stored is not None:
         agent = DQNAgent.from_bytes(stored["blob"], seed=seed * 10_007 + server_round)
     else:
-        agent = DQNAgent(*env_dims(cfg.task), dqn_config(cfg), seed=seed)
+        agent = DQNAgent(*env_dims(cfg.task), cfg.dqn_config(), seed=seed)
     # The global network replaces the online one; the local target network, replay buffer
     # and exploration schedule carry on (a real target network, not a copy of the global).
-    agent.q.load_state_dict(msg.content["arrays"].to_torch_state_dict())
+    agent.q.load_state_dict(msg.content[keys.ARRAYS].to_torch_state_dict())
     act0, train0 = agent.act_flops, agent.train_flops
     start = time.perf_counter()
     stats = run_steps(agent, cfg.task, key=(context.run_id, pid, cfg.task), seed=seed, steps=cfg.steps_per_round)
@@ -61,14 +54,14 @@ def train(msg: Message, context: Context, cfg: RunConfig, pid: int) -> Message:
     context.state[AGENT_STATE_KEY] = ConfigRecord({"blob": agent.to_bytes()})
 
     content = RecordDict({
-        "arrays": ArrayRecord(agent.q.state_dict()),
-        "metrics": MetricRecord({"num-examples": stats.env_steps, "episodes": len(stats.episode_returns)}),
+        keys.ARRAYS: ArrayRecord(agent.q.state_dict()),
+        keys.METRICS: MetricRecord({keys.NUM_EXAMPLES: stats.env_steps, "episodes": len(stats.episode_returns)}),
     })
     raw_bytes = gzip_bytes = None
-    if msg.content["config"].get("share-experience", False):
-        content[EXPERIENCE_KEY], raw_bytes = pack_experience(*recent_sample(agent, stats.env_steps,
+    if msg.content[keys.CONFIG].get(keys.SHARE_EXPERIENCE, False):
+        content[keys.EXPERIENCE], raw_bytes = pack_experience(*recent_sample(agent, stats.env_steps,
                                                                               cfg.experience_sample, seed))
-        gzip_bytes = len(content[EXPERIENCE_KEY]["gz"])
+        gzip_bytes = len(content[keys.EXPERIENCE]["gz"])
     meta = ClientMetadata(
         partition_id=pid, num_examples=stats.env_steps, train_time_s=elapsed,
         epoch_losses=[float(sum(stats.losses) / len(stats.losses))] if stats.losses else [],
@@ -76,7 +69,17 @@ def train(msg: Message, context: Context, cfg: RunConfig, pid: int) -> Message:
         episode_lengths=stats.episode_lengths, env_steps=stats.env_steps,
         act_flops=int(agent.act_flops - act0), train_flops=int(agent.train_flops - train0),
         experience_raw_bytes=raw_bytes, experience_gzip_bytes=gzip_bytes,
-        model_gzip_bytes=gzip_size(content["arrays"]),
+        model_gzip_bytes=gzip_size(content[keys.ARRAYS]),
     )
-    content[METADATA_RECORD_KEY] = encode_metadata(meta)
+    attach_metadata(content, meta)
     return Message(content=content, reply_to=msg)
+
+
+def evaluate(msg: Message, context: Context, cfg: RunConfig) -> Message:
+    """Greedy episodes of the received Q-network on this client's environment."""
+    pid = partition(context)[0]
+    net = QNetwork(*env_dims(cfg.task), cfg.dqn_hidden, "dueling" in cfg.agent)
+    net.load_state_dict(msg.content[keys.ARRAYS].to_torch_state_dict())
+    returns = evaluate_policy(net, cfg.task, cfg.eval_episodes, seed=20_000 + 100 * pid)
+    metrics = MetricRecord({keys.NUM_EXAMPLES: len(returns), "return": sum(returns) / len(returns)})
+    return Message(content=RecordDict({keys.METRICS: metrics}), reply_to=msg)

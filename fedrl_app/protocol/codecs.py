@@ -14,12 +14,12 @@ from dataclasses import dataclass
 import numpy as np
 from flwr.app import Array, ArrayRecord
 
+from fedrl_app.protocol.records import ModelSpec
+
 
 class CodecError(ValueError):
     """An update cannot be encoded, or a received payload is malformed."""
 
-
-ModelSpec = dict[str, tuple[tuple[int, ...], str]]
 
 _SUFFIXES = ("idx", "gap", "val", "scale", "zero")
 GAP_LIMIT = np.iinfo(np.uint16).max  # largest gap a uint16 holds

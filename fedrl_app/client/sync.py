@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, RecordDict
 
 from fedrl_app.agents.sync_controller import (
     ACTIONS,
@@ -23,8 +23,9 @@ from fedrl_app.agents.sync_controller import (
     SyncController,
     divergence,
 )
-from fedrl_app.codecs import CompressionConfig, decode_update, encode_update
-from fedrl_app.payload import recorddict_nbytes
+from fedrl_app.protocol import keys
+from fedrl_app.protocol.codecs import CompressionConfig, decode_update, encode_update
+from fedrl_app.protocol.records import recorddict_nbytes, to_numpy, to_record
 
 CONTROLLER_KEY = "sync-controller"
 RESIDUAL_KEY = "ef-residual"
@@ -47,11 +48,11 @@ class SyncDecision:
 
 
 def _to_record(arrays: dict[str, np.ndarray]) -> ArrayRecord:
-    return ArrayRecord({k: Array(np.ascontiguousarray(v, dtype=np.float32)) for k, v in arrays.items()})
+    return to_record(arrays, dtype=np.float32)  # what the server decodes: float32 updates
 
 
 def _from_record(record: ArrayRecord | None) -> dict[str, np.ndarray] | None:
-    return None if record is None else {k: v.numpy() for k, v in record.items()}
+    return None if record is None else to_numpy(record)
 
 
 def decide_and_encode(
@@ -105,7 +106,7 @@ def decide_and_encode(
     if action is None:
         action = controller.act(observation)
     rate = controller.apply_rate_action(action)
-    dense_bytes = recorddict_nbytes(RecordDict({"delta": _to_record(delta)}))
+    dense_bytes = recorddict_nbytes(RecordDict({keys.DELTA: _to_record(delta)}))
     if action == SKIP:
         # The skipped update is dropped, not banked: by the time it would be sent the global
         # model has moved on, and a residual holding many rounds of stale updates, sent at
@@ -113,13 +114,13 @@ def decide_and_encode(
         # The residual keeps only what compression left out.
         records: dict[str, ArrayRecord] = {}
     elif action == FULL:
-        records = {"delta": _to_record({k: delta[k] + (residual[k] if residual else 0.0) for k in delta})}
+        records = {keys.DELTA: _to_record({k: delta[k] + (residual[k] if residual else 0.0) for k in delta})}
         residual = None
     else:  # compressed, at the (possibly just changed) rate
         compressed, residual, _ = encode_update(
             delta, residual, global_weights, CompressionConfig(topk_ratio=rate, quantize=True,
                                                                prune_threshold=prune_threshold))
-        records = {"delta-compressed": compressed}
+        records = {keys.DELTA_COMPRESSED: compressed}
     bytes_fraction = recorddict_nbytes(RecordDict(records)) / dense_bytes if records else 0.0
     own_gain = float("nan")
     if reward_kind == "own-gain":
@@ -142,9 +143,9 @@ def _own_gain(records: dict[str, ArrayRecord], global_weights: dict[str, np.ndar
     """Local accuracy of global + the update as the server will decode it, minus that of global (0 for a skip)."""
     if not records:
         return 0.0
-    if "delta" in records:
-        sent = _from_record(records["delta"])
+    if keys.DELTA in records:
+        sent = _from_record(records[keys.DELTA])
     else:
         spec = {k: (v.shape, str(v.dtype)) for k, v in global_weights.items()}
-        sent = decode_update(records["delta-compressed"], spec)
+        sent = decode_update(records[keys.DELTA_COMPRESSED], spec)
     return float(accuracy_of({k: global_weights[k] + sent[k] for k in global_weights})) - float(local_accuracy)

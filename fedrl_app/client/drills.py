@@ -1,0 +1,69 @@
+"""Fault and adversary drills: clients that raise, hang, attack the model or send malformed replies (config-selected)."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import time
+
+import numpy as np
+import torch
+from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
+
+from fedrl_app.config import RunConfig
+from fedrl_app.protocol import keys
+
+MALFORMED_ATTACKS = ("nan", "wrong-shape", "pickle-exploit")
+
+
+def inject_fault(cfg: RunConfig, pid: int, server_round: int) -> None:
+    """Fault injection for tests and drills: this partition raises, or answers late, in that round."""
+    if not cfg.fault_mode or pid != cfg.fault_partition or cfg.fault_round not in (0, server_round):
+        return
+    if cfg.fault_mode == "raise":
+        raise RuntimeError(f"injected fault: partition {pid} raises in round {server_round}")
+    time.sleep(cfg.fault_hang_s)  # "hang": the reply comes after the server's round timeout
+
+
+def is_byzantine(cfg: RunConfig, pid: int, num_partitions: int) -> bool:
+    """The first round(byzantine-fraction × N) partitions attack (seeded by construction, easy to audit)."""
+    return pid < round(cfg.byzantine_fraction * num_partitions)
+
+
+class _ExploitPayload:
+    """Pickles to a call of os.system: what a hostile client would put in its metadata (drills only)."""
+
+    def __reduce__(self):
+        return (os.system, ("echo 'fedrl: a metadata payload ran code on the server'",))
+
+
+def malformed_reply(content: RecordDict, attack: str) -> None:
+    """Spoil a finished reply in place, as a hostile client would: the server must refuse it and go on.
+
+    "nan": a NaN in the first array; "wrong-shape": the first array one entry short;
+    "pickle-exploit": metadata that names os.system (refused by the allowlist, never run).
+    """
+    if attack == "pickle-exploit":
+        content[keys.METADATA] = ConfigRecord({keys.METADATA_PAYLOAD: pickle.dumps(_ExploitPayload())})
+        return
+    name, record = next(iter(content.array_records.items()))  # the model, or drl-compress's delta record
+    arrays = {k: v.numpy().copy() for k, v in record.items()}
+    if attack == "nan":
+        key = next((k for k, v in arrays.items() if v.dtype.kind == "f" and v.size), None)
+        if key is None:
+            raise ValueError("attack 'nan' needs a float array in the reply")
+        arrays[key].flat[0] = np.nan
+    else:
+        first = next(iter(arrays))
+        arrays[first] = arrays[first].ravel()[:-1]
+    content[name] = ArrayRecord({k: Array(v) for k, v in arrays.items()})
+
+
+def byzantine_update(global_params: list[torch.Tensor], net: torch.nn.Module, attack: str, scale: float) -> None:
+    """Replace the honest update Δ by −Δ (sign-flip) or scale·Δ (scale), in place."""
+    if attack in MALFORMED_ATTACKS:
+        return  # these spoil the reply instead (malformed_reply)
+    factor = -1.0 if attack == "sign-flip" else scale
+    with torch.no_grad():
+        for g, p in zip(global_params, net.parameters()):
+            p.copy_(g + factor * (p - g))

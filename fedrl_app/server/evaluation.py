@@ -1,0 +1,44 @@
+"""Central evaluation of the global model: test accuracy and loss (MNIST), or the greedy policy's return (RL)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord
+
+from fedrl_app.config import RunConfig
+from fedrl_app.protocol import keys
+from fedrl_app.server.registry import client_role, task_model
+from fedrl_app.tasks import mnist
+from fedrl_app.tasks.gym_rl import evaluate_policy
+
+
+def central_evaluator(cfg: RunConfig, source: mnist.DataSource | None) -> Callable[[ArrayRecord], dict[str, float]]:
+    """arrays -> metrics on the server's data; RL: the greedy policy, argmax of the network's outputs."""
+    net = task_model(cfg)
+    if cfg.is_rl:
+        def evaluate_rl(arrays: ArrayRecord) -> dict[str, float]:
+            net.load_state_dict(arrays.to_torch_state_dict())
+            returns = evaluate_policy(net, cfg.task, cfg.eval_episodes, seed=10_000 + cfg.seed)
+            return {"return": float(np.mean(returns)), "return-std": float(np.std(returns))}
+        return evaluate_rl
+
+    test_set = mnist.load_test_set(source)
+
+    def evaluate_mnist(arrays: ArrayRecord) -> dict[str, float]:
+        net.load_state_dict(arrays.to_torch_state_dict())
+        loss, accuracy = mnist.evaluate(net, test_set, cfg.eval_batch_size)
+        return {"accuracy": accuracy, "loss": loss}
+    return evaluate_mnist
+
+
+def client_train_config(cfg: RunConfig) -> ConfigRecord:
+    """What every train message carries besides the per-round values the strategy injects."""
+    return ConfigRecord({keys.ROLE: client_role(cfg), keys.LOCAL_EPOCHS: cfg.local_epochs,
+                         keys.BATCH_SIZE: cfg.batch_size, keys.MOMENTUM: cfg.momentum})
+
+
+def client_evaluate_config(cfg: RunConfig) -> ConfigRecord:
+    """What every evaluate message carries: the role, so the client loads the right network."""
+    return ConfigRecord({keys.ROLE: client_role(cfg)})
