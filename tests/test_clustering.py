@@ -61,3 +61,26 @@ def test_directions_are_summed_over_the_window_between_reclusterings():
     np.testing.assert_allclose(s._previous_directions[2], [3.0, 0.0])  # [0, 1] + [3, -1]
     assert s.assignment[1] == s.assignment[2] != s.assignment[3] == s.assignment[4]
     assert s.directions == {}  # the next window starts empty
+
+
+def test_checkpoint_state_restores_assignment_models_and_node_ids_exactly():
+    s = Clustered(FedAvg(**Clustered.required_settings), cluster_every=1, max_clusters=3)
+    big = 2**63 + 5  # Flower node ids are uint64: they must survive the int64 checkpoint tensors
+    grid = FakeGrid([1, 2, 3, big])
+    list(s.configure_train(1, arrays(w=[0.0, 0.0]), ConfigRecord({}), grid))
+    ups = {1: [1.0, 0.0], 2: [1.1, 0.0], 3: [0.0, 2.0], big: [0.0, 2.2]}
+    s.aggregate_train(1, [reply(n, arrays(w=u), 10 + i) for i, (n, u) in enumerate(ups.items())])
+    state = s.state_dict()
+    assert set(state) == {"clustering", *(f"clustering/model-{c}" for c in s.models)}
+
+    fresh = Clustered(FedAvg(**Clustered.required_settings), cluster_every=1, max_clusters=3)
+    fresh.load_state_dict(state)
+    fresh.round_offset = 1
+    assert fresh.assignment == s.assignment and fresh.examples == s.examples and big in fresh.assignment
+    assert {c: sorted(m) for c, m in fresh.members.items()} == {c: sorted(m) for c, m in s.members.items()}
+    for c in s.models:
+        np.testing.assert_array_equal(fresh.models[c]["w"], s.models[c]["w"])
+    assert all(inner.round_offset == 1 for inner in fresh.cluster_strategies.values())
+    msgs = list(fresh.configure_train(1, arrays(w=[9.0, 9.0]), ConfigRecord({}), grid))
+    sent = {m.metadata.dst_node_id: m.content["arrays"]["w"].numpy().tolist() for m in msgs}
+    assert sent[big] == s.models[s.assignment[big]]["w"].tolist()  # each node gets its restored cluster's model
