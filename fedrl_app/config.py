@@ -26,6 +26,20 @@ DP_MODES = ("off", "server", "client")  # Flower's fixed-clipping DP wrappers: w
 WANDB_MODES = ("offline", "online", "disabled")
 TRACK_METRICS = ("", "accuracy", "loss", "return")
 
+# Groups of keys, as docs/configuration.md lists them.
+RUN = "Run"
+DATA = "Data (MNIST)"
+CLIENT = "Client training"
+SERVER_OPT = "Server optimisers"
+DRL_COMPRESS = "drl-compress"
+ASYNC = "Asynchronous aggregation"
+CLUSTERING = "Clustering"
+DQN = "RL agents (DQN family)"
+FUSION = "Fusion"
+PG = "Policy gradient (FedPG, LAPG, AFedPG)"
+DRILLS = "Robustness drills"
+DP = "Differential privacy"
+
 
 class ConfigError(ValueError):
     """A run-config value is missing, of the wrong type, or outside its allowed range."""
@@ -48,190 +62,158 @@ class RunConfig:
 
     task: str = option(
         "mnist", "`mnist`, or the RL tasks `cartpole` (CartPole-v1) and `lunarlander` (LunarLander-v3)",
-        group="Run", choices=TASKS)
+        group=RUN, choices=TASKS)
     strategy: str = option(
         "fedavg", "the aggregation strategy: a name in the strategy registry (docs/configuration.md lists them)",
-        group="Run")
-    num_server_rounds: int = option(
-        10, "total rounds (a resumed run counts the rounds already done)",
-        group="Run", ge=1)
+        group=RUN)
+    num_server_rounds: int = option(10, "total rounds (a resumed run counts the rounds already done)", group=RUN, ge=1)
     fraction_train: float = option(
         1.0, "fraction of nodes sampled for training each round (0, 1]",
-        group="Client training", interval=(0.0, 1.0, "(]"))
+        group=CLIENT, interval=(0.0, 1.0, "(]"))
     fraction_evaluate: float = option(
         0.5, "fraction of nodes sampled for client-side evaluation [0, 1]",
-        group="Client training", interval=(0.0, 1.0, "[]"))
-    local_epochs: int = option(1, "local epochs per round", group="Client training", ge=1)
-    batch_size: int = option(32, "local mini-batch size", group="Client training", ge=1)
-    lr: float = option(0.1, "client SGD learning rate at round 0", group="Client training", gt=0)
+        group=CLIENT, interval=(0.0, 1.0, "[]"))
+    local_epochs: int = option(1, "local epochs per round", group=CLIENT, ge=1)
+    batch_size: int = option(32, "local mini-batch size", group=CLIENT, ge=1)
+    lr: float = option(0.1, "client SGD learning rate at round 0", group=CLIENT, gt=0)
     momentum: float = option(
         0.0, "client SGD momentum (must be 0 with `scaffold`, whose control-variate update assumes plain SGD)",
-        group="Client training", interval=(0.0, 1.0, "[)"))
+        group=CLIENT, interval=(0.0, 1.0, "[)"))
     lr_decay_factor: float = option(
         0.5, "the lr sent in round r is `lr * lr-decay-factor ** (r // lr-decay-every)`",
-        group="Client training", interval=(0.0, 1.0, "(]"))
-    lr_decay_every: int = option(
-        5, "rounds between two lr decays (see `lr-decay-factor`)",
-        group="Client training", ge=1)
-    proximal_mu: float = option(0.01, "FedProx μ: clients add (μ/2)·‖w − w_global‖²", group="Server optimisers", ge=0)
-    server_lr: float = option(0.01, "FedAdagrad server step η", group="Server optimisers", gt=0)
-    adagrad_tau: float = option(0.001, "FedAdagrad adaptivity τ", group="Server optimisers", gt=0)
+        group=CLIENT, interval=(0.0, 1.0, "(]"))
+    lr_decay_every: int = option(5, "rounds between two lr decays (see `lr-decay-factor`)", group=CLIENT, ge=1)
+    proximal_mu: float = option(0.01, "FedProx μ: clients add (μ/2)·‖w − w_global‖²", group=SERVER_OPT, ge=0)
+    server_lr: float = option(0.01, "FedAdagrad server step η", group=SERVER_OPT, gt=0)
+    adagrad_tau: float = option(0.001, "FedAdagrad adaptivity τ", group=SERVER_OPT, gt=0)
     bytes_penalty: float = option(
         0.1, "drl-compress: λ in the controllers' reward, accuracy gain − λ · bytes sent / full-model bytes",
-        group="drl-compress", ge=0)
+        group=DRL_COMPRESS, ge=0)
     sync_policy: str = option(
         "dqn", "drl-compress: `dqn` (each client's controller decides), or the ablations `compressed` (always top-k + int8 at the initial rate) and `full`",
-        group="drl-compress", choices=SYNC_POLICIES)
+        group=DRL_COMPRESS, choices=SYNC_POLICIES)
     controller_reward: str = option(
         "own-gain", "drl-compress: the accuracy gain in the controllers' reward: `own-gain`, what the client's own message (decoded as the server will) adds to the global model's local accuracy, measured at once; or `global-gain`, the global model's local accuracy gain by the next round (mostly other clients' doing)",
-        group="drl-compress", choices=CONTROLLER_REWARDS)
+        group=DRL_COMPRESS, choices=CONTROLLER_REWARDS)
     async_aggregation: bool = option(
         False, "FedBuff-style asynchronous aggregation (with `fedavg`, `fedprox`, `drl-compress`); a \"round\" is then one aggregation",
-        group="Asynchronous aggregation")
-    buffer_size: int = option(5, "async: K, updates per aggregation", group="Asynchronous aggregation", ge=1)
-    staleness_exponent: float = option(
-        0.5, "async: a in the staleness weight s(τ) = (1+τ)^−a",
-        group="Asynchronous aggregation", ge=0)
+        group=ASYNC)
+    buffer_size: int = option(5, "async: K, updates per aggregation", group=ASYNC, ge=1)
+    staleness_exponent: float = option(0.5, "async: a in the staleness weight s(τ) = (1+τ)^−a", group=ASYNC, ge=0)
     speed_sigma: float = option(
         1.0, "async and policy-gradient strategies: σ of the clients' log-normal simulated slowness (0 = equal speeds)",
-        group="Asynchronous aggregation", ge=0)
+        group=ASYNC, ge=0)
     clustering: bool = option(
         False, "cluster clients by the direction of their summed updates over the last `cluster-every` rounds, one model per cluster (with synchronous `fedavg`, `fedprox`, `drl-compress`)",
-        group="Clustering")
-    cluster_every: int = option(5, "clustering: re-cluster after every this many rounds", group="Clustering", ge=1)
-    max_clusters: int = option(
-        4, "clustering: largest k tried (k chosen by silhouette score)",
-        group="Clustering", ge=2)
+        group=CLUSTERING)
+    cluster_every: int = option(5, "clustering: re-cluster after every this many rounds", group=CLUSTERING, ge=1)
+    max_clusters: int = option(4, "clustering: largest k tried (k chosen by silhouette score)", group=CLUSTERING, ge=2)
     prune_threshold: float = option(
         0.0, "drl-compress: layers whose update norm relative to the layer's weight norm is below this are not sent (0 = off)",
-        group="drl-compress", ge=0)
+        group=DRL_COMPRESS, ge=0)
     dirichlet_alpha: float = option(
         0.3, "Dirichlet concentration of the label partition (smaller = more non-IID)",
-        group="Data (MNIST)", gt=0)
-    seed: int = option(42, "seed of the partition, local splits, shuffling and model init", group="Run")
+        group=DATA, gt=0)
+    seed: int = option(42, "seed of the partition, local splits, shuffling and model init", group=RUN)
     data_path: str = option(
         "", "empty: the shipped MNIST copy; a directory with `train.parquet`/`test.parquet`; or a hub id such as `ylecun/mnist` (needs network)",
-        group="Data (MNIST)")
+        group=DATA)
     local_test_fraction: float = option(
         0.1, "share of each client's partition held out for client-side evaluation",
-        group="Data (MNIST)", interval=(0.0, 0.9, "(]"))
-    max_client_examples: int = option(
-        0, "cap on each client's partition (0 = all); for quick tests",
-        group="Data (MNIST)", ge=0)
-    eval_batch_size: int = option(1000, "batch size of evaluation", group="Data (MNIST)", ge=1)
-    round_timeout: float = option(600.0, "seconds the server waits for replies each round", group="Run", gt=0)
+        group=DATA, interval=(0.0, 0.9, "(]"))
+    max_client_examples: int = option(0, "cap on each client's partition (0 = all); for quick tests", group=DATA, ge=0)
+    eval_batch_size: int = option(1000, "batch size of evaluation", group=DATA, ge=1)
+    round_timeout: float = option(600.0, "seconds the server waits for replies each round", group=RUN, gt=0)
     track_metric: str = option(
         "", "metric the best-model checkpoint follows (`accuracy`, `loss`, `return`); empty: `accuracy` for MNIST, `return` for RL",
-        group="Run", choices=TRACK_METRICS)
-    agent: str = option(
-        "dqn", "RL: `dqn`, `double`, `dueling`, `double-dueling`",
-        group="RL agents (DQN family)", choices=AGENTS)
-    steps_per_round: int = option(
-        1000, "RL: environment steps each client takes per round",
-        group="RL agents (DQN family)", ge=1)
+        group=RUN, choices=TRACK_METRICS)
+    agent: str = option("dqn", "RL: `dqn`, `double`, `dueling`, `double-dueling`", group=DQN, choices=AGENTS)
+    steps_per_round: int = option(1000, "RL: environment steps each client takes per round", group=DQN, ge=1)
     eval_episodes: int = option(
         5, "RL: greedy episodes the server (and an evaluating client) plays per round",
-        group="RL agents (DQN family)", ge=1)
-    dqn_hidden: int = option(
-        256, "RL: width of the Q-network's two hidden layers",
-        group="RL agents (DQN family)", ge=1)
-    dqn_learning_starts: int = option(
-        1000, "RL: env steps before the first gradient step",
-        group="RL agents (DQN family)", ge=0)
-    dqn_epsilon_decay_steps: int = option(
-        20000, "RL: env steps of linear ε decay (1.0 → 0.05)",
-        group="RL agents (DQN family)", ge=1)
-    dqn_batch_size: int = option(128, "RL: replay minibatch size", group="RL agents (DQN family)", ge=1)
-    dqn_train_frequency: int = option(4, "RL: env steps per gradient step", group="RL agents (DQN family)", ge=1)
-    dqn_target_update_every: int = option(
-        250, "RL: gradient steps between target-network copies",
-        group="RL agents (DQN family)", ge=1)
+        group=DQN, ge=1)
+    dqn_hidden: int = option(256, "RL: width of the Q-network's two hidden layers", group=DQN, ge=1)
+    dqn_learning_starts: int = option(1000, "RL: env steps before the first gradient step", group=DQN, ge=0)
+    dqn_epsilon_decay_steps: int = option(20000, "RL: env steps of linear ε decay (1.0 → 0.05)", group=DQN, ge=1)
+    dqn_batch_size: int = option(128, "RL: replay minibatch size", group=DQN, ge=1)
+    dqn_train_frequency: int = option(4, "RL: env steps per gradient step", group=DQN, ge=1)
+    dqn_target_update_every: int = option(250, "RL: gradient steps between target-network copies", group=DQN, ge=1)
     fusion_mix: float = option(
         0.5, "Fusion: α kept on the global network, θ = α·θ_global + (1−α)·Σ w_k θ_k",
-        group="Fusion", interval=(0.0, 1.0, "[)"))
+        group=FUSION, interval=(0.0, 1.0, "[)"))
     diversity_filter: bool = option(
         True, "Fusion: admit shared transitions only if diverse enough (false: the ablation)",
-        group="Fusion")
+        group=FUSION)
     diversity_threshold: float = option(
         0.15, "Fusion: θ, minimum mean L2 distance to sampled buffer states (0.15 admits every LunarLander transition; see Benchmarks)",
-        group="Fusion", ge=0)
-    filter_k: int = option(16, "Fusion: buffer states sampled per diversity test", group="Fusion", ge=1)
+        group=FUSION, ge=0)
+    filter_k: int = option(16, "Fusion: buffer states sampled per diversity test", group=FUSION, ge=1)
     server_updates_per_round: int = option(
         100, "Fusion: DQN steps the server takes on the global buffer each round",
-        group="Fusion", ge=0)
+        group=FUSION, ge=0)
     server_buffer_size: int = option(
         50000, "Fusion: capacity of the server's global replay buffer (oldest transitions go first)",
-        group="Fusion", ge=1)
+        group=FUSION, ge=1)
     experience_sample: int = option(
         256, "Fusion: transitions each client shares per round (gzip-compressed)",
-        group="Fusion", ge=0)
-    pg_lr: float = option(
-        0.001, "fedpg/lapg: η, the server's ascent step θ ← θ + η·mean ĝ",
-        group="Policy gradient (FedPG, LAPG, AFedPG)", gt=0)
+        group=FUSION, ge=0)
+    pg_lr: float = option(0.001, "fedpg/lapg: η, the server's ascent step θ ← θ + η·mean ĝ", group=PG, gt=0)
     pg_batch_episodes: int = option(
         10, "policy gradient: episodes each client samples per gradient estimate",
-        group="Policy gradient (FedPG, LAPG, AFedPG)", ge=1)
-    pg_hidden: int = option(
-        64, "policy gradient: width of the policy's two tanh hidden layers",
-        group="Policy gradient (FedPG, LAPG, AFedPG)", ge=1)
+        group=PG, ge=1)
+    pg_hidden: int = option(64, "policy gradient: width of the policy's two tanh hidden layers", group=PG, ge=1)
     pg_gamma: float = option(
         0.99, "policy gradient: discount in the rewards-to-go (1 = unbiased for the undiscounted return)",
-        group="Policy gradient (FedPG, LAPG, AFedPG)", interval=(0.0, 1.0, "(]"))
+        group=PG, interval=(0.0, 1.0, "(]"))
     lapg_threshold: float = option(
         1.0, "LAPG: ξ; a client skips when ‖ĝ_new − ĝ_last‖² ≤ (ξ/D)·(1/η²)·Σ_{d≤D} ‖θ^{k+1−d} − θ^{k−d}‖²",
-        group="Policy gradient (FedPG, LAPG, AFedPG)", ge=0)
-    lapg_memory: int = option(
-        10, "LAPG: D, past steps in the bound above",
-        group="Policy gradient (FedPG, LAPG, AFedPG)", ge=1)
+        group=PG, ge=0)
+    lapg_memory: int = option(10, "LAPG: D, past steps in the bound above", group=PG, ge=1)
     afedpg_step_size: float = option(
         0.1, "AFedPG: α, the length of the normalized step θ ← θ + α·d/‖d‖ (see `afedpg-step-exponent`)",
-        group="Policy gradient (FedPG, LAPG, AFedPG)", gt=0)
+        group=PG, gt=0)
     afedpg_eta_exponent: float = option(
         0.5, "AFedPG: p in the momentum/lookahead weight η_v = (v+1)^−p (0: no momentum). 0.8, the exponent of the paper's analysis as reconstructed here, freezes the momentum when N agents make N updates per round (see the policy-gradient benchmark)",
-        group="Policy gradient (FedPG, LAPG, AFedPG)", interval=(0.0, 1.0, "[]"))
+        group=PG, interval=(0.0, 1.0, "[]"))
     afedpg_delay_adaptive: bool = option(
         True, "AFedPG: weight a gradient δ updates late by η_v/(1−δη_v) instead of η_v",
-        group="Policy gradient (FedPG, LAPG, AFedPG)")
+        group=PG)
     afedpg_step_exponent: float = option(
         0.0, "AFedPG: q in the step length α_k = α·(k+1)^−q of update k (the paper's decaying rate; 0: constant α)",
-        group="Policy gradient (FedPG, LAPG, AFedPG)", interval=(0.0, 1.0, "[]"))
-    outputs_dir: str = option("", "where run folders go; empty: `<project>/outputs`", group="Run")
-    resume_from: str = option("", "a run folder (or `latest`) to continue from its last checkpoint", group="Run")
+        group=PG, interval=(0.0, 1.0, "[]"))
+    outputs_dir: str = option("", "where run folders go; empty: `<project>/outputs`", group=RUN)
+    resume_from: str = option("", "a run folder (or `latest`) to continue from its last checkpoint", group=RUN)
     byzantine_fraction: float = option(
         0.0, "share of clients (the first partitions) that attack every round",
-        group="Robustness drills", interval=(0.0, 1.0, "[]"))
+        group=DRILLS, interval=(0.0, 1.0, "[]"))
     byzantine_attack: str = option(
         "sign-flip", "well-formed: `sign-flip` (send −Δ) or `scale` (send `byzantine-scale`·Δ); malformed (drills of the server's checks): `nan` (a NaN in the model), `wrong-shape` (an array one entry short), `pickle-exploit` (metadata that names `os.system`)",
-        group="Robustness drills", choices=BYZANTINE_ATTACKS)
-    byzantine_scale: float = option(10.0, "factor of the `scale` attack", group="Robustness drills")
+        group=DRILLS, choices=BYZANTINE_ATTACKS)
+    byzantine_scale: float = option(10.0, "factor of the `scale` attack", group=DRILLS)
     trimmed_beta: float = option(
         0.2, "`fedtrimmedavg`: fraction cut at each end per coordinate",
-        group="Robustness drills", interval=(0.0, 0.5, "[)"))
-    krum_malicious: int = option(
-        0, "`krum`: f, the number of attackers Krum tolerates",
-        group="Robustness drills", ge=0)
+        group=DRILLS, interval=(0.0, 0.5, "[)"))
+    krum_malicious: int = option(0, "`krum`: f, the number of attackers Krum tolerates", group=DRILLS, ge=0)
     dp_mode: str = option(
         "off", "differential privacy with Flower's fixed-clipping wrappers (`fedavg`, `fedprox`): `server` (the server clips each update) or `client` (clients clip with Flower's `fixedclipping_mod`; the server refuses an update longer than the clipping norm)",
-        group="Differential privacy", choices=DP_MODES)
+        group=DP, choices=DP_MODES)
     dp_noise_multiplier: float = option(
         1.0, "DP: z; Gaussian noise of std z·C/n is added to the equal-weight mean of n clipped updates (0: clipping only, no privacy)",
-        group="Differential privacy", ge=0)
-    dp_clipping_norm: float = option(
-        1.0, "DP: C, the largest update norm one client can contribute",
-        group="Differential privacy", gt=0)
+        group=DP, ge=0)
+    dp_clipping_norm: float = option(1.0, "DP: C, the largest update norm one client can contribute", group=DP, gt=0)
     dp_target_delta: float = option(
         1e-5, "DP: δ at which ε is reported each round (`dp-epsilon` in metrics.jsonl, Flower's RDP accountant)",
-        group="Differential privacy", interval=(0.0, 1.0, "()"))
+        group=DP, interval=(0.0, 1.0, "()"))
     fault_mode: str = option(
         "", "fault injection for drills and tests: `raise` (the client raises) or `hang` (it answers after `fault-hang-s`)",
-        group="Robustness drills", choices=FAULT_MODES)
-    fault_partition: int = option(-1, "the partition that misbehaves (-1: none)", group="Robustness drills")
-    fault_round: int = option(0, "the round it misbehaves in (0: every round)", group="Robustness drills", ge=0)
-    fault_hang_s: float = option(30.0, "how long a `hang` client sleeps before answering", group="Robustness drills")
+        group=DRILLS, choices=FAULT_MODES)
+    fault_partition: int = option(-1, "the partition that misbehaves (-1: none)", group=DRILLS)
+    fault_round: int = option(0, "the round it misbehaves in (0: every round)", group=DRILLS, ge=0)
+    fault_hang_s: float = option(30.0, "how long a `hang` client sleeps before answering", group=DRILLS)
     wandb_mode: str = option(
         "offline", "`offline`, `online` or `disabled`; the `WANDB_MODE` environment variable wins",
-        group="Run", choices=WANDB_MODES)
-    wandb_project: str = option("fedrl", "W&B project name", group="Run")
+        group=RUN, choices=WANDB_MODES)
+    wandb_project: str = option("fedrl", "W&B project name", group=RUN)
 
     @classmethod
     def from_run_config(cls, run_config: Mapping[str, Any]) -> RunConfig:

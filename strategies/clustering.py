@@ -96,16 +96,9 @@ class Clustered(StrategyWrapper):
         """Per-round logs merged over the clusters' strategies."""
         return self._rounds
 
-    @property
-    def round_offset(self) -> int:
-        """Rounds done before a resume (the template's, and every cluster's copy's)."""
-        return self.strategy.round_offset
-
-    @round_offset.setter
-    def round_offset(self, value: int) -> None:
-        self.strategy.round_offset = value
-        for inner in self.cluster_strategies.values():
-            inner.round_offset = value
+    def wrapped_strategies(self) -> list[CheckedStrategy]:
+        """The template and every cluster's copy (a resume's round offset reaches them all)."""
+        return [self.strategy, *self.cluster_strategies.values()]
 
     def summary(self) -> None:
         """Log summary configuration of the strategy."""

@@ -109,7 +109,12 @@ class WrapsStrategy:
 
     @round_offset.setter
     def round_offset(self, value: int) -> None:
-        self.strategy.round_offset = value
+        for strategy in self.wrapped_strategies():
+            strategy.round_offset = value
+
+    def wrapped_strategies(self) -> list[CheckedStrategy]:
+        """Every strategy instance this wrapper drives (the one it wraps; Clustered adds its per-cluster copies)."""
+        return [self.strategy]
 
     def _is_own_group(self, name: str) -> bool:
         return bool(self.state_prefix) and (name == self.state_prefix or name.startswith(self.state_prefix + "/"))
