@@ -10,7 +10,7 @@ import os
 from collections.abc import Callable
 
 import torch
-from flwr.app import Context, Message
+from flwr.app import Context, Error, Message
 from flwr.clientapp import ClientApp
 from flwr.clientapp.mod import fixedclipping_mod
 from flwr.clientapp.typing import ClientAppCallable
@@ -21,6 +21,7 @@ from fedrl_app.client.common import partition
 from fedrl_app.client.drills import inject_fault
 from fedrl_app.config import RunConfig
 from fedrl_app.protocol import keys
+from fedrl_app.systems.profiles import SystemsModel
 
 app = ClientApp()
 
@@ -61,7 +62,13 @@ def train(msg: Message, context: Context) -> Message:
     """Train as the role asks (after the fault drill, if this partition has one)."""
     cfg = RunConfig.from_run_config(context.run_config)
     role = role_of(msg)
-    inject_fault(cfg, partition(context)[0], int(msg.content[keys.CONFIG][keys.SERVER_ROUND]))
+    pid, server_round = partition(context)[0], int(msg.content[keys.CONFIG][keys.SERVER_ROUND])
+    attempt = int(msg.content[keys.CONFIG].get(keys.ATTEMPT, 0))
+    if not SystemsModel(cfg.systems_profile, cfg.seed).available(pid, server_round, attempt):
+        # the simulated device dropped out (its profile's availability): no training, an error reply
+        return Message(Error(code=keys.UNAVAILABLE_CODE, reason=f"{keys.UNAVAILABLE}: partition {pid} dropped "
+                                                                 f"out of round {server_round}"), reply_to=msg)
+    inject_fault(cfg, pid, server_round)
     return TRAIN[role](msg, context, cfg)
 
 

@@ -10,17 +10,19 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
 from fedrl_app.agents.dqn import AGENTS, DQNConfig
+from fedrl_app.agents.sync_controller import FEATURE_SETS
+from fedrl_app.systems.profiles import ProfileError, check_profile_name
 
 TASKS = ("mnist", "cartpole", "lunarlander")
 RL_TASKS = ("cartpole", "lunarlander")
 FAULT_MODES = ("", "raise", "hang")
 BYZANTINE_ATTACKS = ("sign-flip", "scale", "nan", "wrong-shape", "pickle-exploit")  # the last three: malformed replies
-SYNC_POLICIES = ("dqn", "compressed", "full")
+SYNC_POLICIES = ("dqn", "compressed", "full", "bandwidth-rule")
 CONTROLLER_REWARDS = ("own-gain", "global-gain")  # see fedrl_app.agents.sync_controller
 DP_MODES = ("off", "server", "client")  # Flower's fixed-clipping DP wrappers: who clips the updates
 WANDB_MODES = ("offline", "online", "disabled")
@@ -39,6 +41,7 @@ FUSION = "Fusion"
 PG = "Policy gradient (FedPG, LAPG, AFedPG)"
 DRILLS = "Robustness drills"
 DP = "Differential privacy"
+SYSTEMS = "Systems (virtual clock)"
 
 
 class ConfigError(ValueError):
@@ -46,14 +49,23 @@ class ConfigError(ValueError):
 
 
 def option(default: Any, help: str, *, group: str, choices: tuple[str, ...] | None = None, ge: float | None = None,
-           gt: float | None = None, interval: tuple[float, float, str] | None = None) -> Any:
+           gt: float | None = None, interval: tuple[float, float, str] | None = None,
+           check: Callable[[Any], None] | None = None, accepts: str = "") -> Any:
     """A RunConfig field: its default, help text and docs group, and what it accepts.
 
     `choices` lists the allowed strings; `ge` / `gt` bound a number from below; `interval` is
-    (low, high, brackets) with brackets "[]", "(]", "[)" or "()" for closed or open ends.
+    (low, high, brackets) with brackets "[]", "(]", "[)" or "()" for closed or open ends; `check`
+    raises ConfigError for values the others cannot describe, and `accepts` says in words what it takes.
     """
     return field(default=default, metadata={"help": help, "group": group, "choices": choices, "ge": ge, "gt": gt,
-                                            "interval": interval})
+                                            "interval": interval, "check": check, "accepts": accepts})
+
+
+def _systems_profile(value: str) -> None:
+    try:
+        check_profile_name(value)
+    except ProfileError as err:
+        raise ConfigError(str(err)) from None
 
 
 @dataclass(frozen=True)
@@ -214,6 +226,21 @@ class RunConfig:
         "offline", "`offline`, `online` or `disabled`; the `WANDB_MODE` environment variable wins",
         group=RUN, choices=WANDB_MODES)
     wandb_project: str = option("fedrl", "W&B project name", group=RUN)
+    systems_profile: str = option(
+        "uniform", "clients' links, compute and availability for the virtual clock: `uniform` (every client the median mobile one, always available), `mobile` (FedScale/FLASH-shaped heterogeneity, seeded), or `file:PATH` (a CSV trace; see fedrl_app/systems/profiles.py)",
+        group=SYSTEMS, check=_systems_profile, accepts="`uniform`, `mobile`, `file:PATH`")
+    round_deadline_s: float = option(
+        0.0, "synchronous rounds: a reply whose simulated time exceeds this many seconds is dropped, and a round with a late or unavailable client lasts until the deadline (0: no deadline)",
+        group=SYSTEMS, ge=0)
+    topk_ratio: float = option(
+        0.01, "drl-compress: the top-k ratio a controller starts from, and the fixed rate of `sync-policy = compressed`",
+        group=DRL_COMPRESS, interval=(0.0, 1.0, "(]"))
+    controller_features: str = option(
+        "basic", "drl-compress: the controller's state: `basic` (accuracy, divergence, staleness, progress, rate) or `resources` (also its expected upload times of a full and of a compressed update and its compute time, relative to the deadline, and its availability)",
+        group=DRL_COMPRESS, choices=FEATURE_SETS)
+    time_penalty: float = option(
+        0.0, "drl-compress: μ in the controllers' reward, charging μ · (upload seconds of the message / upload seconds of a dense update on the median mobile link)",
+        group=DRL_COMPRESS, ge=0)
 
     @classmethod
     def from_run_config(cls, run_config: Mapping[str, Any]) -> RunConfig:
@@ -290,6 +317,8 @@ def _coerce(key: str, value: Any, type_name: Any) -> Any:
 
 
 def _check_field(key: str, value: Any, meta: Mapping[str, Any]) -> None:
+    if meta.get("check") is not None:
+        meta["check"](value)
     if meta.get("choices") is not None and value not in meta["choices"]:
         raise ConfigError(f"config key '{key}' is {value!r}; allowed values: {list(meta['choices'])}")
     if isinstance(value, float) and not math.isfinite(value) and (meta.get("ge") is not None or meta.get("gt")
@@ -309,6 +338,8 @@ def _check_field(key: str, value: Any, meta: Mapping[str, Any]) -> None:
 
 def describe_accepted(meta: Mapping[str, Any]) -> str:
     """What a field accepts, in words, for the docs ('' when anything of its type goes)."""
+    if meta.get("accepts"):
+        return meta["accepts"]
     if meta.get("choices") is not None:
         return ", ".join(f"`{c}`" if c else '`""`' for c in meta["choices"])
     if meta.get("interval") is not None:

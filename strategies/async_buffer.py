@@ -1,9 +1,14 @@
 """AsyncBuffer: asynchronous buffered aggregation (FedBuff) with staleness weighting, over any update strategy.
 
-Clients have heterogeneous simulated speeds. The server keeps every client busy: each
-one trains on the model version current when it was dispatched; its update arrives
-at a simulated time (dispatch time + its duration); updates are applied in order of
-arrival. Every `buffer_size` arrivals the server aggregates
+The server keeps every client busy: each one trains on the model version current when it was
+dispatched; its update arrives at a simulated time, dispatch time + its duration, and updates
+are applied in order of arrival. With the virtual clock (`fedrl_app.systems`, MNIST) a duration is
+the client's download + compute + upload of the bytes it really moved, on its profile, known once
+its reply is in: an arrival is consumed only when no job still in flight could finish before it
+(a job cannot finish before its download + compute, as last measured). Without it (the
+policy-gradient strategies, for now) each client's duration is a seeded log-normal slowness
+(`speed_sigma`) times U(1 − jitter, 1 + jitter). A client that drops out costs its usual round
+time and is dispatched again. Every `buffer_size` arrivals the server aggregates
 
     x ← x + η · Σ_i n_i s(τ_i) Δ_i / Σ_i n_i s(τ_i),   s(τ) = (1 + τ)^(−a),
 
@@ -39,19 +44,25 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result
 from flwr.supercore import log
 
+from fedrl_app.protocol import keys
+from fedrl_app.protocol.metadata import MetadataError, read_metadata
 from fedrl_app.protocol.records import to_numpy, to_record
+from fedrl_app.systems.profiles import ProfileError
 from strategies.strategy_utils import SubsetGrid, mean_arrays, staleness_weight
 from strategies.wrapper import CheckedStrategy, StrategyWrapper
+
+MIN_FAILED_JOB_S = 1.0  # a dropout whose round time is not known yet still costs this much simulated time
 
 
 @dataclass(order=True)
 class Job:
-    finish_time: float
+    finish_time: float  # exact without a clock; with one, a lower bound until the reply is in
     seq: int
     node_id: int
     version: int
     message_id: str
     info: Any = field(default=None, compare=False)  # what `prepare_dispatch` noted for this job
+    dispatch_time: float = field(default=0.0, compare=False)
 
 
 @dataclass
@@ -155,20 +166,26 @@ class AsyncBuffer(StrategyWrapper):
         version = 0
         models = {0: x}                     # versions still referenced by in-flight jobs
         node_ids = sorted(grid.get_node_ids())
-        speeds = self.speeds or client_speeds(node_ids, self.speed_sigma, self.seed)
-        jobs: list[Job] = []
-        arrived: dict[str, Message] = {}
+        clocked = self.strategy.systems is not None
+        speeds = None if clocked else (self.speeds or client_speeds(node_ids, self.speed_sigma, self.seed))
+        in_flight: dict[str, Job] = {}      # message id -> job; its finish_time is a lower bound until it replies
+        ready: list[tuple[float, int, Job, Message | None]] = []  # replies in, by exact finish time
+        before_upload: dict[int, float] = {}  # node -> download + compute seconds of its last reply
         seq = 0
+        last_aggregation = self.sim_time
 
         def dispatch(node: int) -> None:
             nonlocal seq
             start, info = self.prepare_dispatch(version, models)
+            config = ConfigRecord({**dict(train_config), keys.ATTEMPT: seq})
             # The wrapped strategy sees the true (offset) round through its schedule mixin.
-            msgs = list(self.strategy.configure_train(version + 1, to_record(start),
-                                                   ConfigRecord(dict(train_config)), SubsetGrid(grid, [node])))
+            msgs = list(self.strategy.configure_train(version + 1, to_record(start), config, SubsetGrid(grid, [node])))
             (msg_id,) = list(grid.push_messages(msgs))
-            duration = speeds[node] * float(self.rng.uniform(1.0 - self.jitter, 1.0 + self.jitter))
-            heapq.heappush(jobs, Job(self.sim_time + duration, seq, node, version, msg_id, info))
+            if clocked:  # known once it replies; until then it cannot finish before its download + compute
+                bound = self.sim_time + before_upload.get(node, 0.0)
+            else:
+                bound = self.sim_time + speeds[node] * float(self.rng.uniform(1.0 - self.jitter, 1.0 + self.jitter))
+            in_flight[msg_id] = Job(bound, seq, node, version, msg_id, info, dispatch_time=self.sim_time)
             seq += 1
 
         for node in node_ids:
@@ -177,9 +194,17 @@ class AsyncBuffer(StrategyWrapper):
         buffer: list[Arrival] = []
         wall_deadline = time.time() + timeout * max(num_rounds, 1)
         while version < num_rounds:
-            job = heapq.heappop(jobs)
-            reply = self._wait_for(grid, job, jobs, arrived, wall_deadline)
-            self.sim_time = job.finish_time
+            earliest_pending = min((j.finish_time for j in in_flight.values()), default=float("inf"))
+            if not ready or ready[0][0] > earliest_pending:  # an in-flight job may still finish first
+                if time.time() > wall_deadline:
+                    job = min(in_flight.values(), key=lambda j: j.finish_time)
+                    log(WARNING, "AsyncBuffer: no reply from node %d before the deadline; dropping it", job.node_id)
+                    heapq.heappush(ready, (job.finish_time, job.seq, in_flight.pop(job.message_id), None))
+                elif not self._collect(grid, in_flight, ready, before_upload, clocked):
+                    time.sleep(self.poll_interval)
+                continue
+            finish, _, job, reply = heapq.heappop(ready)
+            self.sim_time = finish
             tau = version - job.version
             round_no = version + 1 + offset
             arrival = None
@@ -198,6 +223,9 @@ class AsyncBuffer(StrategyWrapper):
                 extra = self.strategy.rounds[version + offset].extra
                 extra.update({"staleness-mean": float(np.mean(taus)), "staleness-max": int(max(taus)),
                               "staleness": taus, "sim-time": self.sim_time, "buffer-size": len(buffer)})
+                if clocked:  # the recorder sums these into sim-time-s
+                    extra["round-sim-time-s"] = self.sim_time - last_aggregation
+                last_aggregation = self.sim_time
                 buffer = []
                 self.strategy.record_round_stats(version + offset)
                 result.arrays = to_record(x)
@@ -207,13 +235,35 @@ class AsyncBuffer(StrategyWrapper):
                         result.evaluate_metrics_serverapp[version] = res
             if version < num_rounds:
                 dispatch(job.node_id)
-            # forget model versions no in-flight job started from
-            live = {j.version for j in jobs} | {version}
+            # forget model versions no in-flight or arrived job started from
+            live = {j.version for j in in_flight.values()} | {r[2].version for r in ready} | {version}
             for v in [v for v in models if v not in live]:
                 del models[v]
         log(INFO, "%s: %d aggregations, %d updates, mean staleness %.2f, simulated time %.1f", type(self).__name__,
             version, len(self.staleness), float(np.mean([t for *_, t in self.staleness] or [0])), self.sim_time)
         return result
+
+    def _collect(self, grid: Grid, in_flight: dict[str, Job], ready: list, before_upload: dict[int, float],
+                 clocked: bool) -> bool:
+        """Pull the replies that are in; give each its exact finish time. False if none came."""
+        replies = list(grid.pull_messages(list(in_flight))) if in_flight else []
+        for msg in replies:
+            job = in_flight.pop(msg.metadata.reply_to_message_id)
+            finish = job.finish_time
+            if clocked:
+                timing = None
+                if not msg.has_error():
+                    try:
+                        timing = self.strategy.client_time(msg, read_metadata(msg.content))
+                    except (MetadataError, ProfileError):
+                        timing = None  # a bad reply: the wrapped strategy's checks will refuse it
+                if timing is not None:
+                    before_upload[job.node_id] = timing.download_s + timing.compute_s
+                    finish = job.dispatch_time + timing.total_s
+                else:  # it dropped out (or sent garbage) after the work it would have done
+                    finish = job.dispatch_time + max(before_upload.get(job.node_id, 0.0), MIN_FAILED_JOB_S)
+            heapq.heappush(ready, (finish, job.seq, job, msg))
+        return bool(replies)
 
     # --- the update rule (FedBuff); subclasses override these -------------------------------
     def prepare_dispatch(self, version: int, models: dict[int, dict[str, np.ndarray]]
@@ -234,18 +284,3 @@ class AsyncBuffer(StrategyWrapper):
         """x + η · (weighted mean of the buffered updates): the new model version."""
         step = mean_arrays([a.update for a in buffer], [a.weight for a in buffer])
         return {k: (x[k] + self.server_lr * step[k]).astype(x[k].dtype) for k in x}
-
-    def _wait_for(self, grid: Grid, job: Job, jobs: list[Job], arrived: dict[str, Message],
-                  deadline: float) -> Message | None:
-        """Pull until `job`'s reply is in; keep replies of other jobs for later."""
-        pending = {job.message_id} | {j.message_id for j in jobs}
-        while job.message_id not in arrived:
-            for msg in grid.pull_messages(pending - set(arrived)):
-                arrived[msg.metadata.reply_to_message_id] = msg
-            if job.message_id in arrived:
-                break
-            if time.time() > deadline:
-                log(WARNING, "AsyncBuffer: no reply from node %d before the deadline; dropping it", job.node_id)
-                return None
-            time.sleep(self.poll_interval)
-        return arrived.pop(job.message_id)

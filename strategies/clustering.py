@@ -184,8 +184,13 @@ class Clustered(StrategyWrapper):
             merged.reports += log_c.reports
             merged.dropped += log_c.dropped
             for k, v in log_c.extra.items():
-                if isinstance(v, (int, float)):
-                    merged.extra[k] = merged.extra.get(k, 0) + v if k.startswith(("sync-", "senders")) else v
+                if k == "client-times-s":
+                    merged.extra.setdefault(k, {}).update(v)
+                elif k == "round-sim-time-s":  # the clusters' rounds run side by side
+                    merged.extra[k] = max(merged.extra.get(k, 0.0), v)
+                elif isinstance(v, (int, float)):
+                    summed = k.startswith(("sync-", "senders", "clients-"))
+                    merged.extra[k] = merged.extra.get(k, 0) + v if summed else v
             accepted = {r.node_id for r in log_c.reports}
             for msg in by_cluster.get(c, []):
                 node = msg.metadata.src_node_id

@@ -18,7 +18,9 @@ from fedrl_app.protocol import keys
 from fedrl_app.protocol.codecs import CodecError
 from fedrl_app.protocol.metadata import ClientMetadata, MetadataError, read_metadata
 from fedrl_app.protocol.payload import PayloadError, check_arrays
-from fedrl_app.protocol.records import array_spec
+from fedrl_app.protocol.records import array_spec, recorddict_nbytes
+from fedrl_app.systems.clock import ClientTime, client_time, synchronous_round_s
+from fedrl_app.systems.profiles import SystemsModel
 
 
 @dataclass
@@ -64,15 +66,36 @@ class ReplyGuardMixin:
         self.rounds: dict[int, RoundLog] = defaultdict(RoundLog)
         self._sent_spec: dict[str, tuple[tuple[int, ...], str]] | None = None
         self._expected_replies: int | None = None
+        self.systems: SystemsModel | None = None  # the virtual clock is off until `configure_clock`
+        self.deadline_s, self.local_epochs = 0.0, 1
+        self._download_bytes: dict[int, int] = {}     # node -> bytes of the train message it was sent
+        self.last_client_times: dict[int, ClientTime] = {}  # node -> its latest accepted reply's time
+
+    def configure_clock(self, systems: SystemsModel, deadline_s: float = 0.0, local_epochs: int = 1) -> None:
+        """Time every reply on the virtual clock (`fedrl_app.systems`); drop replies later than `deadline_s` (> 0)."""
+        self.systems, self.deadline_s, self.local_epochs = systems, deadline_s, local_epochs
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        """Remember the spec of the arrays sent out; replies are checked against it."""
+        """Remember the spec of the arrays sent out (replies are checked against it) and each message's size."""
         self._sent_spec = array_spec(arrays)
         messages = list(super().configure_train(server_round, arrays, config, grid))  # type: ignore[misc]  # Flower's
         self._expected_replies = len(messages)
+        if self.systems is not None:
+            sizes: dict[int, int] = {}  # Flower's strategies reuse one RecordDict for every node
+            for msg in messages:
+                if id(msg.content) not in sizes:
+                    sizes[id(msg.content)] = recorddict_nbytes(msg.content)
+                self._download_bytes[msg.metadata.dst_node_id] = sizes[id(msg.content)]
         return messages
+
+    def client_time(self, msg: Message, meta: ClientMetadata) -> ClientTime | None:
+        """A checked reply's simulated round time on its partition's profile (None without a clock)."""
+        if self.systems is None:
+            return None
+        return client_time(self.systems.profile(meta.partition_id), self._download_bytes.get(msg.metadata.src_node_id, 0),
+                           meta.num_examples * self.local_epochs, recorddict_nbytes(msg.content))
 
     def filter_train_replies(self, server_round: int, replies: Iterable[Message]) -> list[Message]:
         """Keep the replies that pass every check; log and record the others."""
@@ -81,15 +104,26 @@ class ReplyGuardMixin:
         if self._expected_replies is not None:  # sampled nodes whose reply never came (timeout, crash)
             round_log.extra["clients-no-reply"] = max(self._expected_replies - len(replies), 0)
         kept: list[Message] = []
+        times: dict[int, ClientTime] = {}  # partition -> time, of the replies kept
+        unavailable = late = 0
         for msg in replies:
             node = msg.metadata.src_node_id
             try:
                 if msg.has_error():
+                    unavailable += msg.error.reason.startswith(keys.UNAVAILABLE)
                     raise PayloadError(f"client error: {msg.error.reason}")
                 content = msg.content
                 meta = read_metadata(content)
                 metrics = _check_metrics(content)
                 self.check_reply_arrays(msg, meta)
+                timing = self.client_time(msg, meta)
+                if timing is not None:
+                    self.last_client_times[node] = timing
+                    if self.deadline_s > 0 and timing.total_s > self.deadline_s:
+                        late += 1
+                        raise PayloadError(f"late: {timing.total_s:.1f} s on the virtual clock > the "
+                                           f"{self.deadline_s:g} s deadline")
+                    times[meta.partition_id] = timing
             except (MetadataError, PayloadError, CodecError) as err:
                 log(WARNING, "round %d: dropped reply from node %d: %s", server_round, node, err)
                 round_log.dropped.append((node, str(err)))
@@ -98,6 +132,14 @@ class ReplyGuardMixin:
             round_log.reports.append(ClientReport(node_id=node, metadata=meta, metrics=metrics))
         # Flower aggregates MetricRecords key by key: keep the common key set only.
         kept = _majority_metric_keys(kept, server_round, round_log)
+        if self.systems is not None:  # (an async wrapper calls this per reply and sets its own round time)
+            extra = round_log.extra
+            extra["clients-unavailable"] = extra.get("clients-unavailable", 0) + unavailable
+            extra["clients-late"] = extra.get("clients-late", 0) + late
+            extra.setdefault("client-times-s", {}).update({str(p): t.as_list() for p, t in sorted(times.items())})
+            failed = late + unavailable + extra.get("clients-no-reply", 0)
+            extra["round-sim-time-s"] = synchronous_round_s([t.total_s for t in times.values()], failed,
+                                                            self.deadline_s)
         log(INFO, "round %d: %d replies accepted, %d dropped", server_round, len(kept), len(round_log.dropped))
         return kept
 

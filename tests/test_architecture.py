@@ -7,7 +7,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("fedrl_app", "strategies", "benchmarks")
-BOTTOM = ("fedrl_app.protocol", "fedrl_app.agents", "fedrl_app.tasks")
+BOTTOM = ("fedrl_app.protocol", "fedrl_app.agents", "fedrl_app.tasks", "fedrl_app.systems")
 
 
 def module_name(path: Path) -> str:

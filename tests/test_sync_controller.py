@@ -83,7 +83,7 @@ def test_persistence_round_trip_continues_identically():
         c.remember([i / 30] * 5, i % 5, float(i), [0.5] * 5)
         c.act([i / 30] * 5)
     c.learn()
-    c.pending = ([0.1] * 5, SKIP, 0.8, 0.0, 0.25)
+    c.pending = ([0.1] * 5, SKIP, 0.8, 0.0, 0.25, 0.5)
     d = SyncController.from_bytes(c.to_bytes())
     probe = torch.rand(4, 5)
     assert torch.equal(c.q(probe), d.q(probe)) and torch.equal(c.target(probe), d.target(probe))

@@ -4,14 +4,19 @@ CleanRL-style: the whole agent is here, every hyperparameter is a field of
 `ControllerConfig`. One controller lives on each client, persisted between rounds in
 `context.state` as a `torch.save` blob (client-local and never sent, so never untrusted).
 
-State (5 numbers, all roughly in [0, 1]):
+State (features "basic": 5 numbers, all roughly in [0, 1]):
     local validation accuracy of the received global model,
     gradient divergence: 1 − cos(local update, last global update), halved to [0, 1],
     staleness: rounds since this client last sent anything, / `staleness_scale`, clipped to 1,
     progress: round / total rounds,
     current top-k ratio, log-scaled between `rate_min` (0) and `rate_max` (1).
-Reward, minus bytes_penalty · bytes sent / full-model bytes, with the accuracy gain measured one
-of two ways (`reward_kind`):
+Features "resources" add what the client knows of its own system (`Resources`), each x mapped to
+x / (1 + x) so it stays in [0, 1): its expected upload time of a full and of a compressed update
+and its download + compute time, each relative to the round deadline (or, without one, to a dense
+upload on the median mobile link), and its availability.
+Reward, minus bytes_penalty · bytes sent / full-model bytes and minus time_penalty · the message's
+upload seconds / a dense upload's seconds on the median mobile link, with the accuracy gain
+measured one of two ways (`reward_kind`):
     "global-gain": local accuracy of the next global model − of this one, observed one round later.
         Most of it is the other clients' work, whatever this client did: a credit-assignment
         problem that left the controllers learning only the byte cost (skip, or send less).
@@ -35,7 +40,26 @@ from torch import nn
 FULL, COMPRESSED, SKIP, RAISE_COMPRESSION, LOWER_COMPRESSION = range(5)
 ACTIONS = ("full", "compressed", "skip", "raise-compression", "lower-compression")
 REWARD_KINDS = ("own-gain", "global-gain")
-STATE_DIM = 5
+FEATURE_SETS = ("basic", "resources")
+BASIC_DIM, RESOURCE_DIM = 5, 4
+STATE_DIM = BASIC_DIM  # of the "basic" features
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What a client knows of its own system this round, in seconds (and its availability)."""
+
+    full_upload_s: float        # a dense update on its uplink
+    compressed_upload_s: float  # an update at its current top-k rate (≈ 3 bytes per kept entry)
+    download_compute_s: float   # receiving the model and training on it
+    availability: float
+    reference_s: float          # the deadline, or a dense upload on the median mobile link without one
+
+    def features(self) -> list[float]:
+        """The four resource features, each x / (1 + x) of a time relative to `reference_s`."""
+        squash = lambda seconds: (seconds / self.reference_s) / (1.0 + seconds / self.reference_s)  # noqa: E731
+        return [squash(self.full_upload_s), squash(self.compressed_upload_s), squash(self.download_compute_s),
+                float(self.availability)]
 
 
 @dataclass(frozen=True)
@@ -65,15 +89,22 @@ class ControllerConfig:
     # otherwise it keeps sending at its current rate, rather than taking the argmax of a random
     # network (which wandered the rate up and down and spent bytes early on).
     compressed_prior: float = 0.05
+    features: str = "basic"           # "basic" or "resources" (see the module docstring)
+    time_penalty: float = 0.0         # μ: reward cost of a dense upload's time on the median mobile link
+
+    @property
+    def state_dim(self) -> int:
+        """Length of the state vector for `features`."""
+        return BASIC_DIM + (RESOURCE_DIM if self.features == "resources" else 0)
 
 
 class QNetwork(nn.Module):
     """MLP: state -> one Q-value per action."""
 
-    def __init__(self, hidden: int) -> None:
+    def __init__(self, hidden: int, state_dim: int = STATE_DIM) -> None:
         super().__init__()
         self.net = nn.Sequential(
-            nn.Linear(STATE_DIM, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, len(ACTIONS))
+            nn.Linear(state_dim, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, len(ACTIONS))
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -86,12 +117,12 @@ class SyncController:
     def __init__(self, config: ControllerConfig = ControllerConfig(), seed: int = 0) -> None:
         self.config = config
         torch.manual_seed(seed)
-        self.q = QNetwork(config.hidden)
+        self.q = QNetwork(config.hidden, config.state_dim)
         with torch.no_grad():  # prior: Q starts at the byte cost of full sync, `compressed_prior` for compressed
             out = self.q.net[-1]
             out.weight.mul_(0.1)
             out.bias.copy_(torch.tensor([-config.bytes_penalty, config.compressed_prior, 0.0, 0.0, 0.0]))
-        self.target = QNetwork(config.hidden)
+        self.target = QNetwork(config.hidden, config.state_dim)
         self.target.load_state_dict(self.q.state_dict())
         self.optimizer = torch.optim.Adam(self.q.parameters(), lr=config.learning_rate)
         self.rng = random.Random(seed)
@@ -101,8 +132,9 @@ class SyncController:
         self.gradient_steps = 0
         self.rate = config.initial_rate
         # the decision awaiting its next state: (state, action, accuracy then, bytes fraction sent,
-        # own gain: the accuracy its message added, measured at once; NaN with the "global-gain" reward)
-        self.pending: tuple[list[float], int, float, float, float] | None = None
+        # own gain: the accuracy its message added, measured at once (NaN with the "global-gain" reward),
+        # time cost: its upload seconds relative to a dense upload on the median mobile link)
+        self.pending: tuple[list[float], int, float, float, float, float] | None = None
 
     # --- acting -------------------------------------------------------------------------
     @property
@@ -129,22 +161,30 @@ class SyncController:
             self.rate = min(self.rate * c.rate_factor, c.rate_max)
         return self.rate
 
-    def encode_state(self, accuracy: float, divergence: float, staleness: int, progress: float) -> list[float]:
-        """The 5-number state, each scaled to about [0, 1]."""
+    def encode_state(self, accuracy: float, divergence: float, staleness: int, progress: float,
+                     resources: Resources | None = None) -> list[float]:
+        """The state, each number scaled to about [0, 1] (`resources` is required by features "resources")."""
         c = self.config
         rate_pos = math.log(self.rate / c.rate_min) / math.log(c.rate_max / c.rate_min)
-        return [float(accuracy), float(divergence), min(staleness / c.staleness_scale, 1.0), float(progress), rate_pos]
+        state = [float(accuracy), float(divergence), min(staleness / c.staleness_scale, 1.0), float(progress), rate_pos]
+        if c.features == "resources":
+            if resources is None:
+                raise ValueError("features 'resources' need the client's Resources")
+            state += resources.features()
+        return state
 
-    def reward(self, accuracy_before: float, accuracy_after: float, bytes_fraction: float) -> float:
-        """Accuracy gain minus λ · bytes sent / full-model bytes."""
-        return (accuracy_after - accuracy_before) - self.config.bytes_penalty * bytes_fraction
+    def reward(self, accuracy_before: float, accuracy_after: float, bytes_fraction: float,
+               time_cost: float = 0.0) -> float:
+        """Accuracy gain minus λ · bytes sent / full-model bytes minus μ · the upload's relative time."""
+        return ((accuracy_after - accuracy_before) - self.config.bytes_penalty * bytes_fraction
+                - self.config.time_penalty * time_cost)
 
     def pending_reward(self, accuracy_now: float) -> float:
         """The reward of the pending decision: its own gain if measured, else the global model's gain since."""
-        _, _, accuracy_then, bytes_fraction, own_gain = self.pending
+        _, _, accuracy_then, bytes_fraction, own_gain, time_cost = self.pending
         if math.isnan(own_gain):
-            return self.reward(accuracy_then, accuracy_now, bytes_fraction)
-        return self.reward(0.0, own_gain, bytes_fraction)
+            return self.reward(accuracy_then, accuracy_now, bytes_fraction, time_cost)
+        return self.reward(0.0, own_gain, bytes_fraction, time_cost)
 
     # --- learning -------------------------------------------------------------------------
     def remember(self, state: list[float], action: int, reward: float, next_state: list[float]) -> None:
@@ -209,12 +249,12 @@ class SyncController:
         ctrl.q.load_state_dict(state["q"])
         ctrl.target.load_state_dict(state["target"])
         ctrl.optimizer.load_state_dict(state["optimizer"])
-        n = STATE_DIM
+        n = ctrl.config.state_dim
         ctrl.buffer = [(row[:n], int(row[n]), float(row[n + 1]), row[n + 2:]) for row in state["buffer"]]
         ctrl.buffer_pos, ctrl.decisions = state["buffer_pos"], state["decisions"]
         ctrl.gradient_steps, ctrl.rate = state["gradient_steps"], state["rate"]
         p = state["pending"]
-        ctrl.pending = (list(p[0]), int(p[1]), float(p[2]), float(p[3]), float(p[4])) if p else None
+        ctrl.pending = (list(p[0]), int(p[1]), float(p[2]), float(p[3]), float(p[4]), float(p[5])) if p else None
         ctrl.rng.setstate((3, tuple(state["rng"]), None))
         return ctrl
 

@@ -11,13 +11,15 @@ import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 
+from fedrl_app.agents.sync_controller import ControllerConfig
 from fedrl_app.client.common import attach_metadata, partition
 from fedrl_app.client.drills import MALFORMED_ATTACKS, byzantine_update, is_byzantine, malformed_reply
-from fedrl_app.client.sync import decide_and_encode
+from fedrl_app.client.sync import ClientSystem, decide_and_encode
 from fedrl_app.config import RunConfig
 from fedrl_app.protocol import keys
 from fedrl_app.protocol.metadata import ClientMetadata
 from fedrl_app.protocol.records import recorddict_nbytes, to_numpy
+from fedrl_app.systems.profiles import SystemsModel
 from fedrl_app.tasks import mnist
 
 SCAFFOLD_STATE_KEY = "scaffold-ci"
@@ -69,12 +71,18 @@ def train(msg: Message, context: Context, cfg: RunConfig) -> Message:
     sync = None
     if use_controller:
         local_weights = {k: v.detach().numpy() for k, v in net.state_dict().items()}
+        system = ClientSystem(SystemsModel(cfg.systems_profile, cfg.seed).profile(pid), recorddict_nbytes(msg.content),
+                              len(train_data[0]) * int(config[keys.LOCAL_EPOCHS]), cfg.round_deadline_s)
+        controller_config = ControllerConfig(bytes_penalty=float(config[keys.BYTES_PENALTY]),
+                                             initial_rate=cfg.topk_ratio, features=cfg.controller_features,
+                                             time_penalty=cfg.time_penalty)
         sync = decide_and_encode(
             context, global_weights, local_weights, local_accuracy, server_round,
             int(config[keys.NUM_SERVER_ROUNDS]), float(config[keys.BYTES_PENALTY]), float(config[keys.PRUNE_THRESHOLD]),
             seed=cfg.seed * 1_000 + pid, policy=str(config.get(keys.SYNC_POLICY, "dqn")),
             reward_kind=str(config.get(keys.CONTROLLER_REWARD, "own-gain")),
             accuracy_of=lambda weights: _local_accuracy(weights, test_data, cfg.eval_batch_size),
+            controller_config=controller_config, system=system,
         )
         content = RecordDict({**sync.records, keys.METRICS: metrics})
     else:

@@ -20,17 +20,64 @@ from fedrl_app.agents.sync_controller import (
     REWARD_KINDS,
     SKIP,
     ControllerConfig,
+    Resources,
     SyncController,
     divergence,
 )
 from fedrl_app.protocol import keys
 from fedrl_app.protocol.codecs import CompressionConfig, decode_update, encode_update
 from fedrl_app.protocol.records import recorddict_nbytes, to_numpy, to_record
+from fedrl_app.systems.profiles import ClientProfile, median_mobile_profile
 
 CONTROLLER_KEY = "sync-controller"
 RESIDUAL_KEY = "ef-residual"
 LAST_GLOBAL_KEY = "last-global"
 SYNC_META_KEY = "sync-meta"
+
+
+COMPRESSED_BYTES_PER_ENTRY = 3 / 4  # top-k + int8 values + uint16 gaps: 3 bytes a kept entry, against 4 dense
+
+
+@dataclass(frozen=True)
+class ClientSystem:
+    """What a client knows of its own system this round (its profile, and the round's sizes and deadline)."""
+
+    profile: ClientProfile
+    download_bytes: int
+    train_samples: int
+    deadline_s: float = 0.0
+
+    def reference_s(self, dense_bytes: int) -> float:
+        """The time unit: a dense upload on the median mobile link."""
+        return median_mobile_profile().upload_s(dense_bytes)
+
+    def estimated_bytes(self, rate: float, dense_bytes: int) -> int:
+        """Bytes of an update compressed at top-k `rate` (≈ 3 bytes per kept entry, the codec's layout)."""
+        return int(COMPRESSED_BYTES_PER_ENTRY * rate * dense_bytes)
+
+    def round_s(self, upload_bytes: int) -> float:
+        """Download + compute + upload of `upload_bytes` on this client."""
+        p = self.profile
+        return p.download_s(self.download_bytes) + p.compute_s(self.train_samples) + p.upload_s(upload_bytes)
+
+    def late(self, upload_bytes: int) -> bool:
+        """Whether a reply of `upload_bytes` misses the deadline (the server then drops it)."""
+        return self.deadline_s > 0 and self.round_s(upload_bytes) > self.deadline_s
+
+    def resources(self, rate: float, dense_bytes: int) -> Resources:
+        """The controller's resource features at top-k `rate`."""
+        p = self.profile
+        return Resources(
+            full_upload_s=p.upload_s(dense_bytes), compressed_upload_s=p.upload_s(self.estimated_bytes(rate, dense_bytes)),
+            download_compute_s=p.download_s(self.download_bytes) + p.compute_s(self.train_samples),
+            availability=p.availability, reference_s=self.deadline_s or self.reference_s(dense_bytes))
+
+    def bandwidth_rule_rate(self, base_rate: float, dense_bytes: int, low: float, high: float) -> float:
+        """Top-k ∝ uplink (base_rate on the median mobile link), halved until the reply would make the deadline."""
+        rate = min(max(base_rate * self.profile.uplink_kbps / median_mobile_profile().uplink_kbps, low), high)
+        while rate > low and self.late(self.estimated_bytes(rate, dense_bytes)):
+            rate = max(rate / 2.0, low)
+        return rate
 
 
 @dataclass
@@ -68,13 +115,19 @@ def decide_and_encode(
     policy: str = "dqn",
     reward_kind: str = "own-gain",
     accuracy_of: Callable[[dict[str, np.ndarray]], float] | None = None,
+    controller_config: ControllerConfig | None = None,
+    system: ClientSystem | None = None,
 ) -> SyncDecision:
     """Run one controller step and encode the update it chose to send.
 
-    `policy` "compressed" or "full" fixes the action (ablations); the controller still
-    records the state and reward it would have learned from. With `reward_kind` "own-gain",
-    `accuracy_of(weights)` (local validation accuracy of a model) measures what the message
-    sent adds to the global model (see `fedrl_app.agents.sync_controller`).
+    `policy` "compressed" or "full" fixes the action (baselines: compressed at the configured
+    rate, or dense); "bandwidth-rule" sends compressed at a rate proportional to this client's
+    uplink, lowered until the reply makes the deadline. The controller still records the state and
+    reward it would have learned from. With `reward_kind` "own-gain", `accuracy_of(weights)` (local
+    validation accuracy of a model) measures what the message sent adds to the global model (see
+    `fedrl_app.agents.sync_controller`); a reply that will miss the deadline adds nothing.
+    `controller_config` sets a new controller's hyperparameters; `system` is what the client knows
+    of its own link, compute and deadline (needed by "resources" features, time costs and the rule).
     """
     if reward_kind not in REWARD_KINDS:
         raise ValueError(f"reward_kind must be one of {REWARD_KINDS}, got {reward_kind!r}")
@@ -82,8 +135,11 @@ def decide_and_encode(
         raise ValueError("reward_kind 'own-gain' needs accuracy_of")
     state = context.state
     blob = state.config_records.get(CONTROLLER_KEY)
-    controller = (SyncController.from_bytes(blob["blob"]) if blob is not None
-                  else SyncController(ControllerConfig(bytes_penalty=bytes_penalty), seed=seed))
+    config = controller_config or ControllerConfig(bytes_penalty=bytes_penalty)
+    controller = SyncController.from_bytes(blob["blob"]) if blob is not None else SyncController(config, seed=seed)
+    if system is None and (controller.config.features == "resources" or policy == "bandwidth-rule"
+                           or controller.config.time_penalty > 0):
+        raise ValueError("resource features, time costs and the bandwidth rule need the client's ClientSystem")
     residual = _from_record(state.array_records.get(RESIDUAL_KEY))
     last_global = _from_record(state.array_records.get(LAST_GLOBAL_KEY))
     meta = state.config_records.get(SYNC_META_KEY, ConfigRecord({"last-sent-round": 0}))
@@ -92,7 +148,9 @@ def decide_and_encode(
     global_update = None if last_global is None else {k: global_weights[k] - last_global[k] for k in global_weights}
     div = divergence(delta, global_update)
     staleness = server_round - int(meta["last-sent-round"]) - 1 if int(meta["last-sent-round"]) else server_round - 1
-    observation = controller.encode_state(local_accuracy, div, staleness, server_round / max(num_rounds, 1))
+    dense_bytes = recorddict_nbytes(RecordDict({keys.DELTA: _to_record(delta)}))
+    resources = system.resources(controller.rate, dense_bytes) if system is not None else None
+    observation = controller.encode_state(local_accuracy, div, staleness, server_round / max(num_rounds, 1), resources)
 
     reward = None
     if controller.pending is not None:  # the previous decision's transition is complete only now
@@ -102,11 +160,13 @@ def decide_and_encode(
             controller.remember(prev_state, prev_action, reward, observation)
             controller.learn()
 
-    action = {"dqn": None, "compressed": COMPRESSED, "full": FULL}[policy]
+    action = {"dqn": None, "compressed": COMPRESSED, "full": FULL, "bandwidth-rule": COMPRESSED}[policy]
     if action is None:
         action = controller.act(observation)
+    if policy == "bandwidth-rule":
+        c = controller.config
+        controller.rate = system.bandwidth_rule_rate(c.initial_rate, dense_bytes, c.rate_min, c.rate_max)
     rate = controller.apply_rate_action(action)
-    dense_bytes = recorddict_nbytes(RecordDict({keys.DELTA: _to_record(delta)}))
     if action == SKIP:
         # The skipped update is dropped, not banked: by the time it would be sent the global
         # model has moved on, and a residual holding many rounds of stale updates, sent at
@@ -121,11 +181,14 @@ def decide_and_encode(
             delta, residual, global_weights, CompressionConfig(topk_ratio=rate, quantize=True,
                                                                prune_threshold=prune_threshold))
         records = {keys.DELTA_COMPRESSED: compressed}
-    bytes_fraction = recorddict_nbytes(RecordDict(records)) / dense_bytes if records else 0.0
+    sent_bytes = recorddict_nbytes(RecordDict(records)) if records else 0
+    bytes_fraction = sent_bytes / dense_bytes
+    late = bool(records) and system is not None and system.late(sent_bytes)
+    time_cost = system.profile.upload_s(sent_bytes) / system.reference_s(dense_bytes) if records and system else 0.0
     own_gain = float("nan")
-    if reward_kind == "own-gain":
-        own_gain = _own_gain(records, global_weights, local_accuracy, accuracy_of)
-    controller.pending = (observation, action, float(local_accuracy), float(bytes_fraction), own_gain)
+    if reward_kind == "own-gain":  # a reply the server will drop as late adds nothing
+        own_gain = 0.0 if late else _own_gain(records, global_weights, local_accuracy, accuracy_of)
+    controller.pending = (observation, action, float(local_accuracy), float(bytes_fraction), own_gain, time_cost)
 
     state[CONTROLLER_KEY] = ConfigRecord({"blob": controller.to_bytes()})
     if residual is None:

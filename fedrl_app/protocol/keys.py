@@ -26,6 +26,10 @@ DELTA_COMPRESSED = "delta-compressed"      # drl-compress: top-k + int8 update (
 GRADIENT = "gradient"                      # policy gradient: the estimate ĝ(θ) (up)
 EXPERIENCE = "experience"                  # Fusion: gzip-packed transitions (up; see protocol.experience)
 
+# --- errors -----------------------------------------------------------------------------------------
+UNAVAILABLE = "unavailable"                # reason prefix of the error reply of a client that dropped out
+UNAVAILABLE_CODE = 1001                    # its error code (Flower's own codes are below 100)
+
 # --- metric keys -------------------------------------------------------------------------------------
 NUM_EXAMPLES = "num-examples"
 
@@ -33,6 +37,7 @@ NUM_EXAMPLES = "num-examples"
 SERVER_ROUND = "server-round"              # set by Flower's strategies
 LR = "lr"                                  # this round's client learning rate (or the PG server step)
 ROLE = "role"                              # which client module answers: one of ROLES
+ATTEMPT = "attempt"                        # async: the dispatch's sequence number (a retry draws availability anew)
 LOCAL_EPOCHS = "local-epochs"
 BATCH_SIZE = "batch-size"
 MOMENTUM = "momentum"

@@ -79,6 +79,7 @@ class RunRecorder:
         self.uplink_total = int(resume["uplink-bytes-total"]) if resume else 0
         self.downlink_total = int(resume["downlink-bytes-total"]) if resume else 0
         self.elapsed_before = float(resume["elapsed-s"]) if resume else 0.0
+        self.sim_time_s = float(resume.get("sim-time-s", 0.0)) if resume else 0.0  # the virtual clock, cumulative
         self._last_up = self._last_down = 0
         self._t_start = self._t_round = time.perf_counter()
         if resume:
@@ -151,6 +152,9 @@ class RunRecorder:
             row.update({f"train-{k}": v for k, v in round_log.train_metrics.items()})
             row.update({f"client-eval-{k}": v for k, v in round_log.evaluate_metrics.items()})
             row.update(round_log.extra)
+            if "round-sim-time-s" in row:
+                self.sim_time_s += float(row["round-sim-time-s"])
+                row["sim-time-s"] = self.sim_time_s
         self._t_round = now
         reports = round_log.reports if round_log is not None else []
         if self.solves is not None:
@@ -221,6 +225,7 @@ class RunRecorder:
             "uplink-bytes-total": self.uplink_total,
             "downlink-bytes-total": self.downlink_total,
             "elapsed-s": self.elapsed_before + time.perf_counter() - self._t_start,
+            "sim-time-s": self.sim_time_s,
         }
         tmp = self.run_dir / (LAST_CHECKPOINT + ".tmp")
         torch.save(checkpoint, tmp)

@@ -20,6 +20,7 @@ from fedrl_app.agents.dqn import QNetwork
 from fedrl_app.agents.policy_gradient import PolicyNetwork
 from fedrl_app.config import RL_TASKS, TASKS, ConfigError, RunConfig
 from fedrl_app.protocol import keys
+from fedrl_app.systems.profiles import ProfileError, SystemsModel
 from fedrl_app.tasks import mnist
 from fedrl_app.tasks.gym_rl import env_dims
 from strategies import (
@@ -223,6 +224,10 @@ def check_config(cfg: RunConfig) -> StrategyEntry:
                                   f"(got {_wrapper_setting(cfg, first)}, {_wrapper_setting(cfg, second)})")
     if entry.check is not None:
         entry.check(cfg)
+    try:  # a trace file is read now, so that a bad one stops the run at start
+        SystemsModel(cfg.systems_profile, cfg.seed)
+    except ProfileError as err:
+        raise ConfigError(str(err)) from None
     return entry
 
 
@@ -243,6 +248,8 @@ def build_strategy(cfg: RunConfig) -> Strategy:
     strategy: Any = entry.build(cfg, settings)
     if entry.lr_schedule:
         strategy.configure_schedule(cfg.lr, cfg.lr_decay_factor, cfg.lr_decay_every)
+    if cfg.task == "mnist":  # the virtual clock times MNIST rounds (the RL tasks keep their own clocks for now)
+        strategy.configure_clock(SystemsModel(cfg.systems_profile, cfg.seed), cfg.round_deadline_s, cfg.local_epochs)
     for wrapper in enabled:
         strategy = wrapper.wrap(strategy, cfg)
     return strategy

@@ -1,0 +1,1 @@
+"""Simulated client systems: per-partition link, compute and availability profiles, and the virtual clock."""

@@ -1,0 +1,183 @@
+"""The systems model and the virtual clock: profiles, traces, round times, deadlines, dropouts, async arrival order."""
+
+import math
+
+import numpy as np
+import pytest
+from flwr.app import ConfigRecord, Context, Error, Message, RecordDict
+
+from fedrl_app import client_app
+from fedrl_app.agents.sync_controller import ControllerConfig, SyncController
+from fedrl_app.client.sync import ClientSystem
+from fedrl_app.protocol import keys
+from fedrl_app.systems.clock import client_time, synchronous_round_s
+from fedrl_app.systems.profiles import ClientProfile, ProfileError, SystemsModel, median_mobile_profile, mobile_profile
+from strategies import AsyncBuffer, FedAvg
+from tests.helpers import FakeGrid, InstantGrid, arrays, reply
+
+HEADER = "partition_id,uplink_kbps,downlink_kbps,ms_per_sample,availability,latency_ms\n"
+
+
+def trace(tmp_path, rows: str, header: str = HEADER):
+    path = tmp_path / "trace.csv"
+    path.write_text(header + rows)
+    return f"file:{path}"
+
+
+# --- profiles -------------------------------------------------------------------------------------
+def test_mobile_profiles_have_the_published_shape_and_do_not_depend_on_the_federation_size():
+    profiles = [mobile_profile(pid, seed=7) for pid in range(4000)]
+    uplink = np.array([p.uplink_kbps for p in profiles])
+    assert 5400 < np.median(uplink) < 6600                       # median ≈ 6 Mbps
+    assert 0.2 < np.mean(uplink < 3000) < 0.3                     # about a quarter under 3 Mbps
+    assert all(p.downlink_kbps == pytest.approx(5 * p.uplink_kbps) for p in profiles)
+    forward_ms = np.array([p.ms_per_sample / 3 for p in profiles])  # ×3: forward + backward
+    assert np.median(forward_ms) == pytest.approx(5 * math.e, rel=0.05)
+    assert np.std(np.log(forward_ms)) == pytest.approx(0.6, rel=0.05)
+    assert 0.84 < 1 - np.mean([1 - p.availability for p in profiles]) < 0.86  # ~15% of client-rounds fail
+    assert mobile_profile(3, seed=7) == profiles[3] and mobile_profile(3, seed=8) != profiles[3]
+
+
+def test_uniform_is_the_median_mobile_client_always_available():
+    model = SystemsModel("uniform", seed=1)
+    assert model.profile(0) == model.profile(9) == median_mobile_profile()
+    p = median_mobile_profile()
+    assert (p.uplink_kbps, p.downlink_kbps, p.availability) == (6000.0, 30000.0, 1.0)
+    assert p.ms_per_sample == pytest.approx(15 * math.e)
+    assert all(model.available(pid, r) for pid in range(10) for r in range(1, 20))
+
+
+def test_availability_is_seeded_and_near_the_profile_probability():
+    model = SystemsModel("mobile", seed=3)
+    draws = [model.available(2, r) for r in range(1, 2001)]
+    assert draws == [model.available(2, r) for r in range(1, 2001)]
+    assert np.mean(draws) == pytest.approx(model.profile(2).availability, abs=0.03)
+    assert [model.available(2, 5, a) for a in range(50)] != [model.available(2, 5, 0)] * 50  # a retry redraws
+
+
+def test_trace_file_profiles_and_errors_naming_row_and_column(tmp_path):
+    model = SystemsModel(trace(tmp_path, "0,1000,8000,2.5,0.9,10\n1,500,500,1,1.0,\n"), seed=0)
+    assert model.profile(0) == ClientProfile(1000.0, 8000.0, 2.5, 0.9, 10.0)
+    assert model.profile(1).latency_ms == 50.0  # optional column left empty: the default
+    with pytest.raises(ProfileError, match="no row for partition 2"):
+        model.profile(2)
+    with pytest.raises(ProfileError, match=r"row 3, column 'uplink_kbps': 'fast' is not a number"):
+        SystemsModel(trace(tmp_path, "0,1000,8000,2.5,0.9,10\n1,fast,500,1,1.0,0\n"), seed=0)
+    with pytest.raises(ProfileError, match=r"row 2, column 'availability': '1.5' is out of range"):
+        SystemsModel(trace(tmp_path, "0,1000,8000,2.5,1.5,10\n"), seed=0)
+    with pytest.raises(ProfileError, match=r"missing column\(s\) \['ms_per_sample'\]"):
+        SystemsModel(trace(tmp_path, "0,1,1,1\n", header="partition_id,uplink_kbps,downlink_kbps,availability\n"), 0)
+    with pytest.raises(ProfileError, match="row 3, column 'partition_id': partition 0 repeats"):
+        SystemsModel(trace(tmp_path, "0,1,1,1,1,0\n0,1,1,1,1,0\n"), seed=0)
+    with pytest.raises(ProfileError, match="no trace file"):
+        SystemsModel(f"file:{tmp_path / 'missing.csv'}", seed=0)
+
+
+def test_a_bad_profile_name_is_a_config_error_naming_the_key():
+    from fedrl_app.config import ConfigError, RunConfig
+    from fedrl_app.server.registry import parse_config
+
+    with pytest.raises(ConfigError, match=r"'systems-profile' is 'lte'; allowed values: \['uniform', 'mobile'\]"):
+        RunConfig.from_run_config({"systems-profile": "lte"})
+    with pytest.raises(ConfigError, match="no trace file"):
+        parse_config({"systems-profile": "file:/nonexistent/trace.csv"})
+
+
+# --- the clock ----------------------------------------------------------------------------------------
+def test_client_time_is_download_compute_upload_with_latency():
+    p = ClientProfile(uplink_kbps=8.0, downlink_kbps=80.0, ms_per_sample=2.0, availability=1.0, latency_ms=100.0)
+    t = client_time(p, download_bytes=1000, samples=500, upload_bytes=3000)
+    # 1000 B = 8 kbit at 80 kbit/s = 0.1 s, + 0.1 s latency; 500 × 2 ms = 1 s; 24 kbit at 8 kbit/s = 3 s + 0.1 s
+    assert (t.download_s, t.compute_s, t.upload_s) == pytest.approx((0.2, 1.0, 3.1))
+    assert t.total_s == pytest.approx(4.3) and t.as_list() == [0.2, 1.0, 3.1]
+
+
+def test_a_synchronous_round_lasts_as_long_as_its_slowest_client_or_the_deadline():
+    assert synchronous_round_s([1.0, 4.0, 2.0], 0, deadline_s=0.0) == 4.0
+    assert synchronous_round_s([1.0, 2.0], 1, deadline_s=3.0) == 3.0   # someone missed it: the server waited
+    assert synchronous_round_s([1.0, 2.0], 0, deadline_s=3.0) == 2.0   # everyone in: no need to wait
+    assert synchronous_round_s([], 2, deadline_s=0.0) == 0.0
+
+
+def compute_bound_trace(tmp_path, ms: dict[int, float]) -> str:
+    """Profiles where only compute counts: links of 1e9 kbit/s, no latency; `ms[pid]` per sample."""
+    return trace(tmp_path, "".join(f"{pid},1e9,1e9,{m},1.0,0\n" for pid, m in ms.items()))
+
+
+def test_server_times_each_reply_drops_late_ones_and_counts_dropouts(tmp_path):
+    s = FedAvg()
+    s.configure_clock(SystemsModel(compute_bound_trace(tmp_path, {1: 100, 2: 250, 3: 50}), seed=0), deadline_s=2.0)
+    msgs = {m.metadata.dst_node_id: m for m in s.configure_train(1, arrays(w=[0.0, 0.0]), ConfigRecord({}),
+                                                                 FakeGrid([1, 2, 3, 4]))}
+    assert set(s._download_bytes) == {1, 2, 3, 4} and min(s._download_bytes.values()) > 0
+    dropout = Message(Error(code=keys.UNAVAILABLE_CODE, reason=f"{keys.UNAVAILABLE}: partition 4 dropped out"),
+                      reply_to=msgs[4])
+    replies = [reply(n, arrays(w=[1.0, 1.0]), 10, to=msgs[n]) for n in (1, 2, 3)] + [dropout]
+    kept = s.filter_train_replies(1, replies)
+    assert sorted(m.metadata.src_node_id for m in kept) == [1, 3]   # 10 samples × 250 ms = 2.5 s > 2 s
+    extra = s.rounds[1].extra
+    assert (extra["clients-late"], extra["clients-unavailable"]) == (1, 1)
+    assert extra["round-sim-time-s"] == 2.0                          # the server waited until the deadline
+    assert extra["client-times-s"]["1"][1] == pytest.approx(1.0) and set(extra["client-times-s"]) == {"1", "3"}
+    assert any("late: 2.5 s" in why for _, why in s.rounds[1].dropped)
+
+
+def test_async_arrivals_follow_the_virtual_clock(tmp_path):
+    # the speeds test's scenario, now from profiles: node 1 needs 1.0 s a job, node 2 2.5 s (10 samples each)
+    inner = FedAvg(**AsyncBuffer.required_settings)
+    inner.configure_clock(SystemsModel(compute_bound_trace(tmp_path, {1: 100, 2: 250}), seed=0))
+    grid = InstantGrid([1, 2], lambda msg: reply(msg.metadata.dst_node_id, arrays(
+        w=msg.content["arrays"]["w"].numpy() + (1.0 if msg.metadata.dst_node_id == 1 else 10.0)), 10, to=msg))
+    strategy = AsyncBuffer(inner, buffer_size=2, staleness_exponent=1.0, poll_interval=0.0)
+    evaluated = {}
+    strategy.start(grid, arrays(w=[0.0]), num_rounds=2, train_config=ConfigRecord({}),
+                   evaluate_fn=lambda r, a: evaluated.setdefault(r, float(a["w"].numpy()[0])) and None)
+    assert evaluated == {0: 0.0, 1: 1.0, 2: 5.0}
+    assert [(v, n, t) for v, n, t in strategy.staleness] == [(1, 1, 0), (1, 1, 0), (2, 2, 1), (2, 1, 0)]
+    assert strategy.sim_time == pytest.approx(3.0)
+    assert inner.rounds[1].extra["round-sim-time-s"] == pytest.approx(2.0)
+    assert inner.rounds[2].extra["round-sim-time-s"] == pytest.approx(1.0)
+    assert [m.content["config"]["attempt"] for m in grid.pushed][:3] == [0, 1, 2]
+
+
+# --- the client's view of its system -------------------------------------------------------------------
+def test_client_system_deadline_and_bandwidth_rule():
+    slow = ClientSystem(ClientProfile(1000.0, 5000.0, 1.0, 0.9, 0.0), download_bytes=0, train_samples=1000,
+                        deadline_s=2.0)
+    dense = 800_000
+    assert slow.round_s(dense) == pytest.approx(1.0 + 6.4) and slow.late(dense)
+    assert slow.estimated_bytes(0.01, dense) == 6000
+    # 1 Mbps is 1/6 of the median uplink: base 6% -> 1%; that upload (6 kB = 0.048 s) makes the deadline
+    assert slow.bandwidth_rule_rate(0.06, dense, low=0.001, high=0.25) == pytest.approx(0.01)
+    tight = ClientSystem(slow.profile, 0, 1000, deadline_s=1.02)  # 20 ms left for the upload: halve until it fits
+    rate = tight.bandwidth_rule_rate(0.06, dense, low=0.001, high=0.25)
+    assert rate < 0.01 and not tight.late(tight.estimated_bytes(rate, dense))
+    fast = ClientSystem(ClientProfile(60000.0, 300000.0, 1.0, 1.0, 0.0), 0, 1000)
+    assert fast.bandwidth_rule_rate(0.06, dense, low=0.001, high=0.25) == 0.25  # 10× the median link, capped
+
+
+def test_resource_features_enter_the_controller_state_and_survive_persistence():
+    system = ClientSystem(ClientProfile(1000.0, 5000.0, 1.0, 0.8, 0.0), 0, 1000, deadline_s=10.0)
+    c = SyncController(ControllerConfig(features="resources", time_penalty=1.0), seed=0)
+    state = c.encode_state(0.9, 0.5, 2, 0.1, system.resources(c.rate, 800_000))
+    assert len(state) == 9 and state[-1] == 0.8
+    assert state[5] == pytest.approx((6.4 / 10) / (1 + 6.4 / 10))  # full upload: 6.4 s of a 10 s deadline
+    assert state[7] == pytest.approx((1.0 / 10) / (1 + 1.0 / 10))  # download + compute: 1 s
+    assert c.reward(0.0, 0.02, bytes_fraction=0.1, time_cost=0.5) == pytest.approx(0.02 - 0.1 * 0.1 - 0.5)
+    with pytest.raises(ValueError, match="need the client's Resources"):
+        c.encode_state(0.9, 0.5, 2, 0.1)
+    c.remember(state, 1, 0.5, state)
+    restored = SyncController.from_bytes(c.to_bytes())
+    assert restored.config.state_dim == 9 and restored.buffer == c.buffer
+
+
+def test_an_unavailable_client_answers_with_an_error_and_does_not_train(tmp_path):
+    spec = trace(tmp_path, "0,1000,1000,1,0.000001,0\n")  # never available
+    run_config = {"systems-profile": spec}
+    context = Context(run_id=1, node_id=1, node_config={"partition-id": 0, "num-partitions": 1}, state=RecordDict(),
+                      run_config=run_config)
+    msg = Message(RecordDict({"config": ConfigRecord({"server-round": 3, "role": "supervised"})}), dst_node_id=1,
+                  message_type="train")
+    out = client_app.train(msg, context)
+    assert out.has_error() and out.error.code == keys.UNAVAILABLE_CODE
+    assert out.error.reason.startswith("unavailable: partition 0 dropped out of round 3")
