@@ -113,6 +113,24 @@ def test_drl_compress_async_and_clustered(sim, tmp_path, overrides, check):
     assert check(rows), rows
 
 
+def test_mobile_clients_on_the_virtual_clock_with_a_deadline(sim, tmp_path):
+    # 300 training samples × 2 epochs: partition 0 computes 28 s on seed 3's mobile profile, 1 and 2 over 60 s
+    overrides = {"num-server-rounds": 2, "systems-profile": "mobile", "round-deadline-s": 40.0, "seed": 3,
+                 "controller-features": "resources", "time-penalty": 0.1, "wandb-mode": "disabled"}
+    result, log = _run(sim, tmp_path, strategy="drl-compress", **overrides)
+    assert result.returncode == 0, log[-3000:]
+    (run_dir,) = [p for p in tmp_path.iterdir() if p.is_dir()]
+    rows = read_jsonl(run_dir / "metrics.jsonl")
+    for r in rows[1:]:
+        assert r["clients-accepted"] + r["clients-late"] + r["clients-unavailable"] == 3, r
+        assert r["round-sim-time-s"] == 40.0 and r["clients-accepted"] == 1  # partitions 1, 2 late: wait it out
+        assert all(compute > 0 and compute + down + up <= 40.0 for down, compute, up in r["client-times-s"].values())
+    assert rows[2]["sim-time-s"] == pytest.approx(rows[1]["round-sim-time-s"] + rows[2]["round-sim-time-s"])
+    assert sum(r["clients-late"] + r["clients-unavailable"] for r in rows[1:]) >= 1, rows  # the profile bites
+    clients = read_jsonl(run_dir / "clients.jsonl")
+    assert all(len(c["controller_state"]) == 9 for c in clients)  # the controller sees its resources
+
+
 def test_krum_with_byzantine_clients_runs(sim, tmp_path):
     result, log = _run(sim, tmp_path, strategy="krum", **{"num-server-rounds": 2, "byzantine-fraction": 0.34,
                                                            "krum-malicious": 1, "wandb-mode": "disabled"})

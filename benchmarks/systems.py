@@ -1,0 +1,160 @@
+"""Heterogeneous clients on the virtual clock: FedAvg, fixed top-k rates, a bandwidth rule, FedBuff and drl-compress.
+
+    python -m benchmarks.systems --profiles mobile uniform --seeds 1 2 3       # the sweep
+    python -m benchmarks.systems --report-only                                  # table + plot from saved runs
+    python -m benchmarks.systems --methods fedavg topk-1 --profiles mobile --seeds 1 --rounds 10
+
+10 clients, Dirichlet α = 0.3, each run through the real Flower path with `systems-profile` set
+(`fedrl_app/systems/profiles.py` documents the profiles and their sources). Time is the virtual
+clock's: a synchronous round lasts as long as its slowest client's download + compute + upload of
+the bytes it really sent; async runs consume arrivals in clock order. Async runs make
+`async-rounds-factor` × rounds aggregations of K = 5 updates (about as many client updates as the
+synchronous runs) with the lr decayed per client update. Results: benchmarks/results/systems/
+(<profile>-<method>-seed<k>.jsonl, table.md, accuracy_vs_sim_time.png).
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from benchmarks.common import (  # noqa: E402
+    ROOT,
+    benchmark_parser,
+    command_line,
+    first_round_reaching,
+    fmt,
+    run_app,
+    save_figure,
+    write_jsonl,
+    write_table,
+)
+from fedrl_app.config import RunConfig  # noqa: E402
+from fedrl_app.server.recorder import read_jsonl  # noqa: E402
+
+OUT = ROOT / "benchmarks" / "results" / "systems"
+TARGETS = (0.97, 0.98)
+NUM_CLIENTS = 10
+PROFILES = ("uniform", "mobile")
+DRL = {"strategy": "drl-compress", "controller-features": "resources", "time-penalty": 0.1}
+METHODS: dict[str, dict] = {
+    "fedavg": {"strategy": "fedavg"},
+    **{f"topk-{pct:g}": {"strategy": "drl-compress", "sync-policy": "compressed", "topk-ratio": pct / 100}
+       for pct in (0.1, 0.3, 1, 3, 10)},
+    "bandwidth-rule": {"strategy": "drl-compress", "sync-policy": "bandwidth-rule", "topk-ratio": 0.01},
+    "fedbuff": {"strategy": "fedavg", "async-aggregation": True},
+    "drl-compress": DRL,
+    "drl-compress-async": {**DRL, "async-aggregation": True},
+}
+
+
+def time_split(rows: list[dict]) -> tuple[float, float, float]:
+    """Shares of all client-seconds spent downloading, computing and uploading, over the run."""
+    totals = [0.0, 0.0, 0.0]
+    for r in rows:
+        for split in (r.get("client-times-s") or {}).values():
+            totals = [t + s for t, s in zip(totals, split)]
+    whole = sum(totals) or 1.0
+    return tuple(t / whole for t in totals)
+
+
+def summarise(rows: list[dict]) -> dict:
+    """One run's numbers for the table."""
+    out = {"final": rows[-1]["accuracy"], "sim-h": rows[-1].get("sim-time-s", 0.0) / 3600,
+           "late": sum(r.get("clients-late", 0) for r in rows),
+           "unavailable": sum(r.get("clients-unavailable", 0) for r in rows)}
+    for target in TARGETS:
+        hit = first_round_reaching(rows, "accuracy", target)
+        out[f"h-to-{target}"] = hit["sim-time-s"] / 3600 if hit else None
+        out[f"mb-to-{target}"] = hit["uplink-bytes-total"] / 1e6 if hit else None
+    out["download"], out["compute"], out["upload"] = time_split(rows)
+    return out
+
+
+def load_runs(profile: str, method: str) -> list[list[dict]]:
+    return [read_jsonl(p) for p in sorted(OUT.glob(f"{profile}-{method}-seed*.jsonl"))]
+
+
+def report(command: str) -> str:
+    lines = [f"MNIST, {NUM_CLIENTS} clients, Dirichlet α = 0.3, on the virtual clock. Command: `{command}`", "",
+             "| profile | method | seeds | sim hours to 97% | sim hours to 98% | uplink MB to 97% | final acc. | "
+             "sim hours (run) | late (dropped) | unavailable | client time: download / compute / upload |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    curves: dict[str, dict[str, list[list[dict]]]] = {}
+    for profile in PROFILES:
+        for method in METHODS:
+            runs = load_runs(profile, method)
+            if not runs:
+                continue
+            curves.setdefault(profile, {})[method] = runs
+            sums = [summarise(r) for r in runs]
+            col = {k: [s[k] for s in sums] for k in sums[0]}
+            split = " / ".join(f"{100 * sum(col[k]) / len(sums):.1f}%" for k in ("download", "compute", "upload"))
+            lines.append(
+                f"| {profile} | {method} | {len(sums)} | {fmt(col['h-to-0.97'], '.2f')} | {fmt(col['h-to-0.98'], '.2f')} "
+                f"| {fmt(col['mb-to-0.97'], '.2f')} | {fmt(col['final'], '.4f')} | {fmt(col['sim-h'], '.2f')} "
+                f"| {fmt(col['late'], '.0f')} | {fmt(col['unavailable'], '.0f')} | {split} |")
+    table = write_table(lines, OUT)
+    _plot(curves)
+    return table
+
+
+def _plot(curves: dict[str, dict[str, list[list[dict]]]]) -> None:
+    if not curves:
+        return
+    fig, axes = plt.subplots(1, len(curves), figsize=(7 * len(curves), 4.6), squeeze=False)
+    for ax, (profile, methods) in zip(axes[0], curves.items()):
+        for i, (method, runs) in enumerate(methods.items()):
+            for j, rows in enumerate(runs):
+                ax.plot([r.get("sim-time-s", 0.0) / 3600 for r in rows], [r["accuracy"] for r in rows],
+                        color=f"C{i % 10}", ls="-" if i < 10 else "--", lw=1, alpha=0.8,
+                        label=method if j == 0 else None)
+        for target in TARGETS:
+            ax.axhline(target, color="grey", ls=":", lw=0.8)
+        ax.set(xlabel="simulated hours", ylabel="server test accuracy", ylim=(0.85, 1.0),
+               title=f"{profile}: accuracy vs simulated time (one line per seed)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    save_figure(fig, OUT / "accuracy_vs_sim_time.png")
+
+
+def main() -> None:
+    parser = benchmark_parser(__doc__)
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    parser.add_argument("--profiles", nargs="+", default=list(PROFILES), choices=list(PROFILES))
+    parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--async-rounds-factor", type=int, default=2)
+    parser.add_argument("--deadline", type=float, default=0.0, help="round-deadline-s of the synchronous runs")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    parser.add_argument("--report-only", action="store_true")
+    args = parser.parse_args()
+    OUT.mkdir(parents=True, exist_ok=True)
+    command = command_line("benchmarks.systems", args.command)
+    if not args.report_only:
+        for seed in args.seeds:
+            for profile in args.profiles:
+                for method in args.methods:
+                    overrides = dict(METHODS[method])
+                    factor = args.async_rounds_factor if overrides.get("async-aggregation") else 1
+                    overrides.setdefault("lr-decay-every", RunConfig().lr_decay_every * factor)
+                    overrides.update({"num-server-rounds": args.rounds * factor, "seed": seed, "wandb-mode": "disabled",
+                                      "systems-profile": profile, "round-deadline-s": args.deadline})
+                    name = f"{profile}-{method}-seed{seed}"
+                    t0 = time.time()
+                    with tempfile.TemporaryDirectory() as scratch:
+                        rows, _ = run_app(overrides, NUM_CLIENTS, Path(scratch), OUT / f"{name}.log")
+                    write_jsonl(OUT / f"{name}.jsonl", rows)
+                    print(f"{name}: final {rows[-1]['accuracy']:.4f}, {rows[-1].get('sim-time-s', 0) / 3600:.2f} "
+                          f"simulated h, uplink {rows[-1]['uplink-bytes-total'] / 1e6:.2f} MB, {time.time() - t0:.0f}s",
+                          flush=True)
+    print(report(command))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,35 @@
+"""benchmarks/systems.py: the numbers its table is made of, from hand-made metrics rows."""
+
+import pytest
+
+from benchmarks.systems import METHODS, summarise, time_split
+
+
+def _rows():
+    return [
+        {"round": 0, "accuracy": 0.1, "uplink-bytes-total": 0, "sim-time-s": 0.0},
+        {"round": 1, "accuracy": 0.975, "uplink-bytes-total": 2e6, "sim-time-s": 3600.0, "clients-late": 1,
+         "clients-unavailable": 2, "client-times-s": {"0": [1.0, 6.0, 1.0], "1": [0.0, 2.0, 0.0]}},
+        {"round": 2, "accuracy": 0.985, "uplink-bytes-total": 3e6, "sim-time-s": 5400.0, "clients-late": 0,
+         "clients-unavailable": 1, "client-times-s": {"0": [1.0, 7.0, 1.0]}},
+    ]
+
+
+def test_time_split_is_the_share_of_all_client_seconds():
+    assert time_split(_rows()) == pytest.approx((2 / 19, 15 / 19, 2 / 19))
+    assert time_split([{"round": 0}]) == (0.0, 0.0, 0.0)
+
+
+def test_summary_reads_times_and_bytes_at_the_first_round_on_target():
+    s = summarise(_rows())
+    assert (s["h-to-0.97"], s["h-to-0.98"]) == (1.0, 1.5)
+    assert (s["mb-to-0.97"], s["mb-to-0.98"]) == (2.0, 3.0)
+    assert (s["late"], s["unavailable"], s["final"], s["sim-h"]) == (1, 3, 0.985, 1.5)
+
+
+def test_the_methods_are_the_issues_baselines():
+    rates = sorted(m["topk-ratio"] for name, m in METHODS.items() if name.startswith("topk-"))
+    assert rates == [0.001, 0.003, 0.01, 0.03, 0.1]
+    assert METHODS["bandwidth-rule"]["sync-policy"] == "bandwidth-rule"
+    assert METHODS["fedbuff"] == {"strategy": "fedavg", "async-aggregation": True}
+    assert METHODS["drl-compress-async"]["async-aggregation"] and METHODS["drl-compress"]["controller-features"] == "resources"
