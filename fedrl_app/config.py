@@ -17,6 +17,7 @@ from typing import Any
 from fedrl_app.agents.dqn import AGENTS, DQNConfig
 from fedrl_app.agents.sync_controller import FEATURE_SETS
 from fedrl_app.systems.profiles import ProfileError, check_profile_name
+from fedrl_app.tasks.mnist import DATA_SHIFTS
 
 TASKS = ("mnist", "cartpole", "lunarlander")
 RL_TASKS = ("cartpole", "lunarlander")
@@ -232,6 +233,9 @@ class RunConfig:
     round_deadline_s: float = option(
         0.0, "synchronous rounds: a reply whose simulated time exceeds this many seconds is dropped, and a round with a late or unavailable client lasts until the deadline (0: no deadline)",
         group=SYSTEMS, ge=0)
+    data_shift: str = option(
+        "none", "MNIST: give client groups conflicting optima, group = partition id mod 4: `rotate` (images turned by group × 90°, rotated MNIST as in IFCA) or `permute-labels` (each group relabels the digits); each client's local test split is shifted too, the server's test set is not",
+        group=DATA, choices=DATA_SHIFTS)
     topk_ratio: float = option(
         0.01, "drl-compress: the top-k ratio a controller starts from, and the fixed rate of `sync-policy = compressed`",
         group=DRL_COMPRESS, interval=(0.0, 1.0, "(]"))

@@ -33,3 +33,31 @@ def test_the_methods_are_the_issues_baselines():
     assert METHODS["bandwidth-rule"]["sync-policy"] == "bandwidth-rule"
     assert METHODS["fedbuff"] == {"strategy": "fedavg", "async-aggregation": True}
     assert METHODS["drl-compress-async"]["async-aggregation"] and METHODS["drl-compress"]["controller-features"] == "resources"
+
+
+def test_shifts_rotate_and_relabel_exactly_per_group():
+    import torch
+
+    from fedrl_app.tasks.mnist import apply_shift, label_permutation, shift_group
+
+    x = torch.arange(4.0).reshape(1, 1, 2, 2)  # [[0, 1], [2, 3]]
+    y = torch.tensor([3])
+    assert [shift_group(p) for p in range(6)] == [0, 1, 2, 3, 0, 1]
+    assert apply_shift((x, y), "rotate", 0)[0].equal(x)
+    assert apply_shift((x, y), "rotate", 1)[0].flatten().tolist() == [1.0, 3.0, 0.0, 2.0]  # 90° counter-clockwise
+    assert apply_shift((x, y), "rotate", 2)[0].flatten().tolist() == [3.0, 2.0, 1.0, 0.0]
+    assert apply_shift((x, y), "permute-labels", 0)[1].tolist() == [3]
+    assert apply_shift((x, y), "permute-labels", 2)[1].tolist() == [int(label_permutation(2)[3])]
+    assert sorted(label_permutation(3).tolist()) == list(range(10))
+    assert apply_shift((x, y), "none", 3)[0].equal(x)
+
+
+def test_cluster_ari_reads_the_last_assignment_against_the_true_groups():
+    from benchmarks.data_shift import cluster_ari
+
+    clients = [{"node-id": 10 + p, "partition_id": p} for p in range(8)]
+    perfect = {str(10 + p): (p % 4 + 1) % 4 for p in range(8)}      # the groups, under other cluster names
+    assert cluster_ari([{"round": 1}, {"round": 2, "cluster-of-node": perfect}], clients) == 1.0
+    one = {str(10 + p): 0 for p in range(8)}
+    assert cluster_ari([{"round": 2, "cluster-of-node": one}], clients) == 0.0
+    assert cluster_ari([{"round": 2}], clients) is None

@@ -31,8 +31,10 @@ def client_data(cfg: RunConfig, context: Context):
     """(partition id, (train, local test)) of this node."""
     pid, num = partition(context)
     source = mnist.resolve_source(cfg.data_path)
-    return pid, mnist.load_partition(source, pid, num, cfg.dirichlet_alpha, cfg.seed, cfg.local_test_fraction,
-                                     cfg.max_client_examples)
+    train, test = mnist.load_partition(source, pid, num, cfg.dirichlet_alpha, cfg.seed, cfg.local_test_fraction,
+                                       cfg.max_client_examples)
+    group = mnist.shift_group(pid)
+    return pid, (mnist.apply_shift(train, cfg.data_shift, group), mnist.apply_shift(test, cfg.data_shift, group))
 
 
 def train(msg: Message, context: Context, cfg: RunConfig) -> Message:

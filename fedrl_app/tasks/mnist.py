@@ -130,6 +130,37 @@ def _load_partition_uncached(source, partition_id, num_partitions, alpha, seed, 
     return _to_tensors(split["train"]), _to_tensors(split["test"])
 
 
+DATA_SHIFTS = ("none", "rotate", "permute-labels")
+SHIFT_GROUPS = 4
+
+
+def shift_group(partition_id: int) -> int:
+    """The group of a partition under a data shift: partition id mod 4 (so groups interleave over ids)."""
+    return partition_id % SHIFT_GROUPS
+
+
+def label_permutation(group: int) -> torch.Tensor:
+    """The label map of a group under "permute-labels": the identity for group 0, a fixed random permutation
+    otherwise (seeded by the group alone, so every run and process agrees)."""
+    if group == 0:
+        return torch.arange(10)
+    return torch.from_numpy(np.random.default_rng(1_000 + group).permutation(10))
+
+
+def apply_shift(data: tuple[torch.Tensor, torch.Tensor], shift: str, group: int
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Give a client group its own optimum: images rotated by group × 90° (rotated MNIST, as in IFCA, Ghosh
+    et al. 2020), or labels relabelled by the group's permutation; "none" returns the data as it is."""
+    x, y = data
+    if shift == "rotate":
+        return torch.rot90(x, k=group, dims=(-2, -1)).contiguous(), y
+    if shift == "permute-labels":
+        return x, label_permutation(group)[y]
+    if shift != "none":
+        raise ValueError(f"config key 'data-shift' is {shift!r}; allowed values: {list(DATA_SHIFTS)}")
+    return x, y
+
+
 @lru_cache(maxsize=2)
 def load_test_set(source: DataSource) -> tuple[torch.Tensor, torch.Tensor]:
     """The centralized test split (10,000 images) the server evaluates on."""
