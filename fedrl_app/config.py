@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from fedrl_app.agents.dqn import AGENTS, DQNConfig
-from fedrl_app.agents.sync_controller import FEATURE_SETS
+from fedrl_app.agents.sync_controller import FEATURE_SETS, ControllerConfig
 from fedrl_app.systems.profiles import ProfileError, check_profile_name
 from fedrl_app.tasks.mnist import DATA_SHIFTS
 
@@ -242,6 +242,9 @@ class RunConfig:
     controller_features: str = option(
         "basic", "drl-compress: the controller's state: `basic` (accuracy, divergence, staleness, progress, rate) or `resources` (also its expected upload times of a full and of a compressed update and its compute time, relative to the deadline, and its availability)",
         group=DRL_COMPRESS, choices=FEATURE_SETS)
+    controller_sharing: str = option(
+        "per-client", "drl-compress: `per-client` (each client learns its own controller from its ~one decision a round) or `shared` (one controller, learned on the server from every client's reported transitions and sent down with the model)",
+        group=DRL_COMPRESS, choices=("per-client", "shared"))
     time_penalty: float = option(
         0.0, "drl-compress: μ in the controllers' reward, charging μ · (upload seconds of the message / upload seconds of a dense update on the median mobile link)",
         group=DRL_COMPRESS, ge=0)
@@ -286,6 +289,11 @@ class RunConfig:
             epsilon_decay_steps=self.dqn_epsilon_decay_steps, batch_size=self.dqn_batch_size,
             train_frequency=self.dqn_train_frequency, target_update_every=self.dqn_target_update_every,
         )
+
+    def controller_config(self) -> ControllerConfig:
+        """drl-compress: the sync controller's settings (each client's, or the shared one's)."""
+        return ControllerConfig(bytes_penalty=self.bytes_penalty, initial_rate=self.topk_ratio,
+                                features=self.controller_features, time_penalty=self.time_penalty)
 
     def as_dict(self) -> dict[str, Any]:
         """Kebab-case dict, as in pyproject.toml (for JSON and W&B)."""

@@ -22,7 +22,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg as FlowerFedAvg
 from flwr.supercore import log
 
-from fedrl_app.agents.sync_controller import ACTIONS
+from fedrl_app.agents.sync_controller import ACTIONS, ControllerConfig, SyncController
 from fedrl_app.protocol import keys
 from fedrl_app.protocol.codecs import decode_update
 from fedrl_app.protocol.metadata import ClientMetadata
@@ -31,6 +31,8 @@ from fedrl_app.protocol.records import to_numpy, to_record
 from strategies.reply_guard import ReplyGuardMixin
 from strategies.round_schedule import RoundScheduleMixin
 from strategies.strategy_utils import mean_arrays
+
+REWARD_BOUND = 10.0  # |reward| a client may report to the shared controller (honest ones stay within a few units)
 
 
 class DrlCompress(RoundScheduleMixin, ReplyGuardMixin, FlowerFedAvg):
@@ -51,13 +53,22 @@ class DrlCompress(RoundScheduleMixin, ReplyGuardMixin, FlowerFedAvg):
         How the controllers measure the accuracy gain in their reward: "own-gain" (what the
         client's own message adds, measured at once) or "global-gain" (the global model's gain
         by the next round); see :mod:`fedrl_app.agents.sync_controller`.
+    shared_controller : ControllerConfig, optional
+        One controller for every client (controller-sharing "shared"): the server keeps it, learns
+        from every client's reported transition (previous state and action, reward, new state; one
+        gradient-step batch per transition, as a client's own controller does), and sends its
+        Q-network down with the model (`keys.CONTROLLER`). None: each client learns its own.
+    seed : int (default: 0)
+        Seeds the shared controller.
     **kwargs
         Passed to :class:`flwr.serverapp.strategy.FedAvg`.
     """
 
     def __init__(self, *, bytes_penalty: float = 0.1, prune_threshold: float = 0.0, num_rounds: int = 30,
-                 sync_policy: str = "dqn", controller_reward: str = "own-gain", **kwargs) -> None:
+                 sync_policy: str = "dqn", controller_reward: str = "own-gain",
+                 shared_controller: ControllerConfig | None = None, seed: int = 0, **kwargs) -> None:
         super().__init__(**kwargs)
+        self.shared = SyncController(shared_controller, seed=seed) if shared_controller is not None else None
         self.sync_policy, self.controller_reward = sync_policy, controller_reward
         self.bytes_penalty, self.prune_threshold, self.num_rounds = bytes_penalty, prune_threshold, num_rounds
         self.current: dict[str, np.ndarray] | None = None
@@ -81,7 +92,12 @@ class DrlCompress(RoundScheduleMixin, ReplyGuardMixin, FlowerFedAvg):
         config[keys.NUM_SERVER_ROUNDS] = self.num_rounds
         config[keys.SYNC_POLICY] = self.sync_policy
         config[keys.CONTROLLER_REWARD] = self.controller_reward
-        return super().configure_train(server_round, arrays, config, grid)
+        messages = list(super().configure_train(server_round, arrays, config, grid))
+        if self.shared is not None:
+            q = to_record({k: v.detach().numpy() for k, v in self.shared.q.state_dict().items()})
+            for msg in messages:
+                msg.content[keys.CONTROLLER] = q
+        return messages
 
     def check_reply_arrays(self, msg: Message, meta: ClientMetadata) -> None:
         """Decode the reply's update according to the client's decision (CodecError/PayloadError if bad)."""
@@ -137,6 +153,36 @@ class DrlCompress(RoundScheduleMixin, ReplyGuardMixin, FlowerFedAvg):
             round_log.extra["controller-reward"] = float(np.mean(rewards))
         if rates:
             round_log.extra["compression-rate"] = float(np.mean(rates))
+        if self.shared is not None:
+            self.learn_shared(reports, round_log.extra)
+
+    def learn_shared(self, reports: list[ClientMetadata], extra: dict) -> None:
+        """Learn the shared controller from the transitions the clients reported (rewards clipped: untrusted)."""
+        dim = self.shared.config.state_dim
+        transitions = [(m.controller_previous_state, m.controller_previous_action, m.controller_reward,
+                        m.controller_state) for m in reports
+                       if m.controller_previous_state is not None and m.controller_previous_action is not None
+                       and m.controller_reward is not None and m.controller_state is not None]
+        losses = []
+        for before, action, reward, after in transitions:
+            if len(before) != dim or len(after) != dim or not 0 <= action < len(ACTIONS):
+                continue  # a client on other features, or a hostile one: not this controller's transition
+            self.shared.remember(before, action, float(np.clip(reward, -REWARD_BOUND, REWARD_BOUND)), after)
+            losses.append(self.shared.learn())
+        extra["shared-controller-transitions"] = len(losses)
+        if losses:
+            extra["shared-controller-td-loss"] = float(np.mean([x for x in losses if x is not None]))
+
+    def state_dict(self) -> dict[str, dict[str, np.ndarray]]:
+        """The shared controller (its networks, optimizer and replay, as one blob), if there is one."""
+        if self.shared is None:
+            return {}
+        return {"shared-controller": {"blob": np.frombuffer(self.shared.to_bytes(), dtype=np.uint8).copy()}}
+
+    def load_state_dict(self, state: dict[str, dict[str, np.ndarray]]) -> None:
+        """Restore the shared controller from `state_dict`'s blob."""
+        if self.shared is not None and "shared-controller" in state:
+            self.shared = SyncController.from_bytes(np.asarray(state["shared-controller"]["blob"], np.uint8).tobytes())
 
 
 def apply_update(x: dict[str, np.ndarray], step: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

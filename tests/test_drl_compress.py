@@ -115,3 +115,57 @@ def test_own_gain_reward_is_what_the_message_adds_minus_its_bytes(monkeypatch):
     assert skipped.reward == pytest.approx((0.099 - 0.5) - 2.0 * compressed.bytes_fraction, rel=1e-6)
     after = step(4, "dqn")
     assert after.reward == 0.0  # a skip adds nothing and costs nothing
+
+
+def _skip_with_transition(node, before, action, reward, after):
+    meta = encode_metadata(ClientMetadata(
+        partition_id=node, num_examples=10, train_time_s=0.1, sync_decision="skip", controller_reward=reward,
+        controller_state=after, controller_previous_state=before, controller_previous_action=action))
+    msg = reply(node, arrays(w=[[0.0] * 4], b=[0.0]), 10, metadata=meta)
+    del msg.content["arrays"]
+    return msg
+
+
+def test_a_shared_controller_travels_down_learns_from_every_client_and_is_checkpointed():
+    from fedrl_app.agents.sync_controller import ControllerConfig, SyncController
+
+    s = DrlCompress(num_rounds=10, shared_controller=ControllerConfig(), seed=3)
+    msgs = list(s.configure_train(1, arrays(**X), ConfigRecord({}), FakeGrid([1, 2, 3])))
+    q = {k: v.detach().numpy() for k, v in s.shared.q.state_dict().items()}
+    for msg in msgs:  # every client gets the shared Q-network beside the model
+        assert {k: v.numpy().tolist() for k, v in msg.content["controller"].items()} == \
+               {k: v.tolist() for k, v in q.items()}
+    a, b = [0.1] * 5, [0.2] * 5
+    s.aggregate_train(1, [_skip_with_transition(1, a, 1, 0.05, b), _skip_with_transition(2, b, 2, 1e6, a),
+                          _skip_with_transition(3, [0.1] * 7, 1, 0.0, b)])  # 7 numbers: not this controller's
+    assert [t[1:3] for t in s.shared.buffer] == [(1, 0.05), (2, 10.0)]  # the hostile reward is clipped
+    assert s.rounds[1].extra["shared-controller-transitions"] == 2 and s.shared.gradient_steps == 16
+    fresh = DrlCompress(num_rounds=10, shared_controller=ControllerConfig(), seed=4)
+    fresh.load_state_dict(s.state_dict())
+    assert fresh.shared.buffer == s.shared.buffer and fresh.shared.gradient_steps == 16
+    restored = SyncController.from_bytes(s.shared.to_bytes())
+    assert all(np.array_equal(restored.q.state_dict()[k], fresh.shared.q.state_dict()[k]) for k in q)
+
+
+def test_a_client_acts_with_the_shared_network_and_does_not_learn_itself():
+    import torch
+    from flwr.app import Context, RecordDict
+
+    from fedrl_app.agents.sync_controller import SyncController
+    from fedrl_app.client.sync import CONTROLLER_KEY, decide_and_encode
+
+    shared = SyncController(seed=9)
+    with torch.no_grad():
+        shared.q.net[-1].bias.copy_(torch.tensor([0.0, 0.0, 5.0, 0.0, 0.0]))  # strongly prefers skip
+    shared_q = {k: v.detach().numpy() for k, v in shared.q.state_dict().items()}
+    context = Context(run_id=1, node_id=1, node_config={}, state=RecordDict(), run_config={})
+    local = {k: v + 0.01 for k, v in X.items()}
+    decisions = []
+    for server_round in (1, 2, 3):
+        d = decide_and_encode(context, X, local, 0.5, server_round, 10, 0.1, 0.0, seed=1, reward_kind="global-gain",
+                              shared_q=shared_q)
+        decisions.append(d.action)
+    stored = SyncController.from_bytes(context.state.config_records[CONTROLLER_KEY]["blob"])
+    assert stored.buffer == [] and stored.gradient_steps == 0  # it reported its transitions instead
+    assert decisions.count("skip") >= 2  # the shared network's choice, bar ε-exploration
+    assert d.previous_action is not None and d.previous_state is not None and d.reward is not None

@@ -69,7 +69,9 @@ def test_truncated_payload_is_refused():
     [("train_time_s", float("nan")), ("num_examples", -1), ("epoch_losses", ["x"]), ("staleness", 1.5),
      ("converged", "yes"), ("episode_lengths", [3, -1]), ("episode_returns", [1.0, float("inf")]),
      ("controller_state", [0.0] * 65), ("env_steps", True), ("gradient_norm", -1.0), ("gradient_uploaded", 1),
-     ("gradient_change", float("nan")), ("lazy_bound", -0.5), ("trajectories", 2.0)],
+     ("gradient_change", float("nan")), ("lazy_bound", -0.5), ("trajectories", 2.0),
+     ("controller_previous_state", [float("nan")]), ("controller_previous_action", 99),
+     ("controller_previous_action", True)],
 )
 def test_fields_of_the_wrong_type_are_refused(field, value):
     meta = _meta()

@@ -7,11 +7,12 @@ control variate c_i and a short loss history in `context.state`.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 
-from fedrl_app.agents.sync_controller import ControllerConfig
 from fedrl_app.client.common import attach_metadata, partition
 from fedrl_app.client.drills import MALFORMED_ATTACKS, byzantine_update, is_byzantine, malformed_reply
 from fedrl_app.client.sync import ClientSystem, decide_and_encode
@@ -75,9 +76,7 @@ def train(msg: Message, context: Context, cfg: RunConfig) -> Message:
         local_weights = {k: v.detach().numpy() for k, v in net.state_dict().items()}
         system = ClientSystem(SystemsModel(cfg.systems_profile, cfg.seed).profile(pid), recorddict_nbytes(msg.content),
                               len(train_data[0]) * int(config[keys.LOCAL_EPOCHS]), cfg.round_deadline_s)
-        controller_config = ControllerConfig(bytes_penalty=float(config[keys.BYTES_PENALTY]),
-                                             initial_rate=cfg.topk_ratio, features=cfg.controller_features,
-                                             time_penalty=cfg.time_penalty)
+        controller_config = replace(cfg.controller_config(), bytes_penalty=float(config[keys.BYTES_PENALTY]))
         sync = decide_and_encode(
             context, global_weights, local_weights, local_accuracy, server_round,
             int(config[keys.NUM_SERVER_ROUNDS]), float(config[keys.BYTES_PENALTY]), float(config[keys.PRUNE_THRESHOLD]),
@@ -85,6 +84,7 @@ def train(msg: Message, context: Context, cfg: RunConfig) -> Message:
             reward_kind=str(config.get(keys.CONTROLLER_REWARD, "own-gain")),
             accuracy_of=lambda weights: _local_accuracy(weights, test_data, cfg.eval_batch_size),
             controller_config=controller_config, system=system,
+            shared_q=to_numpy(msg.content[keys.CONTROLLER]) if keys.CONTROLLER in msg.content.array_records else None,
         )
         content = RecordDict({**sync.records, keys.METRICS: metrics})
     else:
@@ -111,6 +111,7 @@ def train(msg: Message, context: Context, cfg: RunConfig) -> Message:
         meta.sync_decision, meta.compression_rate = sync.action, sync.compression_rate
         meta.staleness, meta.gradient_divergence = sync.staleness, sync.divergence
         meta.local_accuracy, meta.controller_reward, meta.controller_state = local_accuracy, sync.reward, sync.state
+        meta.controller_previous_state, meta.controller_previous_action = sync.previous_state, sync.previous_action
     attach_metadata(content, meta)
     if cfg.byzantine_attack in MALFORMED_ATTACKS and is_byzantine(cfg, pid, num_partitions):
         malformed_reply(content, cfg.byzantine_attack)

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, RecordDict
 
 from fedrl_app.agents.sync_controller import (
@@ -90,6 +91,8 @@ class SyncDecision:
     bytes_fraction: float             # serialized update bytes / dense model bytes
     reward: float | None              # reward of the previous decision, observed now
     state: list[float]
+    previous_state: list[float] | None  # the previous decision (what `reward` rewards)
+    previous_action: int | None
     divergence: float
     staleness: int
 
@@ -117,6 +120,7 @@ def decide_and_encode(
     accuracy_of: Callable[[dict[str, np.ndarray]], float] | None = None,
     controller_config: ControllerConfig | None = None,
     system: ClientSystem | None = None,
+    shared_q: dict[str, np.ndarray] | None = None,
 ) -> SyncDecision:
     """Run one controller step and encode the update it chose to send.
 
@@ -128,6 +132,9 @@ def decide_and_encode(
     `fedrl_app.agents.sync_controller`); a reply that will miss the deadline adds nothing.
     `controller_config` sets a new controller's hyperparameters; `system` is what the client knows
     of its own link, compute and deadline (needed by "resources" features, time costs and the rule).
+    `shared_q`, the server's shared controller (controller-sharing "shared"), replaces this client's
+    Q-network before it acts, and the client does not learn itself: the server learns from every
+    client's transitions, reported in the metadata.
     """
     if reward_kind not in REWARD_KINDS:
         raise ValueError(f"reward_kind must be one of {REWARD_KINDS}, got {reward_kind!r}")
@@ -152,13 +159,15 @@ def decide_and_encode(
     resources = system.resources(controller.rate, dense_bytes) if system is not None else None
     observation = controller.encode_state(local_accuracy, div, staleness, server_round / max(num_rounds, 1), resources)
 
-    reward = None
+    reward = prev_state = prev_action = None
     if controller.pending is not None:  # the previous decision's transition is complete only now
         prev_state, prev_action = controller.pending[:2]
         reward = controller.pending_reward(local_accuracy)
-        if policy == "dqn":
+        if policy == "dqn" and shared_q is None:
             controller.remember(prev_state, prev_action, reward, observation)
             controller.learn()
+    if shared_q is not None:
+        controller.q.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in shared_q.items()})
 
     action = {"dqn": None, "compressed": COMPRESSED, "full": FULL, "bandwidth-rule": COMPRESSED}[policy]
     if action is None:
@@ -198,7 +207,8 @@ def decide_and_encode(
         state[RESIDUAL_KEY] = _to_record(residual)
     state[LAST_GLOBAL_KEY] = _to_record(global_weights)
     state[SYNC_META_KEY] = ConfigRecord({"last-sent-round": server_round if records else int(meta["last-sent-round"])})
-    return SyncDecision(ACTIONS[action], rate, records, bytes_fraction, reward, observation, div, max(staleness, 0))
+    return SyncDecision(ACTIONS[action], rate, records, bytes_fraction, reward, observation,
+                        None if prev_state is None else list(prev_state), prev_action, div, max(staleness, 0))
 
 
 def _own_gain(records: dict[str, ArrayRecord], global_weights: dict[str, np.ndarray], local_accuracy: float,

@@ -21,6 +21,7 @@ METADATA = "metadata"                      # ConfigRecord: the pickled ClientMet
 METADATA_PAYLOAD = "payload"
 CONTROL = "control"                        # SCAFFOLD: server control variate c (down)
 CONTROL_DELTA = "control-delta"            # SCAFFOLD: Δc_i (up)
+CONTROLLER = "controller"                  # drl-compress, shared controller: its Q-network (down)
 DELTA = "delta"                            # drl-compress: a dense update Δ (full sync, up)
 DELTA_COMPRESSED = "delta-compressed"      # drl-compress: top-k + int8 update (up; see protocol.codecs)
 GRADIENT = "gradient"                      # policy gradient: the estimate ĝ(θ) (up)

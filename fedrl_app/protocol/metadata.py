@@ -44,6 +44,9 @@ class ClientMetadata:
     local_accuracy: float | None = None
     controller_reward: float | None = None
     controller_state: list[float] | None = None
+    # the decision `controller_reward` rewards (the client's previous one): a shared controller learns from it
+    controller_previous_state: list[float] | None = None
+    controller_previous_action: int | None = None
     episode_returns: list[float] | None = None
     episode_lengths: list[int] | None = None
     env_steps: int | None = None
@@ -78,6 +81,11 @@ class ClientMetadata:
             _check(value is None or _finite_number(value), name, value)
         _check(_optional_list(self.controller_state, _finite_number, max_len=64), "controller_state",
                self.controller_state)
+        _check(_optional_list(self.controller_previous_state, _finite_number, max_len=64),
+               "controller_previous_state", self.controller_previous_state)
+        _check(self.controller_previous_action is None or (
+            isinstance(self.controller_previous_action, int) and not isinstance(self.controller_previous_action, bool)
+            and 0 <= self.controller_previous_action < 16), "controller_previous_action", self.controller_previous_action)
         _check(len(self.epoch_losses) <= 10_000, "epoch_losses", f"{len(self.epoch_losses)} entries")
         _check(_optional_list(self.episode_returns, _finite_number), "episode_returns", self.episode_returns)
         _check(_optional_list(self.episode_lengths, lambda x: isinstance(x, int) and x >= 0), "episode_lengths",

@@ -149,7 +149,10 @@ STRATEGY_ENTRIES = (
     StrategyEntry("drl-compress", "per-client DQN controllers choose full / compressed (top-k + int8) / skip",
                   lambda cfg, s: DrlCompress(**s, bytes_penalty=cfg.bytes_penalty,
                                              prune_threshold=cfg.prune_threshold, num_rounds=cfg.num_server_rounds,
-                                             sync_policy=cfg.sync_policy, controller_reward=cfg.controller_reward),
+                                             sync_policy=cfg.sync_policy, controller_reward=cfg.controller_reward,
+                                             shared_controller=(cfg.controller_config()
+                                                                if cfg.controller_sharing == "shared" else None),
+                                             seed=cfg.seed),
                   wrappers=SYNC_WRAPPERS, role=keys.ROLE_SYNC_CONTROLLER),
     StrategyEntry("fedmedian", "coordinate-wise median (Yin et al. 2018)", lambda cfg, s: FedMedian(**s)),
     StrategyEntry("fedtrimmedavg", "coordinate-wise trimmed mean, `trimmed-beta` cut at each end",
