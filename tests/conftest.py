@@ -5,6 +5,7 @@ End-to-end tests carry the `e2e` mark (`pytest -m "not e2e"` is the fast tier). 
 """
 
 import pytest
+from hypothesis import settings
 from flwr.supercore.task_identity import TaskIdentity
 
 from fedrl_app.runtime.launch import LocalSimulation, _pids_mentioning
@@ -24,3 +25,10 @@ def sim(request):
         yield simulation
     assert simulation.process.poll() is not None, "SuperLink still running"
     assert _pids_mentioning(f"127.0.0.1:{simulation.port}") == [], "processes of the run still alive"
+
+
+# Property-based tests of the untrusted decoders: a few hundred cases by default, 10,000 with
+# `--hypothesis-profile=fuzz`.
+settings.register_profile("default", max_examples=300)
+settings.register_profile("fuzz", max_examples=10_000)
+settings.load_profile("default")

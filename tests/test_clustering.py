@@ -3,6 +3,7 @@
 import numpy as np
 from flwr.app import ConfigRecord
 
+from fedrl_app.protocol.metadata import ClientMetadata, encode_metadata
 from strategies import Clustered, FedAvg
 from strategies.clustering import choose_clusters
 from tests.helpers import FakeGrid, arrays, reply
@@ -69,7 +70,8 @@ def test_checkpoint_state_restores_assignment_models_and_node_ids_exactly():
     grid = FakeGrid([1, 2, 3, big])
     list(s.configure_train(1, arrays(w=[0.0, 0.0]), ConfigRecord({}), grid))
     ups = {1: [1.0, 0.0], 2: [1.1, 0.0], 3: [0.0, 2.0], big: [0.0, 2.2]}
-    s.aggregate_train(1, [reply(n, arrays(w=u), 10 + i) for i, (n, u) in enumerate(ups.items())])
+    metadata = [encode_metadata(ClientMetadata(partition_id=i, num_examples=10 + i, train_time_s=0.1)) for i in range(4)]
+    s.aggregate_train(1, [reply(n, arrays(w=u), 10 + i, metadata=metadata[i]) for i, (n, u) in enumerate(ups.items())])
     state = s.state_dict()
     assert set(state) == {"clustering", *(f"clustering/model-{c}" for c in s.models)}
 

@@ -192,9 +192,13 @@ BAD_QUANTIZED = {
     "int64 indices": (lambda r: {"w__idx": _idx(r).astype(np.int64)}, r"w/idx: expected 1-D int32, got int64"),
     "float indices": (lambda r: {"w__idx": _idx(r).astype(np.float32)}, r"w/idx: expected 1-D int32, got float32"),
     "lengths differ": (lambda r: {"w__val": r["w/val"].numpy()[:-1]}, r"w: 4 indices but 3 values"),
-    "more than numel": (
-        lambda r: {"w__idx": np.arange(21, dtype=np.int32), "w__val": np.zeros(21, np.int8)},
+    "more than numel": (  # int8 values and uint16 gaps fit the byte bound: the entry count catches it
+        lambda r: {"w__idx": None, "w__gap": np.ones(21, dtype=np.uint16), "w__val": np.zeros(21, np.int8)},
         r"w: 21 entries but the layer has only 20",
+    ),
+    "int32 indices over the byte bound": (  # 21 × 4 bytes > the dense layer's 20 × 4: refused before loading
+        lambda r: {"w__idx": np.arange(21, dtype=np.int32), "w__val": np.zeros(21, np.int8)},
+        r"w/idx: cannot load array \(the header claims 84 bytes, over the 80 this array may have\)",
     ),
     "zero scale": (lambda r: {"w__scale": np.zeros(1, np.float32)}, r"w/scale: must be > 0"),
     "negative scale": (lambda r: {"w__scale": np.full(1, -0.5, np.float32)}, r"w/scale: must be > 0"),

@@ -15,6 +15,7 @@ import numpy as np
 from flwr.app import Array, ArrayRecord
 
 from fedrl_app.protocol.records import ModelSpec
+from fedrl_app.protocol.untrusted import UntrustedArrayError, load_array
 
 
 class CodecError(ValueError):
@@ -266,10 +267,12 @@ def decode_update(record: ArrayRecord, spec: ModelSpec) -> dict[str, np.ndarray]
         if name not in spec:
             raise CodecError(f"{key}: unknown layer name {name!r}")
         try:
-            # Validate the loaded array, not the declared dtype/shape, which a client controls separately.
-            parts.setdefault(name, {})[suffix] = record[key].numpy()
-        except Exception as exc:  # any failure to load untrusted bytes is a malformed payload
-            raise CodecError(f"{key}: cannot load array ({exc})") from exc
+            # Validate the loaded array, not the declared dtype/shape, which a client controls separately;
+            # no part of a layer's payload may be larger than the dense layer in float32.
+            numel = int(np.prod(spec[name][0], dtype=np.int64))
+            parts.setdefault(name, {})[suffix] = load_array(record[key], max_bytes=4 * max(numel, 1))
+        except UntrustedArrayError as exc:
+            raise CodecError(f"{key}: cannot load array ({exc})") from None
 
     out: dict[str, np.ndarray] = {}
     for name, (shape, _dtype) in spec.items():

@@ -14,6 +14,8 @@ import zlib
 import numpy as np
 from flwr.app import ConfigRecord
 
+from fedrl_app.protocol.untrusted import brief
+
 
 class ExperienceError(ValueError):
     """A shared-experience payload was refused."""
@@ -33,9 +35,9 @@ def unpack_experience(record: ConfigRecord, obs_dim: int, n_actions: int, max_ro
     """Decode and validate an untrusted experience record: (obs, actions, rewards, next_obs, dones)."""
     rows, payload = record.get("rows"), record.get("gz")
     if not isinstance(rows, int) or isinstance(rows, bool) or not 0 <= rows <= max_rows:
-        raise ExperienceError(f"'rows' must be an int in [0, {max_rows}], got {rows!r:.40}")
+        raise ExperienceError(f"'rows' must be an int in [0, {max_rows}], got {brief(rows)}")
     if not isinstance(payload, bytes):
-        raise ExperienceError("'gz' must be bytes")
+        raise ExperienceError(f"'gz' must be bytes, got {brief(payload)}")
     cols = 2 * obs_dim + 3
     expected = rows * cols * 4
     try:

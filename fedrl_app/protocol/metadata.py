@@ -2,19 +2,24 @@
 
 Clients are not trusted. Decoding never imports or calls anything except the project's
 metadata classes and a few inert builtins, refuses oversized or malformed payloads, and
-type-checks every field before the strategy sees it.
+type-checks every field before the strategy sees it. Its cost is linear in the payload's bytes:
+a pickle can share one object many times over (memo references), so no check walks a value
+deeper than its top level, integers are bounded before any arithmetic, and an error message
+describes a bad value by its type and size (`brief`), never by rendering it.
 """
 
 from __future__ import annotations
 
 import io
-import math
 import pickle
 from dataclasses import dataclass, field, fields
 
 from flwr.app import ConfigRecord, RecordDict
 
 from fedrl_app.protocol import keys
+from fedrl_app.protocol.untrusted import brief
+from fedrl_app.protocol.untrusted import count as _count
+from fedrl_app.protocol.untrusted import finite_number as _finite_number
 
 MAX_METADATA_BYTES = 64 * 1024
 
@@ -64,8 +69,8 @@ class ClientMetadata:
 
     def validate(self) -> None:
         """Type- and range-check every field; raise MetadataError naming the field."""
-        _check(isinstance(self.partition_id, int) and self.partition_id >= 0, "partition_id", self.partition_id)
-        _check(isinstance(self.num_examples, int) and self.num_examples >= 0, "num_examples", self.num_examples)
+        _check(_count(self.partition_id), "partition_id", self.partition_id)
+        _check(_count(self.num_examples), "num_examples", self.num_examples)
         _check(_finite_number(self.train_time_s) and self.train_time_s >= 0, "train_time_s", self.train_time_s)
         _check(
             isinstance(self.epoch_losses, list) and all(_finite_number(x) for x in self.epoch_losses),
@@ -73,9 +78,9 @@ class ClientMetadata:
             self.epoch_losses,
         )
         _check(isinstance(self.converged, bool), "converged", self.converged)
-        _check(isinstance(self.bytes_sent, int) and self.bytes_sent >= 0, "bytes_sent", self.bytes_sent)
+        _check(_count(self.bytes_sent), "bytes_sent", self.bytes_sent)
         _check(self.sync_decision is None or isinstance(self.sync_decision, str), "sync_decision", self.sync_decision)
-        _check(self.staleness is None or (isinstance(self.staleness, int) and self.staleness >= 0), "staleness", self.staleness)
+        _check(self.staleness is None or _count(self.staleness), "staleness", self.staleness)
         for name in ("gradient_divergence", "compression_rate", "local_accuracy", "controller_reward"):
             value = getattr(self, name)
             _check(value is None or _finite_number(value), name, value)
@@ -88,8 +93,7 @@ class ClientMetadata:
             and 0 <= self.controller_previous_action < 16), "controller_previous_action", self.controller_previous_action)
         _check(len(self.epoch_losses) <= 10_000, "epoch_losses", f"{len(self.epoch_losses)} entries")
         _check(_optional_list(self.episode_returns, _finite_number), "episode_returns", self.episode_returns)
-        _check(_optional_list(self.episode_lengths, lambda x: isinstance(x, int) and x >= 0), "episode_lengths",
-               self.episode_lengths)
+        _check(_optional_list(self.episode_lengths, _count), "episode_lengths", self.episode_lengths)
         for name in ("gradient_norm", "gradient_change", "lazy_bound"):
             value = getattr(self, name)
             _check(value is None or (_finite_number(value) and value >= 0), name, value)
@@ -98,7 +102,7 @@ class ClientMetadata:
         for name in ("env_steps", "act_flops", "train_flops", "trajectories", "experience_raw_bytes",
                      "experience_gzip_bytes", "model_gzip_bytes"):
             value = getattr(self, name)
-            _check(value is None or (isinstance(value, int) and not isinstance(value, bool) and value >= 0), name, value)
+            _check(value is None or _count(value), name, value)
 
 
 # (module, qualname) pairs the decoder may resolve. Nothing else is ever imported.
@@ -144,12 +148,16 @@ def decode_metadata(payload: bytes) -> ClientMetadata:
     except MetadataError:
         raise
     except Exception as err:  # truncated / corrupt pickles raise many types
-        raise MetadataError(f"payload is not a valid pickle ({type(err).__name__}: {err})") from None
-    if not isinstance(obj, _METADATA_CLASSES):
+        raise MetadataError(f"payload is not a valid pickle ({type(err).__name__}: {str(err)[:200]})") from None
+    if type(obj) not in _METADATA_CLASSES:  # exactly the class: a subclass could not be named anyway
         raise MetadataError(f"payload decodes to {type(obj).__name__}, not a metadata class")
-    expected = {f.name for f in fields(obj)}
-    if set(vars(obj)) != expected:
-        raise MetadataError(f"payload fields {sorted(vars(obj))} do not match {sorted(expected)}")
+    expected = [f.name for f in fields(obj)]
+    names = list(vars(obj))
+    if not all(isinstance(n, str) for n in names) or set(names) != set(expected):
+        unexpected = [brief(n) for n in names if n not in expected][:5]
+        missing = [n for n in expected if n not in names][:5]
+        raise MetadataError(f"payload fields do not match the metadata class: missing {missing}, unexpected "
+                            f"{unexpected} ({len(names)} fields)")
     obj.validate()
     return obj
 
@@ -165,10 +173,6 @@ def read_metadata(content: RecordDict) -> ClientMetadata:
     return decode_metadata(payload)
 
 
-def _finite_number(x: object) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
-
-
 def _optional_list(value: object, item_ok, max_len: int = 100_000) -> bool:
     """None, or a list of at most `max_len` items that each pass `item_ok`."""
     return value is None or (isinstance(value, list) and len(value) <= max_len and all(item_ok(x) for x in value))
@@ -176,4 +180,4 @@ def _optional_list(value: object, item_ok, max_len: int = 100_000) -> bool:
 
 def _check(ok: bool, name: str, value: object) -> None:
     if not ok:
-        raise MetadataError(f"metadata field '{name}' has an invalid value {value!r:.80}")
+        raise MetadataError(f"metadata field '{name}' has an invalid value {brief(value)}")

@@ -7,6 +7,7 @@ from flwr.app import ArrayRecord
 
 from fedrl_app.protocol import keys
 from fedrl_app.protocol.records import ModelSpec
+from fedrl_app.protocol.untrusted import UntrustedArrayError, load_array
 
 
 class PayloadError(ValueError):
@@ -55,9 +56,12 @@ def check_arrays(
                 f"'{name}[{key}]' is {array.dtype}{list(array.shape)}, expected {dtype}{list(shape)}"
             )
         try:
-            value = array.numpy()
-        except Exception as err:
+            value = load_array(array, max_bytes=int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize)
+        except UntrustedArrayError as err:
             raise PayloadError(f"'{name}[{key}]' cannot be deserialized: {err}") from None
+        if value.shape != tuple(shape) or value.dtype != dtype:
+            raise PayloadError(f"'{name}[{key}]' holds {value.dtype}{list(value.shape)}, declared "
+                               f"{dtype}{list(shape)}")
         if not np.all(np.isfinite(value)):
             raise PayloadError(f"'{name}[{key}]' contains NaN or Inf")
         if value.size and float(np.max(np.abs(value))) > max_abs:
