@@ -22,7 +22,8 @@ from fedrl_app.tasks.mnist import DATA_SHIFTS
 TASKS = ("mnist", "cartpole", "lunarlander")
 RL_TASKS = ("cartpole", "lunarlander")
 FAULT_MODES = ("", "raise", "hang")
-BYZANTINE_ATTACKS = ("sign-flip", "scale", "nan", "wrong-shape", "pickle-exploit")  # the last three: malformed replies
+BYZANTINE_ATTACKS = ("sign-flip", "scale", "weight-inflation", "sparse-scale", "nan", "wrong-shape", "pickle-exploit",
+                     "metadata-bomb")  # the last four: malformed replies
 SYNC_POLICIES = ("dqn", "compressed", "full", "bandwidth-rule")
 CONTROLLER_REWARDS = ("own-gain", "global-gain")  # see fedrl_app.agents.sync_controller
 DP_MODES = ("off", "server", "client")  # Flower's fixed-clipping DP wrappers: who clips the updates
@@ -200,9 +201,9 @@ class RunConfig:
         0.0, "share of clients (the first partitions) that attack every round",
         group=DRILLS, interval=(0.0, 1.0, "[]"))
     byzantine_attack: str = option(
-        "sign-flip", "well-formed: `sign-flip` (send −Δ) or `scale` (send `byzantine-scale`·Δ); malformed (drills of the server's checks): `nan` (a NaN in the model), `wrong-shape` (an array one entry short), `pickle-exploit` (metadata that names `os.system`)",
+        "sign-flip", "well-formed: `sign-flip` (send −Δ), `scale` (send `byzantine-scale`·Δ), `sparse-scale` (the same through drl-compress's compressed update), `weight-inflation` (claim 10¹² training examples, an honest update); malformed (drills of the server's checks): `nan` (a NaN in the model), `wrong-shape` (an array one entry short), `pickle-exploit` (metadata that names `os.system`), `metadata-bomb` (a 2 KB metadata pickle that renders to 12¹² numbers)",
         group=DRILLS, choices=BYZANTINE_ATTACKS)
-    byzantine_scale: float = option(10.0, "factor of the `scale` attack", group=DRILLS)
+    byzantine_scale: float = option(10.0, "factor of the `scale` and `sparse-scale` attacks", group=DRILLS)
     trimmed_beta: float = option(
         0.2, "`fedtrimmedavg`: fraction cut at each end per coordinate",
         group=DRILLS, interval=(0.0, 0.5, "[)"))

@@ -15,7 +15,7 @@ from fedrl_app.runtime.paths import outputs_root
 from fedrl_app.server.evaluation import central_evaluator, client_evaluate_config, client_train_config
 from fedrl_app.server.metered_grid import MeteredGrid
 from fedrl_app.server.recorder import RunRecorder, load_checkpoint, new_run_dir, resolve_resume_dir
-from fedrl_app.server.registry import build_strategy, parse_config, task_model
+from fedrl_app.server.registry import build_strategy, cap_example_claims, parse_config, task_model
 from fedrl_app.tasks import mnist
 
 app = ServerApp()
@@ -53,6 +53,7 @@ def main(grid: Grid, context: Context) -> None:
     remaining = cfg.num_server_rounds - strategy.round_offset
     log(INFO, "fedrl: task=%s strategy=%s rounds=%d; outputs in %s", cfg.task, cfg.strategy, remaining, run_dir)
 
+    cap_example_claims(strategy, cfg, source, num_nodes=len(list(grid.get_node_ids())))
     metered = MeteredGrid(grid)
     recorder = RunRecorder(cfg, run_dir, strategy, metered, central_evaluator(cfg, source), resume=resume)
     if remaining > 0:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections import Counter, defaultdict
+from collections import Counter, defaultdict, deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from logging import INFO, WARNING
@@ -43,6 +43,12 @@ class RoundLog:
     extra: dict[str, Any] = field(default_factory=dict)  # strategy-specific per-round series (JSON-able)
 
 
+# Without known partition sizes a claim may be at most this many times the median claim: the largest Dirichlet(0.3)
+# MNIST partition of 10 is 1.7× the median (seed 1), and two inflating clients of ten then hold at most ~1/3 of the weight.
+CLAIMS_MEDIAN_FACTOR = 2.0
+RECENT_CLAIMS = 100
+
+
 class ReplyGuardMixin:
     """Validate replies (errors, metadata, arrays, metrics) and decode client metadata.
 
@@ -70,6 +76,25 @@ class ReplyGuardMixin:
         self.deadline_s, self.local_epochs = 0.0, 1
         self._download_bytes: dict[int, int] = {}     # node -> bytes of the train message it was sent
         self.last_client_times: dict[int, ClientTime] = {}  # node -> its latest accepted reply's time
+        self.known_examples: dict[int, int] = {}      # partition -> its true training-set size, where known
+        self.claims_median_factor = CLAIMS_MEDIAN_FACTOR
+        self._recent_claims: deque[float] = deque(maxlen=RECENT_CLAIMS)
+
+    def configure_example_caps(self, known: dict[int, int] | None = None,
+                               median_factor: float = CLAIMS_MEDIAN_FACTOR) -> None:
+        """Cap each reply's claimed `num-examples` (its aggregation weight): at its partition's size where
+        `known`, else at `median_factor` × the median of the recent accepted claims and this round's."""
+        self.known_examples, self.claims_median_factor = dict(known or {}), median_factor
+
+    def example_cap(self, partition_id: int, round_claims: list[float]) -> tuple[float, str]:
+        """(the most examples a reply of this partition may claim, why)."""
+        if partition_id in self.known_examples:
+            return float(self.known_examples[partition_id]), f"partition {partition_id}'s size"
+        pool = [*self._recent_claims, *round_claims]
+        if not pool:
+            return float("inf"), "no claims to compare with"
+        return self.claims_median_factor * float(np.median(pool)), \
+            f"{self.claims_median_factor:g} × the median claim {float(np.median(pool)):.0f}"
 
     def configure_clock(self, systems: SystemsModel, deadline_s: float = 0.0, local_epochs: int = 1) -> None:
         """Time every reply on the virtual clock (`fedrl_app.systems`); drop replies later than `deadline_s` (> 0)."""
@@ -105,7 +130,8 @@ class ReplyGuardMixin:
             round_log.extra["clients-no-reply"] = max(self._expected_replies - len(replies), 0)
         kept: list[Message] = []
         times: dict[int, ClientTime] = {}  # partition -> time, of the replies kept
-        unavailable = late = 0
+        unavailable = late = clipped = 0
+        round_claims = [c for c in (_claimed_examples(m) for m in replies) if c is not None]
         for msg in replies:
             node = msg.metadata.src_node_id
             try:
@@ -116,6 +142,13 @@ class ReplyGuardMixin:
                 meta = read_metadata(content)
                 metrics = _check_metrics(content)
                 self.check_reply_arrays(msg, meta)
+                cap, why = self.example_cap(meta.partition_id, round_claims)
+                if metrics[keys.NUM_EXAMPLES] > cap:  # its weight in the mean: an untrusted claim
+                    log(WARNING, "round %d: node %d claims %.4g examples; clipped to %d (%s)", server_round, node,
+                        metrics[keys.NUM_EXAMPLES], int(cap), why)
+                    next(iter(content.metric_records.values()))[keys.NUM_EXAMPLES] = int(cap)
+                    metrics[keys.NUM_EXAMPLES] = meta.num_examples = int(cap)
+                    clipped += 1
                 timing = self.client_time(msg, meta)
                 if timing is not None:
                     self.last_client_times[node] = timing
@@ -129,7 +162,9 @@ class ReplyGuardMixin:
                 round_log.dropped.append((node, str(err)))
                 continue
             kept.append(msg)
+            self._recent_claims.append(metrics[keys.NUM_EXAMPLES])
             round_log.reports.append(ClientReport(node_id=node, metadata=meta, metrics=metrics))
+        round_log.extra["examples-clipped"] = round_log.extra.get("examples-clipped", 0) + clipped
         # Flower aggregates MetricRecords key by key: keep the common key set only.
         kept = _majority_metric_keys(kept, server_round, round_log)
         if self.systems is not None:  # (an async wrapper calls this per reply and sets its own round time)
@@ -226,6 +261,14 @@ def _check_metrics(content) -> dict[str, float]:
     if not metrics.get(keys.NUM_EXAMPLES, 0) > 0:
         raise PayloadError(f"metric '{keys.NUM_EXAMPLES}' missing or not positive")
     return metrics
+
+
+def _claimed_examples(msg: Message) -> float | None:
+    """A reply's claimed `num-examples`, if it has a plausible one (for the round's median; checks come later)."""
+    if msg.has_error() or len(msg.content.metric_records) != 1:
+        return None
+    value = next(iter(msg.content.metric_records.values())).get(keys.NUM_EXAMPLES)
+    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) and value > 0 else None
 
 
 def _majority_metric_keys(kept: list[Message], server_round: int, round_log: RoundLog | None) -> list[Message]:

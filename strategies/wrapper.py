@@ -64,6 +64,9 @@ class CheckedStrategy(Protocol):
     def record_round_stats(self, server_round: int) -> None:
         """Write the strategy's per-round series into `rounds[server_round].extra`."""
 
+    def configure_example_caps(self, known: dict[int, int] | None = None, median_factor: float = 2.0) -> None:
+        """Cap the claimed `num-examples` of each reply (its aggregation weight)."""
+
     def state_dict(self) -> StrategyState:
         """Everything a resumed run needs, as named groups of arrays."""
 
@@ -72,6 +75,13 @@ class CheckedStrategy(Protocol):
 
     def summary(self) -> None:
         """Log the strategy's settings."""
+
+
+def innermost(strategy: Any) -> CheckedStrategy:
+    """The CheckedStrategy at the bottom of a stack of wrappers (the strategy itself if it wraps nothing)."""
+    while isinstance(strategy, WrapsStrategy):
+        strategy = strategy.strategy
+    return strategy
 
 
 class WrapsStrategy:

@@ -13,7 +13,8 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 from fedrl_app.config import RunConfig
 from fedrl_app.protocol import keys
 
-MALFORMED_ATTACKS = ("nan", "wrong-shape", "pickle-exploit")
+MALFORMED_ATTACKS = ("nan", "wrong-shape", "pickle-exploit", "metadata-bomb")
+INFLATED_EXAMPLES = 10**12  # what a weight-inflating client claims to have trained on
 
 
 def inject_fault(cfg: RunConfig, pid: int, server_round: int) -> None:
@@ -41,10 +42,20 @@ def malformed_reply(content: RecordDict, attack: str) -> None:
     """Spoil a finished reply in place, as a hostile client would: the server must refuse it and go on.
 
     "nan": a NaN in the first array; "wrong-shape": the first array one entry short;
-    "pickle-exploit": metadata that names os.system (refused by the allowlist, never run).
+    "pickle-exploit": metadata that names os.system (refused by the allowlist, never run);
+    "metadata-bomb": a 2 KB metadata pickle whose controller state, shared reference upon shared
+    reference, renders to 12¹² numbers (refused in O(payload)).
     """
     if attack == "pickle-exploit":
         content[keys.METADATA] = ConfigRecord({keys.METADATA_PAYLOAD: pickle.dumps(_ExploitPayload())})
+        return
+    if attack == "metadata-bomb":
+        bomb: list = [1.0]
+        for _ in range(12):
+            bomb = [bomb] * 12
+        meta = pickle.loads(content[keys.METADATA][keys.METADATA_PAYLOAD])  # our own, honest metadata
+        meta.controller_state = bomb
+        content[keys.METADATA] = ConfigRecord({keys.METADATA_PAYLOAD: pickle.dumps(meta)})
         return
     name, record = next(iter(content.array_records.items()))  # the model, or drl-compress's delta record
     arrays = {k: v.numpy().copy() for k, v in record.items()}
@@ -60,9 +71,10 @@ def malformed_reply(content: RecordDict, attack: str) -> None:
 
 
 def byzantine_update(global_params: list[torch.Tensor], net: torch.nn.Module, attack: str, scale: float) -> None:
-    """Replace the honest update Δ by −Δ (sign-flip) or scale·Δ (scale), in place."""
-    if attack in MALFORMED_ATTACKS:
-        return  # these spoil the reply instead (malformed_reply)
+    """Replace the honest update Δ by −Δ (sign-flip) or scale·Δ (scale; sparse-scale, the same for a
+    drl-compress client, whose scaled update then travels compressed), in place."""
+    if attack in MALFORMED_ATTACKS or attack == "weight-inflation":
+        return  # these spoil the reply instead (malformed_reply), or only its claimed weight
     factor = -1.0 if attack == "sign-flip" else scale
     with torch.no_grad():
         for g, p in zip(global_params, net.parameters()):

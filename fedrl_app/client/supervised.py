@@ -14,7 +14,8 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 
 from fedrl_app.client.common import attach_metadata, partition
-from fedrl_app.client.drills import MALFORMED_ATTACKS, byzantine_update, is_byzantine, malformed_reply
+from fedrl_app.client.drills import (INFLATED_EXAMPLES, MALFORMED_ATTACKS, byzantine_update, is_byzantine,
+                                     malformed_reply)
 from fedrl_app.client.sync import ClientSystem, decide_and_encode
 from fedrl_app.config import RunConfig
 from fedrl_app.protocol import keys
@@ -68,9 +69,11 @@ def train(msg: Message, context: Context, cfg: RunConfig) -> Message:
         control_correction=correction, seed=cfg.seed * 100_003 + pid * 1_009 + server_round,
     )
 
-    if is_byzantine(cfg, pid, num_partitions):
+    attacking = is_byzantine(cfg, pid, num_partitions)
+    if attacking:
         byzantine_update(global_params, net, cfg.byzantine_attack, cfg.byzantine_scale)
-    metrics = MetricRecord({keys.NUM_EXAMPLES: len(train_data[0]), "loss": result.epoch_losses[-1]})
+    claimed = INFLATED_EXAMPLES if attacking and cfg.byzantine_attack == "weight-inflation" else len(train_data[0])
+    metrics = MetricRecord({keys.NUM_EXAMPLES: claimed, "loss": result.epoch_losses[-1]})
     sync = None
     if use_controller:
         local_weights = {k: v.detach().numpy() for k, v in net.state_dict().items()}
@@ -103,7 +106,7 @@ def train(msg: Message, context: Context, cfg: RunConfig) -> Message:
     converged = len(losses) >= 2 and abs(losses[-1] - losses[-2]) <= PLATEAU_TOLERANCE * max(losses[-2], 1e-12)
 
     meta = ClientMetadata(
-        partition_id=pid, num_examples=len(train_data[0]), train_time_s=result.train_time_s,
+        partition_id=pid, num_examples=claimed, train_time_s=result.train_time_s,
         epoch_losses=[float(x) for x in result.epoch_losses], converged=bool(converged),
         bytes_sent=recorddict_nbytes(content),
     )
@@ -113,7 +116,7 @@ def train(msg: Message, context: Context, cfg: RunConfig) -> Message:
         meta.local_accuracy, meta.controller_reward, meta.controller_state = local_accuracy, sync.reward, sync.state
         meta.controller_previous_state, meta.controller_previous_action = sync.previous_state, sync.previous_action
     attach_metadata(content, meta)
-    if cfg.byzantine_attack in MALFORMED_ATTACKS and is_byzantine(cfg, pid, num_partitions):
+    if cfg.byzantine_attack in MALFORMED_ATTACKS and attacking:
         malformed_reply(content, cfg.byzantine_attack)
     return Message(content=content, reply_to=msg)
 

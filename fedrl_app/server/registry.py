@@ -41,7 +41,7 @@ from strategies import (
     Scaffold,
     ServerSideDP,
 )
-from strategies.wrapper import CheckedStrategy, WrapsStrategy
+from strategies.wrapper import CheckedStrategy, WrapsStrategy, innermost
 
 MNIST_ONLY = ("mnist",)
 ANY_TASK = TASKS
@@ -256,6 +256,16 @@ def build_strategy(cfg: RunConfig) -> Strategy:
     for wrapper in enabled:
         strategy = wrapper.wrap(strategy, cfg)
     return strategy
+
+
+def cap_example_claims(strategy: Strategy, cfg: RunConfig, source: mnist.DataSource | None, num_nodes: int) -> None:
+    """Cap each reply's claimed num-examples (its weight): by its partition's size where the server can compute
+    it (MNIST: the partitioning is the config's), else by the median rule of `ReplyGuardMixin.example_cap`."""
+    sizes = None
+    if cfg.task == "mnist" and source is not None:
+        sizes = mnist.partition_train_sizes(source, num_nodes, cfg.dirichlet_alpha, cfg.seed, cfg.local_test_fraction,
+                                            cfg.max_client_examples)
+    innermost(strategy).configure_example_caps(sizes)
 
 
 def client_role(cfg: RunConfig) -> str:

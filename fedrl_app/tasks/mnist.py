@@ -161,6 +161,20 @@ def apply_shift(data: tuple[torch.Tensor, torch.Tensor], shift: str, group: int
     return x, y
 
 
+def partition_train_sizes(source: DataSource, num_partitions: int, alpha: float, seed: int, test_fraction: float,
+                          max_examples: int = 0) -> dict[int, int]:
+    """Training examples of every partition, as `load_partition` splits them, without decoding an image
+    (the server caps each client's claimed `num-examples` by these)."""
+    fds = _federated_dataset(source, num_partitions, alpha, seed)
+    sizes = {}
+    for pid in range(num_partitions):
+        partition = fds.load_partition(pid, "train").select_columns(["label"])
+        if 0 < max_examples < len(partition):
+            partition = partition.shuffle(seed=seed).select(range(max_examples))
+        sizes[pid] = len(partition.train_test_split(test_size=test_fraction, seed=seed)["train"])
+    return sizes
+
+
 @lru_cache(maxsize=2)
 def load_test_set(source: DataSource) -> tuple[torch.Tensor, torch.Tensor]:
     """The centralized test split (10,000 images) the server evaluates on."""
