@@ -64,7 +64,7 @@ class CheckedStrategy(Protocol):
     def record_round_stats(self, server_round: int) -> None:
         """Write the strategy's per-round series into `rounds[server_round].extra`."""
 
-    def configure_example_caps(self, known: dict[int, int] | None = None, median_factor: float = 2.0) -> None:
+    def configure_example_caps(self, known: dict[int, int] | None = None, median_factor: float = 3.0) -> None:
         """Cap the claimed `num-examples` of each reply (its aggregation weight)."""
 
     def state_dict(self) -> StrategyState:

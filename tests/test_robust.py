@@ -74,15 +74,16 @@ def test_claimed_examples_are_capped_by_the_partition_size_or_the_median_rule():
     s = FedAvg(fraction_train=1.0)
     list(s.configure_train(1, arrays(w=[0.0]), ConfigRecord({}), FakeGrid([1, 2, 3, 4])))
     s.configure_example_caps({1: 100, 2: 100})  # partitions 3 and 4: unknown sizes
+    s._recent_claims.extend([150.0, 150.0])  # two claims accepted in earlier rounds
     replies = [reply(1, arrays(w=[1.0]), 100), reply(2, arrays(w=[1.0]), 10**12), reply(3, arrays(w=[1.0]), 200),
                reply(4, arrays(w=[5.0]), 10**9)]
     out, _ = s.aggregate_train(1, replies)
-    # node 2 clipped to its partition's 100; node 4, of unknown size, to 2 × the median of the claims accepted
-    # so far (100, 100 clipped, 200) and this round's (100, 10¹², 200, 10⁹): median 200, cap 400
+    # node 2 clipped to its partition's 100; node 4, of unknown size, to 3 × the median of the earlier claims and
+    # this round's (150, 150, 100, 10¹², 200, 10⁹): median 175, cap 525
     claims = {r.node_id: r.metrics["num-examples"] for r in s.rounds[1].reports}
-    assert claims == {1: 100, 2: 100, 3: 200, 4: 400}
+    assert claims == {1: 100, 2: 100, 3: 200, 4: 525}
     assert s.rounds[1].extra["examples-clipped"] == 2
-    expected = (100 + 100 + 200 + 5.0 * 400) / 800
+    expected = (100 + 100 + 200 + 5.0 * 525) / 925
     assert float(out["w"].numpy()[0]) == pytest.approx(expected)
 
 
@@ -96,8 +97,8 @@ def test_a_weight_inflating_client_is_outvoted_once_capped():
     # 8 honest clients at +1 with ~5000 examples, 2 inflating ones at +100 claiming 10¹²; no known sizes
     honest = [reply(n, arrays(w=[1.0]), 5000 + 100 * n) for n in range(1, 9)]
     out, _ = s.aggregate_train(1, honest + [reply(n, arrays(w=[100.0]), 10**12) for n in (9, 10)])
-    # each claim is capped at 2 × the median (~5,450): the two hold a third of the weight, not all of it
-    assert float(out["w"].numpy()[0]) == pytest.approx(1 + 99 * 2 * 10_900 / (8 * 5450 + 2 * 10_900), rel=0.02)
+    # each claim is capped at 3 × the median (~5,500): the two hold 6/14 of the weight, not all of it
+    assert float(out["w"].numpy()[0]) == pytest.approx(1 + 99 * 6 / 14, rel=0.05)
 
 
 def test_the_metadata_bomb_drill_is_small_and_refused_at_once():
