@@ -243,6 +243,12 @@ class RunConfig:
     controller_features: str = option(
         "basic", "drl-compress: the controller's state: `basic` (accuracy, divergence, staleness, progress, rate) or `resources` (also its expected upload times of a full and of a compressed update and its compute time, relative to the deadline, and its availability)",
         group=DRL_COMPRESS, choices=FEATURE_SETS)
+    update_aggregation: str = option(
+        "mean", "drl-compress: how the senders' decoded updates combine: `mean` (example-weighted), or robustly, unweighted, `median` or `trimmed-mean` (cutting `trimmed-beta` at each end), coordinate-wise",
+        group=DRL_COMPRESS, choices=("mean", "median", "trimmed-mean"))
+    max_update_norm: float = option(
+        0.0, "every strategy: bound each reply's update norm to this (norm bounding, Sun et al. 2019: the update is scaled down; 0: off). Values beyond ±1e6 are refused whatever this is",
+        group=DRILLS, ge=0)
     controller_sharing: str = option(
         "per-client", "drl-compress: `per-client` (each client learns its own controller from its ~one decision a round) or `shared` (one controller, learned on the server from every client's reported transitions and sent down with the model)",
         group=DRL_COMPRESS, choices=("per-client", "shared"))

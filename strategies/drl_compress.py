@@ -26,12 +26,13 @@ from fedrl_app.agents.sync_controller import ACTIONS, ControllerConfig, SyncCont
 from fedrl_app.protocol import keys
 from fedrl_app.protocol.codecs import decode_update
 from fedrl_app.protocol.metadata import ClientMetadata
-from fedrl_app.protocol.payload import PayloadError, check_arrays
+from fedrl_app.protocol.payload import PayloadError, bound_norm, check_arrays, check_magnitude
 from fedrl_app.protocol.records import to_numpy, to_record
 from strategies.reply_guard import ReplyGuardMixin
 from strategies.round_schedule import RoundScheduleMixin
 from strategies.strategy_utils import mean_arrays
 
+UPDATE_AGGREGATIONS = ("mean", "median", "trimmed-mean")
 REWARD_BOUND = 10.0  # |reward| a client may report to the shared controller (honest ones stay within a few units)
 
 
@@ -53,6 +54,12 @@ class DrlCompress(RoundScheduleMixin, ReplyGuardMixin, FlowerFedAvg):
         How the controllers measure the accuracy gain in their reward: "own-gain" (what the
         client's own message adds, measured at once) or "global-gain" (the global model's gain
         by the next round); see :mod:`fedrl_app.agents.sync_controller`.
+    update_aggregation : str (default: "mean")
+        How the decoded updates of the senders combine: "mean" (example-weighted), or the robust rules
+        "median" (coordinate-wise, as Flower's FedMedian) and "trimmed-mean" (coordinate-wise, cutting
+        `trimmed_beta` of the values at each end, as Flower's FedTrimmedAvg), unweighted like those.
+    trimmed_beta : float (default: 0.2)
+        The fraction cut at each end by "trimmed-mean".
     shared_controller : ControllerConfig, optional
         One controller for every client (controller-sharing "shared"): the server keeps it, learns
         from every client's reported transition (previous state and action, reward, new state; one
@@ -66,8 +73,12 @@ class DrlCompress(RoundScheduleMixin, ReplyGuardMixin, FlowerFedAvg):
 
     def __init__(self, *, bytes_penalty: float = 0.1, prune_threshold: float = 0.0, num_rounds: int = 30,
                  sync_policy: str = "dqn", controller_reward: str = "own-gain",
+                 update_aggregation: str = "mean", trimmed_beta: float = 0.2,
                  shared_controller: ControllerConfig | None = None, seed: int = 0, **kwargs) -> None:
         super().__init__(**kwargs)
+        if update_aggregation not in UPDATE_AGGREGATIONS:
+            raise ValueError(f"update_aggregation must be one of {UPDATE_AGGREGATIONS}, got {update_aggregation!r}")
+        self.update_aggregation, self.trimmed_beta = update_aggregation, trimmed_beta
         self.shared = SyncController(shared_controller, seed=seed) if shared_controller is not None else None
         self.sync_policy, self.controller_reward = sync_policy, controller_reward
         self.bytes_penalty, self.prune_threshold, self.num_rounds = bytes_penalty, prune_threshold, num_rounds
@@ -113,12 +124,24 @@ class DrlCompress(RoundScheduleMixin, ReplyGuardMixin, FlowerFedAvg):
         if decision == "full":
             if keys.DELTA not in records:
                 raise PayloadError(f"full-sync reply has no ArrayRecord '{keys.DELTA}'")
-            delta = check_arrays(records[keys.DELTA], spec, name=keys.DELTA)
+            delta = check_arrays(records[keys.DELTA], spec, name=keys.DELTA, max_abs=self.max_abs)
         else:
             if keys.DELTA_COMPRESSED not in records:
                 raise PayloadError(f"compressed reply has no ArrayRecord '{keys.DELTA_COMPRESSED}'")
             delta = decode_update(records[keys.DELTA_COMPRESSED], spec)
+            check_magnitude(delta, name=keys.DELTA_COMPRESSED, max_abs=self.max_abs)  # as a dense update's
         self._deltas[msg.metadata.src_node_id] = delta
+
+    def bound_reply(self, msg: Message) -> float | None:
+        """Norm bounding of the decoded update (dense or compressed alike)."""
+        node = msg.metadata.src_node_id
+        if self.max_update_norm <= 0 or node not in self._deltas:
+            return None
+        bounded, norm = bound_norm(self._deltas[node], self.max_update_norm)
+        if bounded is self._deltas[node]:
+            return None
+        self._deltas[node] = bounded
+        return norm
 
     def aggregate_valid_replies(
         self, server_round: int, replies: list[Message]
@@ -131,8 +154,14 @@ class DrlCompress(RoundScheduleMixin, ReplyGuardMixin, FlowerFedAvg):
         senders = [m for m in replies if m.metadata.src_node_id in self._deltas]
         if not senders or self.current is None:
             return None, metrics  # everyone skipped: the model stays
-        weights = [next(iter(m.content.metric_records.values()))[self.weighted_by_key] for m in senders]
-        step = mean_arrays([self._deltas[m.metadata.src_node_id] for m in senders], weights)
+        updates = [self._deltas[m.metadata.src_node_id] for m in senders]
+        if self.update_aggregation == "median":
+            step = coordinate_median(updates)
+        elif self.update_aggregation == "trimmed-mean":
+            step = trimmed_mean(updates, self.trimmed_beta)
+        else:
+            weights = [next(iter(m.content.metric_records.values()))[self.weighted_by_key] for m in senders]
+            step = mean_arrays(updates, weights)
         return to_record(apply_update(self.current, step)), metrics
 
 
@@ -188,3 +217,19 @@ class DrlCompress(RoundScheduleMixin, ReplyGuardMixin, FlowerFedAvg):
 def apply_update(x: dict[str, np.ndarray], step: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """x + step, in x's dtypes."""
     return {k: (x[k] + step[k]).astype(x[k].dtype) for k in x}
+
+
+def coordinate_median(updates: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Coordinate-wise median of the updates (float64, cast back)."""
+    return {k: np.median(np.stack([u[k].astype(np.float64) for u in updates]), axis=0).astype(updates[0][k].dtype)
+            for k in updates[0]}
+
+
+def trimmed_mean(updates: list[dict[str, np.ndarray]], beta: float) -> dict[str, np.ndarray]:
+    """Coordinate-wise mean after cutting ⌊beta·n⌋ of the smallest and of the largest values (FedTrimmedAvg's rule)."""
+    cut = int(beta * len(updates))
+    out = {}
+    for k in updates[0]:
+        values = np.sort(np.stack([u[k].astype(np.float64) for u in updates]), axis=0)
+        out[k] = values[cut: len(updates) - cut].mean(axis=0).astype(updates[0][k].dtype)
+    return out

@@ -27,7 +27,7 @@ from flwr.supercore import log
 
 from fedrl_app.protocol import keys
 from fedrl_app.protocol.metadata import ClientMetadata
-from fedrl_app.protocol.payload import PayloadError
+from fedrl_app.protocol.payload import PayloadError, bound_norm
 from fedrl_app.protocol.records import to_numpy, to_record
 from strategies.async_buffer import client_speeds
 from strategies.reply_guard import ReplyGuardMixin
@@ -91,6 +91,17 @@ class FedPG(RoundScheduleMixin, ReplyGuardMixin, FlowerFedAvg):
         if meta.gradient_uploaded is False:
             raise PayloadError(f"a lazy skip is not allowed with {type(self).__name__}; send the gradient")
         super().check_reply_arrays(msg, meta)
+
+    def bound_reply(self, msg: Message) -> float | None:
+        """Norm bounding of the gradient estimate (the update a policy-gradient client sends)."""
+        if self.max_update_norm <= 0 or keys.GRADIENT not in msg.content.array_records:
+            return None
+        gradient = to_numpy(msg.content[keys.GRADIENT])
+        bounded, norm = bound_norm(gradient, self.max_update_norm)
+        if bounded is gradient:
+            return None
+        msg.content[keys.GRADIENT] = to_record(bounded)
+        return norm
 
     # --- aggregation --------------------------------------------------------------------------
     def round_direction(self, server_round: int, replies: list[Message]) -> dict[str, np.ndarray]:

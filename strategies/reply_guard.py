@@ -17,8 +17,8 @@ from flwr.supercore import log
 from fedrl_app.protocol import keys
 from fedrl_app.protocol.codecs import CodecError
 from fedrl_app.protocol.metadata import ClientMetadata, MetadataError, read_metadata
-from fedrl_app.protocol.payload import PayloadError, check_arrays
-from fedrl_app.protocol.records import array_spec, recorddict_nbytes
+from fedrl_app.protocol.payload import MAX_ABS, PayloadError, bound_norm, check_arrays
+from fedrl_app.protocol.records import array_spec, recorddict_nbytes, to_numpy, to_record
 from fedrl_app.systems.clock import ClientTime, client_time, synchronous_round_s
 from fedrl_app.systems.profiles import SystemsModel
 
@@ -78,9 +78,33 @@ class ReplyGuardMixin:
         self.deadline_s, self.local_epochs = 0.0, 1
         self._download_bytes: dict[int, int] = {}     # node -> bytes of the train message it was sent
         self.last_client_times: dict[int, ClientTime] = {}  # node -> its latest accepted reply's time
+        self.max_abs, self.max_update_norm = MAX_ABS, 0.0  # the magnitude policy (`configure_update_bounds`)
+        self._sent_arrays: dict[int, dict[str, np.ndarray]] = {}  # node -> the model it was sent (norm bounding)
         self.known_examples: dict[int, int] = {}      # partition -> its true training-set size, where known
         self.claims_median_factor = CLAIMS_MEDIAN_FACTOR
         self._recent_claims: deque[float] = deque(maxlen=RECENT_CLAIMS)
+
+    def configure_update_bounds(self, max_abs: float = MAX_ABS, max_update_norm: float = 0.0) -> None:
+        """Every value of a reply within ±max_abs (else it is refused); every update's norm bounded by
+        `max_update_norm` (> 0; norm bounding, Sun et al. 2019: scaled down, not refused)."""
+        self.max_abs, self.max_update_norm = max_abs, max_update_norm
+
+    def bound_reply(self, msg: Message) -> float | None:
+        """Bound the norm of the update a checked reply carries; its norm before if it was scaled down, else None.
+
+        Here the reply is a model: its update is the model returned minus the model sent. Strategies whose
+        replies carry an update (drl-compress) or a gradient (policy gradient) override this.
+        """
+        sent = self._sent_arrays.get(msg.metadata.src_node_id)
+        if self.max_update_norm <= 0 or sent is None:
+            return None
+        returned = to_numpy(msg.content[keys.ARRAYS])
+        update = {k: v.astype(np.float64) - sent[k].astype(np.float64) for k, v in returned.items()}
+        bounded, norm = bound_norm(update, self.max_update_norm)
+        if bounded is update:
+            return None
+        msg.content[keys.ARRAYS] = to_record({k: (sent[k] + bounded[k]).astype(returned[k].dtype) for k in returned})
+        return norm
 
     def configure_example_caps(self, known: dict[int, int] | None = None,
                                median_factor: float = CLAIMS_MEDIAN_FACTOR) -> None:
@@ -109,6 +133,9 @@ class ReplyGuardMixin:
         self._sent_spec = array_spec(arrays)
         messages = list(super().configure_train(server_round, arrays, config, grid))  # type: ignore[misc]  # Flower's
         self._expected_replies = len(messages)
+        if self.max_update_norm > 0:  # (async dispatches one node at a time, each from its own model version)
+            sent = to_numpy(arrays)
+            self._sent_arrays.update({m.metadata.dst_node_id: sent for m in messages})
         if self.systems is not None:
             sizes: dict[int, int] = {}  # Flower's strategies reuse one RecordDict for every node
             for msg in messages:
@@ -132,7 +159,7 @@ class ReplyGuardMixin:
             round_log.extra["clients-no-reply"] = max(self._expected_replies - len(replies), 0)
         kept: list[Message] = []
         times: dict[int, ClientTime] = {}  # partition -> time, of the replies kept
-        unavailable = late = clipped = 0
+        unavailable = late = clipped = norm_bounded = 0
         round_claims = [c for c in (_claimed_examples(m) for m in replies) if c is not None]
         for msg in replies:
             node = msg.metadata.src_node_id
@@ -144,6 +171,10 @@ class ReplyGuardMixin:
                 meta = read_metadata(content)
                 metrics = _check_metrics(content)
                 self.check_reply_arrays(msg, meta)
+                if (norm := self.bound_reply(msg)) is not None:
+                    log(INFO, "round %d: node %d's update norm %.4g bounded to %g", server_round, node, norm,
+                        self.max_update_norm)
+                    norm_bounded += 1
                 cap, why = self.example_cap(meta.partition_id, round_claims)
                 if metrics[keys.NUM_EXAMPLES] > cap:  # its weight in the mean: an untrusted claim
                     log(WARNING, "round %d: node %d claims %.4g examples; clipped to %d (%s)", server_round, node,
@@ -166,6 +197,8 @@ class ReplyGuardMixin:
             kept.append(msg)
             round_log.reports.append(ClientReport(node_id=node, metadata=meta, metrics=metrics))
         round_log.extra["examples-clipped"] = round_log.extra.get("examples-clipped", 0) + clipped
+        if self.max_update_norm > 0:
+            round_log.extra["updates-norm-bounded"] = round_log.extra.get("updates-norm-bounded", 0) + norm_bounded
         self._recent_claims.extend(float(next(iter(m.content.metric_records.values()))[keys.NUM_EXAMPLES]) for m in kept)
         # Flower aggregates MetricRecords key by key: keep the common key set only.
         kept = _majority_metric_keys(kept, server_round, round_log)
@@ -190,7 +223,7 @@ class ReplyGuardMixin:
             if name not in msg.content.array_records:
                 raise PayloadError(f"reply has no ArrayRecord '{name}'")
             if self._sent_spec is not None:
-                check_arrays(msg.content.array_records[name], self._sent_spec, name=name)
+                check_arrays(msg.content.array_records[name], self._sent_spec, name=name, max_abs=self.max_abs)
 
     def reply_delta(self, msg: Message, start: dict[str, np.ndarray]) -> dict[str, np.ndarray] | None:
         """The update a checked reply carries, relative to the model the client started from."""

@@ -5,8 +5,8 @@ End-to-end tests carry the `e2e` mark (`pytest -m "not e2e"` is the fast tier). 
 """
 
 import pytest
-from hypothesis import settings
 from flwr.supercore.task_identity import TaskIdentity
+from hypothesis import settings
 
 from fedrl_app.runtime.launch import LocalSimulation, _pids_mentioning
 

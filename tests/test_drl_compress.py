@@ -169,3 +169,42 @@ def test_a_client_acts_with_the_shared_network_and_does_not_learn_itself():
     assert stored.buffer == [] and stored.gradient_steps == 0  # it reported its transitions instead
     assert decisions.count("skip") >= 2  # the shared network's choice, bar ε-exploration
     assert d.previous_action is not None and d.previous_state is not None and d.reward is not None
+
+
+def test_a_compressed_update_obeys_the_same_magnitude_policy_as_a_dense_one():
+    s = _strategy()
+    huge = {"w": np.full((1, 4), 3e30, np.float32), "b": np.array([1.0], np.float32)}  # finite float32: decodes
+    out, _ = s.aggregate_train(1, [_drl_reply(1, 10, "compressed", huge), _drl_reply(2, 10, "full", huge)])
+    reasons = [why for _, why in s.rounds[1].dropped]
+    assert out is None and len(reasons) == 2 and all("> 1e+06" in why for why in reasons)
+
+
+def test_norm_bounding_scales_decoded_updates_down():
+    s = _strategy()
+    s.configure_update_bounds(max_update_norm=1.0)
+    big = {"w": np.array([[3.0, 0.0, 0.0, 4.0]], np.float32), "b": np.array([0.0], np.float32)}  # norm 5
+    out, _ = s.aggregate_train(1, [_drl_reply(1, 10, "full", big)])
+    np.testing.assert_allclose(out["w"].numpy() - X["w"], [[0.6, 0.0, 0.0, 0.8]], rtol=1e-6)
+    assert s.rounds[1].extra["updates-norm-bounded"] == 1
+
+
+@pytest.mark.parametrize("rule", ["median", "trimmed-mean"])
+def test_robust_rules_over_decoded_updates_shrug_off_a_scaled_attacker(rule):
+    s = DrlCompress(num_rounds=10, update_aggregation=rule, trimmed_beta=0.2)
+    list(s.configure_train(1, arrays(**X), ConfigRecord({}), FakeGrid([1, 2, 3, 4, 5])))
+    honest = {"w": np.array([[1.0, 1.0, 1.0, 1.0]], np.float32), "b": np.array([1.0], np.float32)}
+    attacker = {"w": np.full((1, 4), -1e5, np.float32), "b": np.array([-1e5], np.float32)}
+    replies = [_drl_reply(n, 10, "full", honest) for n in range(1, 5)] + [_drl_reply(5, 10, "full", attacker)]
+    out, _ = s.aggregate_train(1, replies)
+    np.testing.assert_allclose(out["w"].numpy() - X["w"], [[1.0] * 4])  # median and the 20%-trimmed mean: honest
+
+
+def test_trimmed_mean_and_median_exact():
+    from strategies.drl_compress import coordinate_median, trimmed_mean
+
+    ups = [{"a": np.array([v], np.float32)} for v in (1.0, 2.0, 3.0, 4.0, 100.0)]
+    assert coordinate_median(ups)["a"].tolist() == [3.0]
+    assert trimmed_mean(ups, 0.2)["a"].tolist() == [3.0]   # cut 1 at each end: mean(2, 3, 4)
+    assert trimmed_mean(ups, 0.0)["a"].tolist() == [22.0]
+    with pytest.raises(ValueError, match="update_aggregation"):
+        DrlCompress(update_aggregation="krum")

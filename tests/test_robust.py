@@ -105,7 +105,7 @@ def test_the_metadata_bomb_drill_is_small_and_refused_at_once():
     import pickle
     import time
 
-    from flwr.app import ConfigRecord, RecordDict
+    from flwr.app import RecordDict
 
     from fedrl_app.client.drills import malformed_reply
     from fedrl_app.protocol.metadata import ClientMetadata, MetadataError, encode_metadata, read_metadata

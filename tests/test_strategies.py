@@ -154,3 +154,14 @@ def test_scaffold_client_step_adds_the_control_correction():
     train(net, data, epochs=2, batch_size=8, lr=0.5, control_correction=correction)
     for p, e in zip(net.parameters(), expected):
         torch.testing.assert_close(p.detach(), e)
+
+
+def test_norm_bounding_of_model_replies_is_relative_to_the_model_sent():
+    s = FedAvg(fraction_train=1.0)
+    s.configure_update_bounds(max_update_norm=1.0)
+    msgs = list(s.configure_train(1, arrays(w=[[0.0, 0.0]], b=[0.0]), ConfigRecord({}), FakeGrid([1, 2])))
+    to = {m.metadata.dst_node_id: m for m in msgs}
+    out, _ = s.aggregate_train(1, [reply(1, arrays(w=[[3.0, 4.0]], b=[0.0]), 10, to=to[1]),   # norm 5: to 1
+                                   reply(2, arrays(w=[[0.3, 0.4]], b=[0.0]), 10, to=to[2])])  # norm 0.5: kept
+    np.testing.assert_allclose(out["w"].numpy(), [[(0.6 + 0.3) / 2, (0.8 + 0.4) / 2]], rtol=1e-6)
+    assert s.rounds[1].extra["updates-norm-bounded"] == 1

@@ -14,8 +14,13 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 
 from fedrl_app.client.common import attach_metadata, partition
-from fedrl_app.client.drills import (INFLATED_EXAMPLES, MALFORMED_ATTACKS, byzantine_update, is_byzantine,
-                                     malformed_reply)
+from fedrl_app.client.drills import (
+    INFLATED_EXAMPLES,
+    MALFORMED_ATTACKS,
+    byzantine_update,
+    is_byzantine,
+    malformed_reply,
+)
 from fedrl_app.client.sync import ClientSystem, decide_and_encode
 from fedrl_app.config import RunConfig
 from fedrl_app.protocol import keys

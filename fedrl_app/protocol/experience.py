@@ -14,6 +14,7 @@ import zlib
 import numpy as np
 from flwr.app import ConfigRecord
 
+from fedrl_app.protocol.payload import MAX_ABS
 from fedrl_app.protocol.untrusted import brief
 
 
@@ -51,6 +52,8 @@ def unpack_experience(record: ConfigRecord, obs_dim: int, n_actions: int, max_ro
     matrix = np.frombuffer(raw, dtype=np.float32).reshape(rows, cols)
     if not np.all(np.isfinite(matrix)):
         raise ExperienceError("payload contains NaN or Inf")
+    if matrix.size and float(np.max(np.abs(matrix))) > MAX_ABS:
+        raise ExperienceError(f"payload has |value| up to {float(np.max(np.abs(matrix))):.3g} > {MAX_ABS:g}")
     obs, actions = matrix[:, :obs_dim], matrix[:, obs_dim]
     rewards, next_obs, dones = matrix[:, obs_dim + 1], matrix[:, obs_dim + 2: 2 * obs_dim + 2], matrix[:, -1]
     if np.any((actions != np.round(actions)) | (actions < 0) | (actions >= n_actions)):

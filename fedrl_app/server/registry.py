@@ -150,6 +150,7 @@ STRATEGY_ENTRIES = (
                   lambda cfg, s: DrlCompress(**s, bytes_penalty=cfg.bytes_penalty,
                                              prune_threshold=cfg.prune_threshold, num_rounds=cfg.num_server_rounds,
                                              sync_policy=cfg.sync_policy, controller_reward=cfg.controller_reward,
+                                             update_aggregation=cfg.update_aggregation, trimmed_beta=cfg.trimmed_beta,
                                              shared_controller=(cfg.controller_config()
                                                                 if cfg.controller_sharing == "shared" else None),
                                              seed=cfg.seed),
@@ -251,8 +252,9 @@ def build_strategy(cfg: RunConfig) -> Strategy:
     strategy: Any = entry.build(cfg, settings)
     if entry.lr_schedule:
         strategy.configure_schedule(cfg.lr, cfg.lr_decay_factor, cfg.lr_decay_every)
+    innermost(strategy).configure_update_bounds(max_update_norm=cfg.max_update_norm)
     if cfg.task == "mnist":  # the virtual clock times MNIST rounds (the RL tasks keep their own clocks for now)
-        strategy.configure_clock(SystemsModel(cfg.systems_profile, cfg.seed), cfg.round_deadline_s, cfg.local_epochs)
+        innermost(strategy).configure_clock(SystemsModel(cfg.systems_profile, cfg.seed), cfg.round_deadline_s, cfg.local_epochs)
     for wrapper in enabled:
         strategy = wrapper.wrap(strategy, cfg)
     return strategy
