@@ -56,6 +56,7 @@ from fedrl_app.protocol.records import to_numpy
 from strategies.async_buffer import Arrival, AsyncBuffer, Job
 from strategies.fedpg import FedPG
 from strategies.strategy_utils import distance, squared_norm
+from strategies.wrapper import StrategyState
 
 
 def eta_schedule(version: int, exponent: float) -> float:
@@ -111,6 +112,23 @@ class AFedPG(AsyncBuffer):
         log(INFO, "\t├──> AFedPG: α_k=%s·(k+1)^-%s, η_v=(v+1)^-%s, delay-adaptive=%s, speed σ=%s", self.step_size,
             self.step_exponent, self.eta_exponent, self.delay_adaptive, self.speed_sigma)
         self.strategy.summary()
+
+    state_prefix = "afedpg"
+
+    def own_state_dict(self) -> StrategyState:
+        """AsyncBuffer's clock and history, the momentum direction d and the previous policy θ_{k−1}."""
+        state = super().own_state_dict()
+        if self.direction is not None:
+            state[f"{self.state_prefix}/direction"] = dict(self.direction)
+        if self._previous is not None:
+            state[f"{self.state_prefix}/previous"] = dict(self._previous)
+        return state
+
+    def load_own_state_dict(self, state: StrategyState) -> None:
+        """Restore the clock, d and θ_{k−1}: the next lookahead and the next step continue the momentum."""
+        super().load_own_state_dict(state)
+        self.direction = state.get(f"{self.state_prefix}/direction")
+        self._previous = state.get(f"{self.state_prefix}/previous")
 
     def prepare_dispatch(self, version: int, models: dict[int, dict[str, np.ndarray]]):
         """The lookahead point θ̃_v, and η_v for when the gradient comes back."""

@@ -48,8 +48,8 @@ from fedrl_app.protocol import keys
 from fedrl_app.protocol.metadata import MetadataError, read_metadata
 from fedrl_app.protocol.records import to_numpy, to_record
 from fedrl_app.systems.profiles import ProfileError
-from strategies.strategy_utils import SubsetGrid, mean_arrays, staleness_weight
-from strategies.wrapper import CheckedStrategy, StrategyWrapper
+from strategies.strategy_utils import SubsetGrid, mean_arrays, rng_from_array, rng_to_array, staleness_weight
+from strategies.wrapper import CheckedStrategy, StrategyState, StrategyWrapper
 
 MIN_FAILED_JOB_S = 1.0  # a dropout whose round time is not known yet still costs this much simulated time
 
@@ -109,6 +109,7 @@ class AsyncBuffer(StrategyWrapper):
     """
 
     required_settings = {"min_train_nodes": 1, "min_available_nodes": 1}
+    state_prefix = "async"
 
     def __init__(self, strategy: CheckedStrategy, *, buffer_size: int = 5, staleness_exponent: float = 0.5, server_lr: float = 1.0,
                  speed_sigma: float = 1.0, seed: int = 0, poll_interval: float = 0.2, jitter: float = 0.1,
@@ -120,6 +121,23 @@ class AsyncBuffer(StrategyWrapper):
         self.rng = np.random.default_rng(seed + 1)
         self.staleness: list[tuple[int, int, int]] = []  # (version aggregated into, node, τ)
         self.sim_time = 0.0
+
+    def own_state_dict(self) -> StrategyState:
+        """The clock (simulated time, the jitter stream) and the staleness history. The buffer is empty at every
+        checkpoint (one is taken right after each aggregation); jobs in flight are lost with the server and a
+        resumed run dispatches every client anew with the current model."""
+        return {self.state_prefix: {
+            "sim-time": np.array([self.sim_time], np.float64), "rng": rng_to_array(self.rng),
+            "staleness": np.asarray(self.staleness, np.int64).reshape(-1, 3),
+        }}
+
+    def load_own_state_dict(self, state: StrategyState) -> None:
+        """Restore `own_state_dict`'s clock and history."""
+        if self.state_prefix in state:
+            group = state[self.state_prefix]
+            self.sim_time = float(group["sim-time"][0])
+            rng_from_array(self.rng, group["rng"])
+            self.staleness = [tuple(int(x) for x in row) for row in np.asarray(group["staleness"]).reshape(-1, 3)]
 
     # Flower's Strategy interface: the event loop in `start` replaces Flower's synchronous rounds.
     def aggregate_train(self, server_round: int, replies: Iterable[Message]):

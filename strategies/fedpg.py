@@ -32,7 +32,7 @@ from fedrl_app.protocol.records import to_numpy, to_record
 from strategies.async_buffer import client_speeds
 from strategies.reply_guard import ReplyGuardMixin
 from strategies.round_schedule import RoundScheduleMixin
-from strategies.strategy_utils import mean_arrays, squared_norm
+from strategies.strategy_utils import mean_arrays, rng_from_array, rng_to_array, squared_norm
 
 
 class FedPG(RoundScheduleMixin, ReplyGuardMixin, FlowerFedAvg):
@@ -91,6 +91,23 @@ class FedPG(RoundScheduleMixin, ReplyGuardMixin, FlowerFedAvg):
         if meta.gradient_uploaded is False:
             raise PayloadError(f"a lazy skip is not allowed with {type(self).__name__}; send the gradient")
         super().check_reply_arrays(msg, meta)
+
+    def state_dict(self) -> dict[str, dict[str, np.ndarray]]:
+        """The simulated clock (its time and random stream) and the env-step and upload totals. (The speeds are
+        drawn again by node rank: a resumed run's nodes have new ids.)"""
+        return {"fedpg": {
+            "totals": np.array([self.sim_time, self.env_steps_total, self.uploads_total], np.float64),
+            "clock-rng": rng_to_array(self._clock_rng),
+        }}
+
+    def load_state_dict(self, state: dict[str, dict[str, np.ndarray]]) -> None:
+        """Restore `state_dict`'s clock and totals."""
+        if "fedpg" not in state:
+            return
+        group = state["fedpg"]
+        sim_time, env_steps, uploads = (float(x) for x in group["totals"])
+        self.sim_time, self.env_steps_total, self.uploads_total = sim_time, int(env_steps), int(uploads)
+        rng_from_array(self._clock_rng, group["clock-rng"])
 
     def bound_reply(self, msg: Message) -> float | None:
         """Norm bounding of the gradient estimate (the update a policy-gradient client sends)."""

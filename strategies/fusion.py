@@ -28,6 +28,7 @@ from fedrl_app.protocol.payload import PayloadError
 from fedrl_app.protocol.records import to_numpy, to_record
 from strategies.reply_guard import ReplyGuardMixin
 from strategies.round_schedule import RoundScheduleMixin
+from strategies.strategy_utils import array_to_blob, blob_to_array, rng_from_array, rng_to_array
 
 
 def trust_weights(global_flat: np.ndarray, client_flats: list[np.ndarray]) -> tuple[np.ndarray, bool]:
@@ -94,6 +95,17 @@ class Fusion(RoundScheduleMixin, ReplyGuardMixin, FlowerFedAvg):
         log(INFO, "\t├──> Fusion: α=%s, diversity filter %s (θ=%s, k=%d), server updates %d", self.mix,
             self.diversity_filter, self.diversity_threshold, self.filter_k, self.server_updates)
         super().summary()
+
+    def state_dict(self) -> dict[str, dict[str, np.ndarray]]:
+        """The server learner (target network, optimizer, the global replay buffer, its random streams) and the
+        diversity filter's random stream: a resumed run continues exactly where this one stopped."""
+        return {"fusion": {"learner": blob_to_array(self.learner.to_bytes()), "rng": rng_to_array(self.rng)}}
+
+    def load_state_dict(self, state: dict[str, dict[str, np.ndarray]]) -> None:
+        """Restore `state_dict`'s learner and filter stream."""
+        if "fusion" in state:
+            self.learner = DQNAgent.from_bytes(array_to_blob(state["fusion"]["learner"]), restore_rng=True)
+            rng_from_array(self.rng, state["fusion"]["rng"])
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid):
         """Ask clients to share experience alongside their network."""

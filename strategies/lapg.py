@@ -56,7 +56,7 @@ class LAPG(FedPG):
     def __init__(self, *, threshold: float = 1.0, memory: int = 10, **kwargs) -> None:
         super().__init__(**kwargs)
         self.threshold, self.memory = threshold, memory
-        self.last: dict[int, dict[str, np.ndarray]] = {}  # node id -> last accepted gradient
+        self.last: dict[int, dict[str, np.ndarray]] = {}  # partition id -> its last accepted gradient
         self.recent_steps: list[float] = []                # ‖θ^{j+1} − θ^j‖², newest first, at most D
         self.uploads_saved_total = 0
 
@@ -83,7 +83,7 @@ class LAPG(FedPG):
         if meta.gradient_uploaded is False:
             if msg.content.array_records:
                 raise PayloadError(f"a lazy skip must carry no arrays, got {sorted(msg.content.array_records)}")
-            if msg.metadata.src_node_id not in self.last:
+            if meta.partition_id not in self.last:
                 raise PayloadError("lazy skip, but the server holds no accepted upload from this client to reuse")
             return
         super(FedPG, self).check_reply_arrays(msg, meta)
@@ -95,17 +95,33 @@ class LAPG(FedPG):
         for msg in replies:
             node = msg.metadata.src_node_id
             if keys.GRADIENT in msg.content.array_records:
-                self.last[node] = to_numpy(msg.content[keys.GRADIENT])
+                self.last[partition[node]] = to_numpy(msg.content[keys.GRADIENT])
                 uploaded.append(partition.get(node, node))
             else:
                 skipped.append(partition.get(node, node))
-            grads.append(self.last[node])
+            grads.append(self.last[partition[node]])
         self.uploads_saved_total += len(skipped)
         self.rounds[server_round].extra.update({
             "uploaded": sorted(uploaded), "skipped": sorted(skipped), "uploads-saved": len(skipped),
             "uploads-saved-total": self.uploads_saved_total,
         })
         return mean_arrays(grads)
+
+    def state_dict(self) -> dict[str, dict[str, np.ndarray]]:
+        """FedPG's state, the last accepted gradient of every partition, the recent step norms, the uploads saved."""
+        state = super().state_dict()
+        state["lapg"] = {"recent-steps": np.asarray(self.recent_steps, np.float64),
+                         "uploads-saved-total": np.array([self.uploads_saved_total], np.int64)}
+        state.update({f"lapg/last/{pid}": dict(grad) for pid, grad in self.last.items()})
+        return state
+
+    def load_state_dict(self, state: dict[str, dict[str, np.ndarray]]) -> None:
+        """Restore `state_dict`'s memory: a client that skips after a resume still has its upload to reuse."""
+        super().load_state_dict(state)
+        if "lapg" in state:
+            self.recent_steps = [float(x) for x in state["lapg"]["recent-steps"]]
+            self.uploads_saved_total = int(state["lapg"]["uploads-saved-total"][0])
+        self.last = {int(k.removeprefix("lapg/last/")): dict(v) for k, v in state.items() if k.startswith("lapg/last/")}
 
     def after_step(self, server_round: int, old: dict[str, np.ndarray], new: dict[str, np.ndarray]) -> None:
         """Remember ‖θ^{k+1} − θ^k‖² (as applied, in the model's dtype) for the next rounds' bound."""

@@ -1,6 +1,8 @@
-"""Small helpers shared by the strategies: array arithmetic, staleness weights, and views of a Grid."""
+"""Small helpers shared by the strategies: array arithmetic, staleness weights, views of a Grid, checkpoint encoding."""
 
 from __future__ import annotations
+
+import json
 
 import numpy as np
 from flwr.serverapp import Grid
@@ -55,3 +57,23 @@ class SubsetGrid(GridView):
     def get_node_ids(self) -> list[int]:
         """The nodes of this view (a copy)."""
         return list(self._node_ids)
+
+
+def blob_to_array(blob: bytes) -> np.ndarray:
+    """Bytes as a uint8 array (a checkpoint group holds arrays only)."""
+    return np.frombuffer(blob, dtype=np.uint8).copy()
+
+
+def array_to_blob(array: np.ndarray) -> bytes:
+    """Inverse of `blob_to_array`."""
+    return np.asarray(array, dtype=np.uint8).tobytes()
+
+
+def rng_to_array(rng: np.random.Generator) -> np.ndarray:
+    """A numpy Generator's exact state, for a checkpoint."""
+    return blob_to_array(json.dumps(rng.bit_generator.state).encode())
+
+
+def rng_from_array(rng: np.random.Generator, array: np.ndarray) -> None:
+    """Restore a Generator to the state `rng_to_array` saved."""
+    rng.bit_generator.state = json.loads(array_to_blob(array).decode())

@@ -9,6 +9,7 @@ optimizer, replay buffer, step counters) round-trips through `to_bytes` /
 from __future__ import annotations
 
 import io
+import json
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -213,11 +214,13 @@ class DQNAgent:
             "q": self.q.state_dict(), "target": self.target.state_dict(), "optimizer": self.optimizer.state_dict(),
             "buffer": self.buffer.state(), "env_steps": self.env_steps, "gradient_steps": self.gradient_steps,
             "act_flops": self.act_flops, "train_flops": self.train_flops,
+            "rng": json.dumps(self.rng.bit_generator.state), "buffer-rng": json.dumps(self.buffer.rng.bit_generator.state),
         }, out)
         return out.getvalue()
 
     @classmethod
-    def from_bytes(cls, blob: bytes, seed: int = 0) -> DQNAgent:
+    def from_bytes(cls, blob: bytes, seed: int = 0, restore_rng: bool = False) -> DQNAgent:
+        """Inverse of `to_bytes`; the random streams start anew from `seed` unless `restore_rng` (exact resume)."""
         state = torch.load(io.BytesIO(blob), weights_only=True)
         agent = cls(state["obs_dim"], state["n_actions"], DQNConfig(**state["config"]), seed=seed)
         agent.q.load_state_dict(state["q"])
@@ -226,4 +229,7 @@ class DQNAgent:
         agent.buffer.load(state["buffer"])
         agent.env_steps, agent.gradient_steps = state["env_steps"], state["gradient_steps"]
         agent.act_flops, agent.train_flops = state["act_flops"], state["train_flops"]
+        if restore_rng and "rng" in state:
+            agent.rng.bit_generator.state = json.loads(state["rng"])
+            agent.buffer.rng.bit_generator.state = json.loads(state["buffer-rng"])
         return agent
