@@ -19,6 +19,7 @@ from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 from fedrl_app.client import dqn, policy_gradient, supervised
 from fedrl_app.client.common import partition
 from fedrl_app.client.drills import inject_fault
+from fedrl_app.client.persistence import persistent_state_mod
 from fedrl_app.config import RunConfig
 from fedrl_app.protocol import keys
 from fedrl_app.systems.profiles import SystemsModel
@@ -57,7 +58,7 @@ def dp_clipping_mod(msg: Message, context: Context, call_next: ClientAppCallable
     return call_next(msg, context)
 
 
-@app.train(mods=[dp_clipping_mod])
+@app.train(mods=[persistent_state_mod, dp_clipping_mod])
 def train(msg: Message, context: Context) -> Message:
     """Train as the role asks (after the fault drill, if this partition has one)."""
     cfg = RunConfig.from_run_config(context.run_config)

@@ -1,5 +1,6 @@
 """Deployment runtime: real SuperLink + SuperNodes on loopback, insecure and TLS + SuperNode auth, and a SuperNode crash."""
 
+import json
 import shutil
 import subprocess
 import time
@@ -58,17 +59,20 @@ def test_tls_deployment_with_supernode_authentication(tmp_path):
     _assert_all_stopped(deployment)
 
 
-def test_supernode_killed_and_restarted_mid_run(tmp_path):
-    deployment = LocalDeployment(num_supernodes=2)
+def test_supernode_killed_and_restarted_mid_run_continues_from_its_saved_state(tmp_path):
+    state_dir = tmp_path / "client-state"
+    deployment = LocalDeployment(num_supernodes=2, state_dir=state_dir)
+    out = tmp_path / "outputs"
+    out.mkdir()
     with deployment:
         run = subprocess.Popen([shutil.which("flwr") or "flwr", "run", str(ROOT), CONNECTION, "--stream",
-                                "--run-config", *_overrides(tmp_path, **{**TINY, "num-server-rounds": 5,
-                                                                         "round-timeout": 60.0})],
+                                "--run-config", *_overrides(out, **{**TINY, "num-server-rounds": 5,
+                                                                    "round-timeout": 60.0})],
                                env=deployment.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             deadline = time.time() + 240
             while time.time() < deadline:
-                runs = [p for p in tmp_path.iterdir() if p.is_dir()]
+                runs = [p for p in out.iterdir() if p.is_dir()]
                 if runs and len(read_jsonl(runs[0] / "metrics.jsonl")) >= 2:  # round 1 done
                     break
                 time.sleep(0.5)
@@ -81,7 +85,17 @@ def test_supernode_killed_and_restarted_mid_run(tmp_path):
         status = deployment.last_run_status()
     _assert_all_stopped(deployment)
     assert status == "finished:completed"
-    rows = read_jsonl(_run_dir(tmp_path) / "metrics.jsonl")
+    rows = read_jsonl(_run_dir(out) / "metrics.jsonl")
     assert [r["round"] for r in rows] == list(range(6))  # every round ran and was recorded
     assert rows[-1]["clients-accepted"] == 2  # the restarted SuperNode is back in the federation
     assert min(r["clients-accepted"] for r in rows[1:]) < 2  # the crash did cost a round one client
+    # the restarted client kept its loss history across the restart: one entry per round it trained in,
+    # those before the crash included (a SuperNode that lost its state would hold only the later ones)
+    from flwr.app import Context, RecordDict
+
+    from fedrl_app.client.persistence import load_state
+    trained = [c for c in read_jsonl(_run_dir(out) / "clients.jsonl") if c["partition_id"] == 1]
+    context = Context(run_id=0, node_id=0, node_config={"partition-id": 1}, state=RecordDict(),
+                      run_config=json.loads((_run_dir(out) / "run.json").read_text())["config"])
+    assert load_state(context, state_dir / "node-1" / "partition-1.state")
+    assert len(context.state["history"]["losses"]) == len(trained) >= 3

@@ -22,11 +22,12 @@ class LocalDeployment(LocalSimulation):
     """SuperLink + `num_supernodes` SuperNodes, each with its own partition-id / num-partitions."""
 
     def __init__(self, num_supernodes: int = 2, *, tls: bool = False, auth: bool = False,
-                 flwr_home: Path | None = None, startup_timeout: float = 60.0) -> None:
+                 flwr_home: Path | None = None, startup_timeout: float = 60.0, state_dir: Path | None = None) -> None:
         super().__init__(num_supernodes=num_supernodes, flwr_home=flwr_home, startup_timeout=startup_timeout)
         if auth and not tls:
             raise ValueError("SuperNode authentication needs TLS (flower-superlink refuses it otherwise)")
         self.tls, self.auth = tls, auth
+        self.state_dir = state_dir  # each SuperNode persists its client state under state_dir/node-<i>
         self.certs: dict[str, Path] = {}
         self.supernodes: list[subprocess.Popen] = []
 
@@ -68,8 +69,11 @@ class LocalDeployment(LocalSimulation):
         return self
 
     def supernode_args(self, i: int) -> list[str]:
+        node_config = f"partition-id={i} num-partitions={self.num_supernodes}"
+        if self.state_dir is not None:
+            node_config += f' state-dir="{self.state_dir / f"node-{i}"}"'
         args = ["--superlink", f"127.0.0.1:{self.port}", "--port", str(free_port()), "--isolation", "subprocess",
-                "--node-config", f"partition-id={i} num-partitions={self.num_supernodes}"]
+                "--node-config", node_config]
         if self.tls:
             args += ["--root-certificates", str(self.certs["ca.crt"])]
         else:
