@@ -3,10 +3,13 @@
     python -m benchmarks.robustness                       # every rule × attack, 1 seed, 10 rounds
     python -m benchmarks.robustness --report-only
 
-20% of the clients (partitions 0 and 1) attack every round: sign-flip (−Δ) or scale (10·Δ), well
-formed, which only the aggregation rule can absorb; or malformed replies (a NaN in the model, an
-array of the wrong shape, metadata that names os.system), which the server must refuse whatever
-the rule: those run with FedAvg only. "Rounds lost" counts rounds that were not aggregated or not
+20% of the clients (partitions 0 and 1) attack every round: sign-flip (−Δ), scale (10·Δ),
+sparse-scale (10·Δ sent through drl-compress's compressed update) or weight-inflation (an honest
+update claiming 10¹² examples), well formed, which the aggregation rule or the server's weight
+cap must absorb; or malformed replies (a NaN in the model, an array of the wrong shape, metadata
+that names os.system, a 2 KB metadata pickle that renders to 12¹² numbers), which the server must
+refuse whatever the rule: those run with FedAvg only. drl-compress runs its controllers and
+aggregates the decoded updates by their mean, or (drl-compress-trimmed) by a 20%-trimmed mean. "Rounds lost" counts rounds that were not aggregated or not
 recorded (metrics.jsonl rows missing); it must be 0.
 Results: benchmarks/results/robustness/ (<rule>-<attack>-seed<k>.jsonl, table.md).
 """
@@ -20,10 +23,17 @@ from benchmarks.common import ROOT, benchmark_parser, command_line, fmt, run_app
 from fedrl_app.server.recorder import read_jsonl
 
 OUT = ROOT / "benchmarks" / "results" / "robustness"
-RULES = {"fedavg": {}, "fedmedian": {}, "fedtrimmedavg": {"trimmed-beta": 0.2}, "krum": {"krum-malicious": 2}}
+RULES = {"fedavg": {"strategy": "fedavg"}, "fedmedian": {"strategy": "fedmedian"},
+         "fedtrimmedavg": {"strategy": "fedtrimmedavg", "trimmed-beta": 0.2},
+         "krum": {"strategy": "krum", "krum-malicious": 2},
+         "drl-compress": {"strategy": "drl-compress"},
+         "drl-compress-trimmed": {"strategy": "drl-compress", "update-aggregation": "trimmed-mean", "trimmed-beta": 0.2}}
 ATTACKS = {"clean": {}, "sign-flip": {"byzantine-fraction": 0.2, "byzantine-attack": "sign-flip"},
-           "scale": {"byzantine-fraction": 0.2, "byzantine-attack": "scale", "byzantine-scale": 10.0}}
-MALFORMED = {a: {"byzantine-fraction": 0.2, "byzantine-attack": a} for a in ("nan", "wrong-shape", "pickle-exploit")}
+           "scale": {"byzantine-fraction": 0.2, "byzantine-attack": "scale", "byzantine-scale": 10.0},
+           "sparse-scale": {"byzantine-fraction": 0.2, "byzantine-attack": "sparse-scale", "byzantine-scale": 10.0},
+           "weight-inflation": {"byzantine-fraction": 0.2, "byzantine-attack": "weight-inflation"}}
+MALFORMED = {a: {"byzantine-fraction": 0.2, "byzantine-attack": a}
+             for a in ("nan", "wrong-shape", "pickle-exploit", "metadata-bomb")}
 
 
 def rounds_lost(rows: list[dict], rounds: int) -> int:
@@ -35,16 +45,18 @@ def rounds_lost(rows: list[dict], rounds: int) -> int:
 def report(command: str, rounds: int) -> str:
     lines = [f"MNIST, 10 clients, 20% attackers (partitions 0 and 1), {rounds} rounds. Command: `{command}`", "",
              "Well-formed attacks (final test accuracy):", "",
-             "| rule | " + " | ".join(ATTACKS) + " | replies refused | rounds lost |",
-             "|---|" + "---|" * (len(ATTACKS) + 2)]
+             "| rule | " + " | ".join(ATTACKS) + " | replies refused | claims clipped | rounds lost |",
+             "|---|" + "---|" * (len(ATTACKS) + 3)]
     for rule in RULES:
-        cells, refused, lost = [], 0, 0
+        cells, refused, clipped, lost = [], 0, 0, 0
         for attack in ATTACKS:
             runs = [read_jsonl(p) for p in sorted(OUT.glob(f"{rule}-{attack}-seed*.jsonl"))]
-            cells.append(fmt([r[-1]["accuracy"] for r in runs], ".4f", "not run"))
+            cells.append(fmt([r[-1]["accuracy"] for r in runs], ".4f", "n/a" if attack == "sparse-scale"
+                             and "drl-compress" not in rule else "not run"))
             refused += sum(row.get("clients-dropped", 0) for r in runs for row in r)
+            clipped += sum(row.get("examples-clipped", 0) for r in runs for row in r)
             lost += sum(rounds_lost(r, rounds) for r in runs)
-        lines.append(f"| {rule} | " + " | ".join(cells) + f" | {refused} | {lost} |")
+        lines.append(f"| {rule} | " + " | ".join(cells) + f" | {refused} | {clipped} | {lost} |")
     clean = [read_jsonl(p)[-1]["accuracy"] for p in sorted(OUT.glob("fedavg-clean-seed*.jsonl"))]
     lines += ["", "Malformed replies, FedAvg (the server refuses them before aggregation):", "",
               "| attack | final acc. | clean final acc. | replies refused | logged reason | rounds lost |",
@@ -78,9 +90,10 @@ def main() -> None:
     if not args.report_only:
         runs = [(rule, attack, ATTACKS[attack]) for rule in args.rules for attack in args.attacks]
         runs += [("fedavg", attack, MALFORMED[attack]) for attack in args.malformed]
+        runs = [r for r in runs if not (r[1] == "sparse-scale" and "drl-compress" not in r[0])]  # its path
         for seed in args.seeds:
             for rule, attack, attack_config in runs:
-                overrides = {"strategy": rule, **RULES[rule], **attack_config, "num-server-rounds": args.rounds,
+                overrides = {**RULES[rule], **attack_config, "num-server-rounds": args.rounds,
                              "seed": seed, "wandb-mode": "disabled"}
                 with tempfile.TemporaryDirectory() as scratch:
                     rows, _ = run_app(overrides, 10, Path(scratch), OUT / f"{rule}-{attack}-seed{seed}.log")
