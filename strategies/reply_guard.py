@@ -56,9 +56,13 @@ class ReplyGuardMixin:
 
     A reply is dropped, with one WARNING line naming the node and the reason, when it
     carries an error, its metadata is refused by the allowlist decoder, its arrays do
-    not match the keys/shapes/dtypes the server sent (or hold NaN/Inf/absurd values), or
-    its metrics lack a positive `num-examples`. The remaining replies go to the wrapped
-    strategy's aggregation through `aggregate_valid_replies`.
+    not match the keys/shapes/dtypes the server sent (or hold NaN/Inf/values beyond
+    ±`max_abs`), its metrics lack a positive `num-examples`, or (with the virtual clock)
+    it arrives after the round's deadline. Of the rest, the update's norm is bounded
+    (`configure_update_bounds`) and the claimed `num-examples`, the reply's weight, is
+    capped (`configure_example_caps`), each logged and counted. The remaining replies go
+    to the strategy's aggregation through `aggregate_valid_replies`. With `configure_clock`
+    every reply is timed on its partition's profile (`fedrl_app.systems`).
 
     Subclasses list the ArrayRecords each reply must carry in `reply_array_records`;
     each must match the spec of the global arrays.
