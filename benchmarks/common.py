@@ -8,6 +8,7 @@ import shlex
 import shutil
 import statistics
 import sys
+import tempfile
 from pathlib import Path
 
 from fedrl_app.runtime.launch import LocalSimulation
@@ -57,6 +58,15 @@ def run_app(run_config: dict, num_supernodes: int, scratch: Path, log_path: Path
     if result.returncode != 0 or not runs:
         raise RuntimeError(f"run {overrides!r} failed (rc={result.returncode}); see {log_path}")
     return read_jsonl(runs[-1]), read_jsonl(runs[-1].parent / CLIENTS_FILE)
+
+
+def run_and_save(run_config: dict, num_supernodes: int, out: Path, name: str) -> tuple[list[dict], list[dict]]:
+    """`run_app` in a scratch directory, its rows saved as out/<name>.jsonl and out/<name>.clients.jsonl."""
+    with tempfile.TemporaryDirectory() as scratch:
+        rows, clients = run_app(run_config, num_supernodes, Path(scratch), out / f"{name}.log")
+    write_jsonl(out / f"{name}.jsonl", rows)
+    write_jsonl(out / f"{name}.clients.jsonl", clients)
+    return rows, clients
 
 
 def first_round_reaching(rows: list[dict], key: str, target: float) -> dict | None:

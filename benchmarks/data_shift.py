@@ -14,13 +14,11 @@ Results: benchmarks/results/data_shift/.
 
 from __future__ import annotations
 
-import tempfile
 import time
-from pathlib import Path
 
 from sklearn.metrics import adjusted_rand_score
 
-from benchmarks.common import ROOT, benchmark_parser, command_line, fmt, run_app, write_jsonl, write_table
+from benchmarks.common import ROOT, benchmark_parser, command_line, fmt, run_and_save, write_table
 from fedrl_app.server.recorder import read_jsonl
 from fedrl_app.tasks.mnist import shift_group
 
@@ -85,10 +83,7 @@ def main() -> None:
                                  "fraction-evaluate": 1.0, "wandb-mode": "disabled"}
                     name = f"{shift}-{method}-seed{seed}"
                     t0 = time.time()
-                    with tempfile.TemporaryDirectory() as scratch:
-                        rows, clients = run_app(overrides, NUM_CLIENTS, Path(scratch), OUT / f"{name}.log")
-                    write_jsonl(OUT / f"{name}.jsonl", rows)
-                    write_jsonl(OUT / f"{name}.clients.jsonl", clients)
+                    rows, clients = run_and_save(overrides, NUM_CLIENTS, OUT, name)
                     s = summarise(rows, clients)
                     print(f"{name}: own-data {s['own']}, ARI {s['ari']}, {time.time() - t0:.0f}s", flush=True)
     print(report(command))

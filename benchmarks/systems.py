@@ -15,9 +15,7 @@ synchronous runs) with the lr decayed per client update. Results: benchmarks/res
 
 from __future__ import annotations
 
-import tempfile
 import time
-from pathlib import Path
 
 import matplotlib
 
@@ -30,9 +28,8 @@ from benchmarks.common import (  # noqa: E402
     command_line,
     first_round_reaching,
     fmt,
-    run_app,
+    run_and_save,
     save_figure,
-    write_jsonl,
     write_table,
 )
 from fedrl_app.config import RunConfig  # noqa: E402
@@ -78,7 +75,8 @@ def summarise(rows: list[dict]) -> dict:
 
 
 def load_runs(profile: str, method: str) -> list[list[dict]]:
-    return [read_jsonl(p) for p in sorted(OUT.glob(f"{profile}-{method}-seed*.jsonl"))]
+    return [read_jsonl(p) for p in sorted(OUT.glob(f"{profile}-{method}-seed*.jsonl"))
+            if not p.name.endswith(".clients.jsonl")]
 
 
 def report(command: str) -> str:
@@ -147,9 +145,7 @@ def main() -> None:
                                       "systems-profile": profile, "round-deadline-s": args.deadline})
                     name = f"{profile}-{method}-seed{seed}"
                     t0 = time.time()
-                    with tempfile.TemporaryDirectory() as scratch:
-                        rows, _ = run_app(overrides, NUM_CLIENTS, Path(scratch), OUT / f"{name}.log")
-                    write_jsonl(OUT / f"{name}.jsonl", rows)
+                    rows, _ = run_and_save(overrides, NUM_CLIENTS, OUT, name)
                     print(f"{name}: final {rows[-1]['accuracy']:.4f}, {rows[-1].get('sim-time-s', 0) / 3600:.2f} "
                           f"simulated h, uplink {rows[-1]['uplink-bytes-total'] / 1e6:.2f} MB, {time.time() - t0:.0f}s",
                           flush=True)
