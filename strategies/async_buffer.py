@@ -128,7 +128,8 @@ class AsyncBuffer(StrategyWrapper):
         resumed run dispatches every client anew with the current model."""
         return {self.state_prefix: {
             "sim-time": np.array([self.sim_time], np.float64), "rng": rng_to_array(self.rng),
-            "staleness": np.asarray(self.staleness, np.int64).reshape(-1, 3),
+            # (version, node, τ) rows; node ids are uint64, stored bit for bit in int64 (checkpoints hold tensors)
+            "staleness": np.asarray(self.staleness, np.uint64).reshape(-1, 3).view(np.int64),
         }}
 
     def load_own_state_dict(self, state: StrategyState) -> None:
@@ -137,7 +138,8 @@ class AsyncBuffer(StrategyWrapper):
             group = state[self.state_prefix]
             self.sim_time = float(group["sim-time"][0])
             rng_from_array(self.rng, group["rng"])
-            self.staleness = [tuple(int(x) for x in row) for row in np.asarray(group["staleness"]).reshape(-1, 3)]
+            rows = np.asarray(group["staleness"], np.int64).reshape(-1, 3).view(np.uint64)
+            self.staleness = [tuple(int(x) for x in row) for row in rows]
 
     # Flower's Strategy interface: the event loop in `start` replaces Flower's synchronous rounds.
     def aggregate_train(self, server_round: int, replies: Iterable[Message]):

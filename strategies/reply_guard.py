@@ -206,6 +206,10 @@ class ReplyGuardMixin:
         self._recent_claims.extend(float(next(iter(m.content.metric_records.values()))[keys.NUM_EXAMPLES]) for m in kept)
         # Flower aggregates MetricRecords key by key: keep the common key set only.
         kept = _majority_metric_keys(kept, server_round, round_log)
+        # Replies arrive in whatever order the clients finish; aggregating them by partition makes every float
+        # sum, and Fusion's buffer, the same in every run (node ids change from run to run, partitions do not).
+        partition_of = {r.node_id: r.metadata.partition_id for r in round_log.reports}
+        kept.sort(key=lambda m: partition_of.get(m.metadata.src_node_id, -1))
         if self.systems is not None:  # (an async wrapper calls this per reply and sets its own round time)
             extra = round_log.extra
             extra["clients-unavailable"] = extra.get("clients-unavailable", 0) + unavailable

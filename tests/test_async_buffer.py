@@ -71,14 +71,14 @@ def test_round_logs_offset_and_checkpoint_state_are_the_wrapped_strategys():
     assert inner.round_offset == 7 and buffered.round_offset == 7
     assert buffered.rounds is inner.rounds
     inner.m_t, inner.v_t = {"w": np.ones(2)}, {"w": np.full(2, 2.0)}
-    buffered.sim_time, buffered.staleness = 12.5, [(1, 7, 0), (2, 8, 3)]
+    buffered.sim_time, buffered.staleness = 12.5, [(1, 7, 0), (2, 2**64 - 5, 3)]  # Flower node ids are uint64
     state = buffered.state_dict()
     assert set(state) == {"m_t", "v_t", "async"}  # the moments and the clock reach the checkpoint
     fresh = FedAdagrad(**AsyncBuffer.required_settings)
     restored = AsyncBuffer(fresh, buffer_size=2)
     restored.load_state_dict(state)
     assert np.array_equal(fresh.v_t["w"], np.full(2, 2.0))
-    assert (restored.sim_time, restored.staleness) == (12.5, [(1, 7, 0), (2, 8, 3)])
+    assert (restored.sim_time, restored.staleness) == (12.5, [(1, 7, 0), (2, 2**64 - 5, 3)])
     assert restored.rng.random() == buffered.rng.random()  # the jitter stream continues where it stopped
 
 

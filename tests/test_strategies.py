@@ -165,3 +165,16 @@ def test_norm_bounding_of_model_replies_is_relative_to_the_model_sent():
                                    reply(2, arrays(w=[[0.3, 0.4]], b=[0.0]), 10, to=to[2])])  # norm 0.5: kept
     np.testing.assert_allclose(out["w"].numpy(), [[(0.6 + 0.3) / 2, (0.8 + 0.4) / 2]], rtol=1e-6)
     assert s.rounds[1].extra["updates-norm-bounded"] == 1
+
+
+def test_aggregation_does_not_depend_on_the_order_replies_arrive_in():
+    rng = np.random.default_rng(0)
+    updates = {n: rng.normal(size=(1, 2)).astype(np.float32) * 10 ** rng.integers(-3, 3) for n in range(1, 8)}
+
+    def run(order):
+        s = _configured(FedAvg())
+        out, _ = s.aggregate_train(1, [reply(n, arrays(w=updates[n], b=[float(n)]), 10 * n + 3) for n in order])
+        return out["w"].numpy().tobytes(), out["b"].numpy().tobytes()
+
+    orders = [list(range(1, 8)), list(range(7, 0, -1)), [3, 1, 7, 5, 2, 6, 4]]
+    assert len({run(o) for o in orders}) == 1  # bit for bit: the sum runs in partition order
