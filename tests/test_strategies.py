@@ -169,7 +169,7 @@ def test_norm_bounding_of_model_replies_is_relative_to_the_model_sent():
 
 def test_aggregation_does_not_depend_on_the_order_replies_arrive_in():
     rng = np.random.default_rng(0)
-    updates = {n: rng.normal(size=(1, 2)).astype(np.float32) * 10 ** rng.integers(-3, 3) for n in range(1, 8)}
+    updates = {n: (rng.normal(size=(1, 2)) * 10.0 ** rng.integers(-3, 3)).astype(np.float32) for n in range(1, 8)}
 
     def run(order):
         s = _configured(FedAvg())
