@@ -86,3 +86,21 @@ def test_checkpoint_state_restores_assignment_models_and_node_ids_exactly():
     msgs = list(fresh.configure_train(1, arrays(w=[9.0, 9.0]), ConfigRecord({}), grid))
     sent = {m.metadata.dst_node_id: m.content["arrays"]["w"].numpy().tolist() for m in msgs}
     assert sent[big] == s.models[s.assignment[big]]["w"].tolist()  # each node gets its restored cluster's model
+
+
+def test_a_good_split_is_kept_unless_a_better_one_is_found():
+    s = Clustered(FedAvg(**Clustered.required_settings), cluster_every=1, max_clusters=3)
+    grid = FakeGrid([1, 2, 3, 4])
+    x0 = arrays(w=[0.0, 0.0])
+    list(s.configure_train(1, x0, ConfigRecord({}), grid))
+    ups = {1: [1.0, 0.0], 2: [1.1, 0.0], 3: [0.0, 2.0], 4: [0.0, 2.2]}
+    s.aggregate_train(1, [reply(n, arrays(w=u), 10) for n, u in ups.items()])
+    assignment, models = dict(s.assignment), {c: m["w"].copy() for c, m in s.models.items()}
+    strategies = dict(s.cluster_strategies)
+    # round 2: the same structure again; the best new split is no better than the current one: nothing churns
+    list(s.configure_train(2, x0, ConfigRecord({}), grid))
+    s.aggregate_train(2, [reply(n, arrays(w=np.add(s.models[assignment[n]]["w"], u)), 10) for n, u in ups.items()])
+    assert s.assignment == assignment and s.history[-1]["kept"] is True
+    assert all(s.cluster_strategies[c] is strategies[c] for c in strategies)  # not re-created from the template
+    assert s.history[-1]["kept-silhouette"] >= s.history[-1]["silhouette"]
+    assert set(models) == set(s.models)
