@@ -206,3 +206,19 @@ def test_the_worst_inputs_stay_within_a_few_megabytes(case):
     finally:
         tracemalloc.stop()
     assert peak < 8e6, f"{peak / 1e6:.1f} MB"
+
+
+def test_a_huge_memo_index_is_refused_before_the_unpickler_sizes_its_memo():
+    # found by the fuzz profile: LONG_BINPUT 2^24 in a valid metadata pickle made the unpickler allocate 128 MB
+    payload = bytearray(VALID)
+    at = payload.index(b"\x94")  # the first MEMOIZE
+    payload[at:at + 1] = b"r\x00\x00\x00\x01"
+    tracemalloc.start()
+    try:
+        within_limit(decode_metadata, bytes(payload), errors=MetadataError)
+        with pytest.raises(MetadataError, match="memo index 16777216"):
+            decode_metadata(bytes(payload))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 8e6
