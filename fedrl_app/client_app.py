@@ -22,7 +22,7 @@ from fedrl_app.client.drills import inject_fault
 from fedrl_app.client.persistence import persistent_state_mod
 from fedrl_app.config import RunConfig
 from fedrl_app.protocol import keys
-from fedrl_app.systems.profiles import SystemsModel
+from fedrl_app.systems.profiles import systems_model
 
 app = ClientApp()
 
@@ -65,7 +65,7 @@ def train(msg: Message, context: Context) -> Message:
     role = role_of(msg)
     pid, server_round = partition(context)[0], int(msg.content[keys.CONFIG][keys.SERVER_ROUND])
     attempt = int(msg.content[keys.CONFIG].get(keys.ATTEMPT, 0))
-    if not SystemsModel(cfg.systems_profile, cfg.seed).available(pid, server_round, attempt):
+    if not systems_model(cfg.systems_profile, cfg.seed).available(pid, server_round, attempt):
         # the simulated device dropped out (its profile's availability): no training, an error reply
         return Message(Error(code=keys.UNAVAILABLE_CODE, reason=f"{keys.UNAVAILABLE}: partition {pid} dropped "
                                                                  f"out of round {server_round}"), reply_to=msg)

@@ -81,7 +81,6 @@ class ReplyGuardMixin:
         self.systems: SystemsModel | None = None  # the virtual clock is off until `configure_clock`
         self.deadline_s, self.local_epochs = 0.0, 1
         self._download_bytes: dict[int, int] = {}     # node -> bytes of the train message it was sent
-        self.last_client_times: dict[int, ClientTime] = {}  # node -> its latest accepted reply's time
         self.max_abs, self.max_update_norm = MAX_ABS, 0.0  # the magnitude policy (`configure_update_bounds`)
         self._sent_arrays: dict[int, dict[str, np.ndarray]] = {}  # node -> the model it was sent (norm bounding)
         self.known_examples: dict[int, int] = {}      # partition -> its true training-set size, where known
@@ -123,8 +122,8 @@ class ReplyGuardMixin:
         pool = [*self._recent_claims, *round_claims]
         if len(pool) < MIN_CLAIMS:
             return float("inf"), "too few claims to compare with"
-        return self.claims_median_factor * float(np.median(pool)), \
-            f"{self.claims_median_factor:g} × the median claim {float(np.median(pool)):.0f}"
+        median = float(np.median(pool))
+        return self.claims_median_factor * median, f"{self.claims_median_factor:g} × the median claim {median:.0f}"
 
     def configure_clock(self, systems: SystemsModel, deadline_s: float = 0.0, local_epochs: int = 1) -> None:
         """Time every reply on the virtual clock (`fedrl_app.systems`); drop replies later than `deadline_s` (> 0)."""
@@ -188,7 +187,6 @@ class ReplyGuardMixin:
                     clipped += 1
                 timing = self.client_time(msg, meta)
                 if timing is not None:
-                    self.last_client_times[node] = timing
                     if self.deadline_s > 0 and timing.total_s > self.deadline_s:
                         late += 1
                         raise PayloadError(f"late: {timing.total_s:.1f} s on the virtual clock > the "

@@ -26,7 +26,7 @@ from fedrl_app.config import RunConfig
 from fedrl_app.protocol import keys
 from fedrl_app.protocol.metadata import ClientMetadata
 from fedrl_app.protocol.records import recorddict_nbytes, to_numpy
-from fedrl_app.systems.profiles import SystemsModel
+from fedrl_app.systems.profiles import systems_model
 from fedrl_app.tasks import mnist
 
 SCAFFOLD_STATE_KEY = "scaffold-ci"
@@ -82,7 +82,7 @@ def train(msg: Message, context: Context, cfg: RunConfig) -> Message:
     sync = None
     if use_controller:
         local_weights = {k: v.detach().numpy() for k, v in net.state_dict().items()}
-        system = ClientSystem(SystemsModel(cfg.systems_profile, cfg.seed).profile(pid), recorddict_nbytes(msg.content),
+        system = ClientSystem(systems_model(cfg.systems_profile, cfg.seed).profile(pid), recorddict_nbytes(msg.content),
                               len(train_data[0]) * int(config[keys.LOCAL_EPOCHS]), cfg.round_deadline_s)
         controller_config = replace(cfg.controller_config(), bytes_penalty=float(config[keys.BYTES_PENALTY]))
         sync = decide_and_encode(

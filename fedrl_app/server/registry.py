@@ -20,7 +20,7 @@ from fedrl_app.agents.dqn import QNetwork
 from fedrl_app.agents.policy_gradient import PolicyNetwork
 from fedrl_app.config import RL_TASKS, TASKS, ConfigError, RunConfig
 from fedrl_app.protocol import keys
-from fedrl_app.systems.profiles import ProfileError, SystemsModel
+from fedrl_app.systems.profiles import ProfileError, systems_model
 from fedrl_app.tasks import mnist
 from fedrl_app.tasks.gym_rl import env_dims
 from strategies import (
@@ -229,7 +229,7 @@ def check_config(cfg: RunConfig) -> StrategyEntry:
     if entry.check is not None:
         entry.check(cfg)
     try:  # a trace file is read now, so that a bad one stops the run at start
-        SystemsModel(cfg.systems_profile, cfg.seed)
+        systems_model(cfg.systems_profile, cfg.seed)
     except ProfileError as err:
         raise ConfigError(str(err)) from None
     return entry
@@ -254,7 +254,7 @@ def build_strategy(cfg: RunConfig) -> Strategy:
         strategy.configure_schedule(cfg.lr, cfg.lr_decay_factor, cfg.lr_decay_every)
     innermost(strategy).configure_update_bounds(max_update_norm=cfg.max_update_norm)
     if cfg.task == "mnist":  # the virtual clock times MNIST rounds (the RL tasks keep their own clocks for now)
-        innermost(strategy).configure_clock(SystemsModel(cfg.systems_profile, cfg.seed), cfg.round_deadline_s, cfg.local_epochs)
+        innermost(strategy).configure_clock(systems_model(cfg.systems_profile, cfg.seed), cfg.round_deadline_s, cfg.local_epochs)
     for wrapper in enabled:
         strategy = wrapper.wrap(strategy, cfg)
     return strategy

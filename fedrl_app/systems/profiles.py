@@ -27,6 +27,7 @@ from __future__ import annotations
 import csv
 import math
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -165,3 +166,10 @@ class SystemsModel:
         if p >= 1.0:
             return True
         return bool(np.random.default_rng([self.seed, server_round, partition_id, attempt, 0xA7A1]).random() < p)
+
+
+@lru_cache(maxsize=8)
+def systems_model(spec: str, seed: int) -> SystemsModel:
+    """The run's SystemsModel, built once per process: a client asks for it with every message, and a trace
+    file would otherwise be read again each time."""
+    return SystemsModel(spec, seed)
