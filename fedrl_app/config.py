@@ -17,13 +17,18 @@ from typing import Any
 from fedrl_app.agents.dqn import AGENTS, DQNConfig
 from fedrl_app.agents.sync_controller import FEATURE_SETS, ControllerConfig
 from fedrl_app.systems.profiles import ProfileError, check_profile_name
+from fedrl_app.tasks.env_variation import EnvVariationError, env_params, parse_variation
 from fedrl_app.tasks.mnist import DATA_SHIFTS
 
 TASKS = ("mnist", "cartpole", "lunarlander")
 RL_TASKS = ("cartpole", "lunarlander")
 FAULT_MODES = ("", "raise", "hang")
-BYZANTINE_ATTACKS = ("sign-flip", "scale", "weight-inflation", "sparse-scale", "nan", "wrong-shape", "pickle-exploit",
-                     "metadata-bomb")  # the last four: malformed replies
+MALFORMED_REPLIES = ("nan", "wrong-shape", "pickle-exploit", "metadata-bomb")
+RL_ONLY_ATTACKS = ("random-action", "reward-flip", "poison-rewards", "poison-states")  # the last two: Fusion only
+BYZANTINE_ATTACKS = ("sign-flip", "scale", "noise", "weight-inflation", "sparse-scale", *RL_ONLY_ATTACKS,
+                     *MALFORMED_REPLIES)
+TRUST_RULES = ("update-cosine", "param-cosine")
+DIVERSITY_SPACES = ("normalised", "raw")
 SYNC_POLICIES = ("dqn", "compressed", "full", "bandwidth-rule")
 CONTROLLER_REWARDS = ("own-gain", "global-gain")  # see fedrl_app.agents.sync_controller
 DP_MODES = ("off", "server", "client")  # Flower's fixed-clipping DP wrappers: who clips the updates
@@ -201,9 +206,11 @@ class RunConfig:
         0.0, "share of clients (the first partitions) that attack every round",
         group=DRILLS, interval=(0.0, 1.0, "[]"))
     byzantine_attack: str = option(
-        "sign-flip", "well-formed: `sign-flip` (send −Δ), `scale` (send `byzantine-scale`·Δ), `sparse-scale` (the same through drl-compress's compressed update), `weight-inflation` (claim 10¹² training examples, an honest update); malformed (drills of the server's checks): `nan` (a NaN in the model), `wrong-shape` (an array one entry short), `pickle-exploit` (metadata that names `os.system`), `metadata-bomb` (a 2 KB metadata pickle that renders to 12¹² numbers)",
+        "sign-flip", "well-formed: `sign-flip` (send −Δ), `scale` (send `byzantine-scale`·Δ), `noise` (send Gaussian noise, per tensor `byzantine-scale` × the honest update's RMS), `sparse-scale` (the same through drl-compress's compressed update), `weight-inflation` (claim 10¹² training examples, an honest update); faulty RL agents: `random-action` (acts uniformly at random), `reward-flip` (learns from −r), and with `fusion`, poisoned shared experience: `poison-rewards` (every shared reward negated) or `poison-states` (shared states drawn uniformly from [−10, 10]); malformed (drills of the server's checks): `nan` (a NaN in the model), `wrong-shape` (an array one entry short), `pickle-exploit` (metadata that names `os.system`), `metadata-bomb` (a 2 KB metadata pickle that renders to 12¹² numbers)",
         group=DRILLS, choices=BYZANTINE_ATTACKS)
-    byzantine_scale: float = option(10.0, "factor of the `scale` and `sparse-scale` attacks", group=DRILLS)
+    byzantine_scale: float = option(
+        10.0, "factor of the `scale` and `sparse-scale` attacks (FedPG-BR's sign flip is `scale` with −2.5), and of the `noise` attack's spread",
+        group=DRILLS)
     trimmed_beta: float = option(
         0.2, "`fedtrimmedavg`: fraction cut at each end per coordinate",
         group=DRILLS, interval=(0.0, 0.5, "[)"))
@@ -252,6 +259,15 @@ class RunConfig:
     controller_sharing: str = option(
         "per-client", "drl-compress: `per-client` (each client learns its own controller from its ~one decision a round) or `shared` (one controller, learned on the server from every client's reported transitions and sent down with the model)",
         group=DRL_COMPRESS, choices=("per-client", "shared"))
+    env_variation: str = option(
+        "none", "RL: per-client environment dynamics: `none`, a profile (`gravity`, `wind`, `varied`: five variants, partition i gets variant i mod 5) or explicit lists `gravity=-10,-6,-3; wind-power=0,10,5` (LunarLander: `gravity` (−12, 0), `wind-power` [0, 20], `turbulence-power` [0, 2]; CartPole: `gravity`, `masspole`, `length`); partition i takes entry i mod the list's length. The server evaluates the global policy on the nominal environment and on every variant",
+        group=DQN, accepts="`none`, `gravity`, `wind`, `varied`, `name=v0,v1,...; ...`")
+    trust: str = option(
+        "update-cosine", "Fusion: how clients are weighted: `update-cosine` (w_k ∝ max(0, cos(Δθ_k, coordinate-wise median Δθ)), each Δθ_k scaled down to the median's norm; a client with weight 0 also has its shared experience refused) or `param-cosine` (w_k ∝ max(0, cos(θ_k, θ_global)), the earlier rule, ≈ 1/N for every client)",
+        group=FUSION, choices=TRUST_RULES)
+    diversity_space: str = option(
+        "normalised", "Fusion: where the diversity filter measures distance: `normalised` (per-dimension z-scores of the server buffer's states, divided by √(2·dim) so a typical pair of states is 1 apart on any environment) or `raw` (L2 on raw states, the earlier rule)",
+        group=FUSION, choices=DIVERSITY_SPACES)
     time_penalty: float = option(
         0.0, "drl-compress: μ in the controllers' reward, charging μ · (upload seconds of the message / upload seconds of a dense update on the median mobile link)",
         group=DRL_COMPRESS, ge=0)
@@ -278,6 +294,17 @@ class RunConfig:
         """Check every value against its field's choices and bounds; raise ConfigError naming the key."""
         for f in fields(self):
             _check_field(key_of(f), getattr(self, f.name), f.metadata)
+        if self.env_variation.strip() not in ("", "none"):
+            if not self.is_rl:
+                raise ConfigError(f"config key 'env-variation' applies to the RL tasks {list(RL_TASKS)}; "
+                                  f"task is {self.task!r}")
+            try:
+                parse_variation(self.task, self.env_variation)
+            except EnvVariationError as err:
+                raise ConfigError(f"config key {err}") from None
+        if self.byzantine_fraction > 0 and self.byzantine_attack in RL_ONLY_ATTACKS and not self.is_rl:
+            raise ConfigError(f"config key 'byzantine-attack' = {self.byzantine_attack!r} is a faulty RL agent; "
+                              f"task is {self.task!r}")
 
     @property
     def tracked_metric(self) -> str:
@@ -296,6 +323,10 @@ class RunConfig:
             epsilon_decay_steps=self.dqn_epsilon_decay_steps, batch_size=self.dqn_batch_size,
             train_frequency=self.dqn_train_frequency, target_update_every=self.dqn_target_update_every,
         )
+
+    def env_params(self, partition_id: int) -> dict[str, float]:
+        """RL: the environment dynamics of this partition (`env-variation`)."""
+        return env_params(self.task, self.env_variation, partition_id)
 
     def controller_config(self) -> ControllerConfig:
         """drl-compress: the sync controller's settings (each client's, or the shared one's)."""

@@ -1,10 +1,21 @@
 """Fusion: trust-aware aggregation, shared experience behind a diversity filter, and a server that learns.
 
-(a) Trust-aware aggregation: sim_k = cos(θ_global, θ_k), w_k = max(0, sim_k) / Σ_i max(0, sim_i),
-    θ_new = α·θ_global + (1 − α)·Σ_k w_k θ_k; if every weight is zero, a plain mean (logged).
-(b) Experience sharing: each client uploads a sample of its transitions (gzip-compressed);
-    the server admits a transition into its global replay buffer only if the mean L2
-    distance of its state to `filter_k` states sampled from the buffer is ≥ θ.
+(a) Trust-aware aggregation, θ_new = θ_global + (1 − α)·Σ_k w_k·c_k·Δθ_k with Δθ_k = θ_k − θ_global:
+    - `update-cosine` (default): sim_k = cos(Δθ_k, m), m the coordinate-wise median of the round's
+      Δθ (an honest majority sets it), w_k = max(0, sim_k) / Σ_i max(0, sim_i), and c_k =
+      min(1, ‖m‖ / ‖Δθ_k‖) scales an update down to the median's norm (FLTrust's normalisation,
+      Cao et al. 2021, with the median in place of a root data set);
+    - `param-cosine` (the earlier rule): sim_k = cos(θ_global, θ_k), c_k = 1. Every θ_k contains
+      θ_global, so sim_k ≈ 1 and w_k ≈ 1/N for any client (measured: within 0.001 of 1/N).
+    If every weight is zero, a plain mean (logged).
+(b) Experience sharing: each client uploads a sample of its transitions (gzip-compressed). The
+    server takes at most `max_shared_per_client` per client and round, refuses all of a client's
+    transitions when its trust weight is 0 or when its batch is an outlier among the round's
+    batches (median TD error, or median distance to the buffer's states, above
+    `EXPERIENCE_OUTLIER_FACTOR` × the round's median), then admits a transition only if the mean
+    distance of its state to `filter_k` buffer states is ≥ θ. Distances are measured on
+    normalised states (z-scores of the buffer's states, divided by √(2·dim), so that two typical
+    states are about 1 apart on any environment) or, with `diversity_space = "raw"`, in raw L2.
 (c) Dual learning: after aggregating, the server trains θ_new on the global buffer for
     `server_updates` DQN steps with its own target network.
 """
@@ -20,7 +31,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg as FlowerFedAvg
 from flwr.supercore import log
 
-from fedrl_app.agents.dqn import DQNAgent, DQNConfig
+from fedrl_app.agents.dqn import DQNAgent, DQNConfig, td_targets
 from fedrl_app.protocol import keys
 from fedrl_app.protocol.experience import ExperienceError, unpack_experience
 from fedrl_app.protocol.metadata import ClientMetadata
@@ -31,27 +42,81 @@ from strategies.round_schedule import RoundScheduleMixin
 from strategies.strategy_utils import array_to_blob, blob_to_array, rng_from_array, rng_to_array
 
 
-def trust_weights(global_flat: np.ndarray, client_flats: list[np.ndarray]) -> tuple[np.ndarray, bool]:
-    """(weights, fell_back): w_k = max(0, cos(θ_g, θ_k)) normalised; uniform if all are zero."""
-    g = global_flat.astype(np.float64)
-    sims = []
-    for c in client_flats:
-        c = c.astype(np.float64)
-        denom = np.linalg.norm(g) * np.linalg.norm(c)
-        sims.append(float(g @ c / denom) if denom > 0 else 0.0)
-    w = np.maximum(np.asarray(sims), 0.0)
+TRUST_RULES = ("update-cosine", "param-cosine")
+EXPERIENCE_OUTLIER_FACTOR = 3.0  # a batch whose median TD error or distance is this many times the round's median
+MIN_NORMALISER_STATES = 256       # below this many buffer states, distances are raw (no statistics yet)
+
+
+def _cosine(a: np.ndarray, b: np.ndarray) -> float:
+    denom = float(np.linalg.norm(a) * np.linalg.norm(b))
+    return float(a @ b / denom) if denom > 0 else 0.0
+
+
+def _normalise(sims: list[float]) -> tuple[np.ndarray, bool]:
+    w = np.maximum(np.asarray(sims, np.float64), 0.0)
     if w.sum() <= 0:
-        return np.full(len(client_flats), 1.0 / len(client_flats)), True
+        return np.full(len(sims), 1.0 / len(sims)), True
     return w / w.sum(), False
+
+
+def trust_weights(global_flat: np.ndarray, client_flats: list[np.ndarray]) -> tuple[np.ndarray, bool]:
+    """`param-cosine`: (weights, fell_back), w_k = max(0, cos(θ_g, θ_k)) normalised; uniform if all are zero."""
+    g = global_flat.astype(np.float64)
+    return _normalise([_cosine(g, c.astype(np.float64)) for c in client_flats])
+
+
+def update_trust(global_flat: np.ndarray, client_flats: list[np.ndarray]
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool]:
+    """`update-cosine`: (weights, norm scales c_k, similarities, fell_back).
+
+    sim_k = cos(Δθ_k, m) with m the coordinate-wise median of the Δθ, w_k = max(0, sim_k) normalised
+    (uniform if all are zero), c_k = min(1, ‖m‖ / ‖Δθ_k‖).
+    """
+    g = global_flat.astype(np.float64)
+    deltas = np.stack([c.astype(np.float64) - g for c in client_flats])
+    reference = np.median(deltas, axis=0)
+    sims = np.asarray([_cosine(d, reference) for d in deltas])
+    weights, fell_back = _normalise(list(sims))
+    ref_norm = float(np.linalg.norm(reference))
+    norms = np.linalg.norm(deltas, axis=1)
+    scales = np.where(norms > ref_norm, ref_norm / np.maximum(norms, 1e-300), 1.0)
+    return weights, scales, sims, fell_back
+
+
+class StateNormaliser:
+    """Per-dimension z-scores from a set of states, scaled by 1/√(2·dim): E‖z(s) − z(s')‖² = 1 for
+    independent s, s' drawn from that set, so a distance threshold means the same on any environment."""
+
+    def __init__(self, states: np.ndarray) -> None:
+        self.mean = states.mean(axis=0)
+        self.scale = 1.0 / (np.maximum(states.std(axis=0), 1e-6) * np.sqrt(2.0 * states.shape[1]))
+
+    def __call__(self, states: np.ndarray) -> np.ndarray:
+        return (states - self.mean) * self.scale
 
 
 def diversity_admit(state: np.ndarray, buffer_states: np.ndarray, k: int, threshold: float,
                     rng: np.random.Generator) -> bool:
-    """Admit if the mean L2 distance from `state` to k states sampled from the buffer is ≥ threshold."""
+    """Admit if the mean L2 distance from `state` to k states sampled from the buffer is ≥ threshold
+    (both already in the space the filter measures in)."""
     if len(buffer_states) == 0:
         return True
+    return mean_distance(state, buffer_states, k, rng) >= threshold
+
+
+def mean_distance(state: np.ndarray, buffer_states: np.ndarray, k: int, rng: np.random.Generator) -> float:
+    """Mean L2 distance from `state` to k states drawn (with replacement) from `buffer_states`."""
     idx = rng.integers(0, len(buffer_states), size=min(k, len(buffer_states)))
-    return float(np.linalg.norm(buffer_states[idx] - state, axis=1).mean()) >= threshold
+    return float(np.linalg.norm(buffer_states[idx] - state, axis=1).mean())
+
+
+def outlier_batches(scores: dict[int, float], factor: float = EXPERIENCE_OUTLIER_FACTOR) -> set[int]:
+    """Keys whose score exceeds `factor` × the median score (needs at least 3 scores: a median of two is no
+    majority)."""
+    if len(scores) < 3:
+        return set()
+    median = float(np.median(list(scores.values())))
+    return {k for k, v in scores.items() if v > factor * max(median, 1e-12)}
 
 
 class Fusion(RoundScheduleMixin, ReplyGuardMixin, FlowerFedAvg):
@@ -68,11 +133,17 @@ class Fusion(RoundScheduleMixin, ReplyGuardMixin, FlowerFedAvg):
     diversity_filter : bool (default: True)
         Admit shared transitions only if diverse enough (off: admit all, the ablation).
     diversity_threshold : float (default: 0.15)
-        θ, the minimum mean L2 distance to sampled buffer states.
+        θ, the minimum mean distance to sampled buffer states.
     filter_k : int (default: 16)
         States sampled from the buffer per test.
     server_updates : int (default: 100)
         DQN steps the server takes on the global buffer each round.
+    trust : str (default: "update-cosine")
+        How clients are weighted: "update-cosine" or "param-cosine" (see the module docstring).
+    diversity_space : str (default: "normalised")
+        Where the filter measures distances: "normalised" states or "raw" ones.
+    max_shared_per_client : int (default: 256)
+        Transitions taken from one client per round; the rest of its batch is ignored.
     seed : int (default: 0)
     **kwargs
         Passed to :class:`flwr.serverapp.strategy.FedAvg`.
@@ -80,8 +151,14 @@ class Fusion(RoundScheduleMixin, ReplyGuardMixin, FlowerFedAvg):
 
     def __init__(self, *, obs_dim: int, n_actions: int, agent_config: DQNConfig, mix: float = 0.5,
                  diversity_filter: bool = True, diversity_threshold: float = 0.15, filter_k: int = 16,
-                 server_updates: int = 100, seed: int = 0, **kwargs) -> None:
+                 server_updates: int = 100, trust: str = "update-cosine", diversity_space: str = "normalised",
+                 max_shared_per_client: int = 256, seed: int = 0, **kwargs) -> None:
         super().__init__(**kwargs)
+        if trust not in TRUST_RULES:
+            raise ValueError(f"trust must be one of {TRUST_RULES}, got {trust!r}")
+        if diversity_space not in ("normalised", "raw"):
+            raise ValueError(f"diversity_space must be 'normalised' or 'raw', got {diversity_space!r}")
+        self.trust, self.diversity_space, self.max_shared_per_client = trust, diversity_space, max_shared_per_client
         self.obs_dim, self.n_actions, self.mix = obs_dim, n_actions, mix
         self.diversity_filter, self.diversity_threshold, self.filter_k = diversity_filter, diversity_threshold, filter_k
         self.server_updates = server_updates
@@ -135,38 +212,91 @@ class Fusion(RoundScheduleMixin, ReplyGuardMixin, FlowerFedAvg):
         names = list(self.current)
         flat = lambda d: np.concatenate([d[k].ravel() for k in names])  # noqa: E731
         clients = [to_numpy(m.content[keys.ARRAYS]) for m in replies]
-        weights, fell_back = trust_weights(flat(self.current), [flat(c) for c in clients])
+        partition_of = {r.node_id: r.metadata.partition_id for r in round_log.reports}  # decoded by the guard
+        partitions = [int(partition_of[m.metadata.src_node_id]) for m in replies]
+        if self.trust == "param-cosine":
+            weights, fell_back = trust_weights(flat(self.current), [flat(c) for c in clients])
+            scales, sims = np.ones(len(clients)), None
+        else:
+            weights, scales, sims, fell_back = update_trust(flat(self.current), [flat(c) for c in clients])
         if fell_back:
-            log(WARNING, "round %d: every client's cosine similarity to the global network is ≤ 0; "
-                "using a plain mean", server_round)
-        mixed = {k: (self.mix * self.current[k] + (1 - self.mix) * sum(w * c[k] for w, c in zip(weights, clients))
+            log(WARNING, "round %d: every client's trust similarity is ≤ 0; using a plain mean", server_round)
+        mixed = {k: (self.current[k].astype(np.float64) + (1 - self.mix) * sum(
+                     w * c_k * (c[k].astype(np.float64) - self.current[k]) for w, c_k, c in zip(weights, scales, clients))
                      ).astype(self.current[k].dtype) for k in names}
 
-        offered = admitted = 0
-        for m in replies:
-            obs, actions, rewards, next_obs, dones = self._experience.get(m.metadata.src_node_id, (None,) * 5)
-            if obs is None:
-                continue
-            for i in range(len(obs)):
-                offered += 1
-                buffer_states = self.learner.buffer.obs[: self.learner.buffer.size]
-                if not self.diversity_filter or diversity_admit(obs[i], buffer_states, self.filter_k,
-                                                                self.diversity_threshold, self.rng):
-                    self.learner.buffer.add(obs[i], int(actions[i]), float(rewards[i]), next_obs[i], bool(dones[i]))
-                    admitted += 1
-
+        offered, admitted, refused = self.admit_experience(replies, partitions, weights, fell_back)
         self.learner.q.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in mixed.items()})
         losses = [self.learner.train_step() for _ in range(self.server_updates)
                   if self.learner.buffer.size >= self.learner.config.batch_size]
         new = {k: v.detach().numpy().copy() for k, v in self.learner.q.state_dict().items()}
         round_log.extra.update({
-            "trust-weights": [float(w) for w in weights], "trust-fallback": int(fell_back),
+            "trust-weights": [float(w) for w in weights], "trust-partitions": partitions,
+            "trust-fallback": int(fell_back),
             "experience-offered": offered, "experience-admitted": admitted,
+            "experience-refused-partitions": sorted(refused),
             "filter-acceptance": admitted / offered if offered else 0.0,
             "global-buffer-size": self.learner.buffer.size, "server-updates": len(losses),
             "server-train-flops": self.learner.train_flops,
         })
+        if sims is not None:
+            round_log.extra["trust-similarities"] = [float(x) for x in sims]
+            round_log.extra["trust-norm-scales"] = [float(x) for x in scales]
         if losses:
             round_log.extra["server-td-loss"] = float(np.mean(losses))
         metrics = self.train_metrics_aggr_fn([m.content for m in replies], self.weighted_by_key)
         return to_record(new), metrics
+
+    def batch_td_error(self, batch: tuple) -> float:
+        """Median |TD error| of a client's shared transitions under the server's current networks."""
+        obs, actions, rewards, next_obs, dones = (torch.from_numpy(np.asarray(x)) for x in batch)
+        c = self.learner.config
+        with torch.no_grad():
+            targets = td_targets(self.learner.q, self.learner.target, rewards.float(), next_obs.float(),
+                                 dones.float(), c.gamma, c.double)
+            q_sa = self.learner.q(obs.float()).gather(1, actions.long().unsqueeze(1)).squeeze(1)
+        return float((targets - q_sa).abs().median())
+
+    def admit_experience(self, replies: list[Message], partitions: list[int], weights: np.ndarray,
+                         fell_back: bool) -> tuple[int, int, set[int]]:
+        """Scrutinise each client's shared batch, then run the diversity filter over what is left.
+
+        Returns (transitions offered, admitted, partitions whose batch was refused whole).
+        """
+        buffer = self.learner.buffer
+        stored = buffer.obs[: buffer.size]
+        normalise = (StateNormaliser(stored) if self.diversity_space == "normalised"
+                     and buffer.size >= MIN_NORMALISER_STATES else None)
+        space = (lambda x: normalise(x)) if normalise is not None else (lambda x: x)  # noqa: E731
+        reference = space(stored)
+        batches: dict[int, tuple] = {}
+        offered = 0
+        for m, pid, w in zip(replies, partitions, weights):
+            batch = self._experience.get(m.metadata.src_node_id)
+            if batch is None or not len(batch[0]):
+                continue
+            batch = tuple(x[: self.max_shared_per_client] for x in batch)  # no client may flood the buffer
+            offered += len(batch[0])
+            batches[pid] = batch
+        refused: set[int] = set()
+        if self.trust == "param-cosine":  # the earlier Fusion, whole: no scrutiny of shared experience
+            batches_to_check: dict[int, tuple] = {}
+        else:
+            refused = {pid for pid, w in zip(partitions, weights) if w <= 0 and not fell_back and pid in batches}
+            batches_to_check = batches
+        if batches_to_check and buffer.size >= MIN_NORMALISER_STATES:
+            td = {pid: self.batch_td_error(b) for pid, b in batches_to_check.items()}
+            spread = {pid: float(np.median([mean_distance(s, reference, self.filter_k, self.rng)
+                                            for s in space(b[0])])) for pid, b in batches_to_check.items()}
+            refused |= outlier_batches(td) | outlier_batches(spread)
+        admitted = 0
+        for pid, (obs, actions, rewards, next_obs, dones) in batches.items():
+            if pid in refused:
+                continue
+            for i in range(len(obs)):
+                if not self.diversity_filter or diversity_admit(
+                        space(obs[i]), space(buffer.obs[: buffer.size]), self.filter_k, self.diversity_threshold,
+                        self.rng):
+                    buffer.add(obs[i], int(actions[i]), float(rewards[i]), next_obs[i], bool(dones[i]))
+                    admitted += 1
+        return offered, admitted, refused

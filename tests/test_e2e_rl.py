@@ -62,6 +62,22 @@ def test_cartpole_fusion_two_rounds(sim, tmp_path):
     assert (run_dir / "fusion.png").is_file() and (run_dir / "client-returns.png").is_file()
 
 
+def test_cartpole_fusion_on_varied_dynamics_with_a_faulty_agent(sim, tmp_path):
+    run_dir = _run(sim, tmp_path, strategy="fusion", **{
+        "experience-sample": 64, "server-updates-per-round": 20, "env-variation": "gravity=9.8,4.0; length=0.5,1.0",
+        "byzantine-fraction": 0.5, "byzantine-attack": "reward-flip"})
+    rows = read_jsonl(run_dir / "metrics.jsonl")
+    assert [r["round"] for r in rows] == [0, 1, 2]
+    for r in rows:  # the global policy, on the nominal environment and on both clients' dynamics
+        assert r["return"] >= 8 and r["return-env-0"] >= 8 and r["return-env-1"] >= 8
+        assert r["return-envs"] == (r["return-env-0"] + r["return-env-1"]) / 2
+    for r in rows[1:]:
+        assert r["trust-partitions"] == [0, 1] and len(r["trust-similarities"]) == 2
+    clients = read_jsonl(run_dir / "clients.jsonl")
+    # partition 0 learns from −1 per step but reports the environment's own returns
+    assert all(c["episode_returns"] == [float(n) for n in c["episode_lengths"]] for c in clients)
+
+
 # Four episodes, not two: with a leave-one-out baseline, two CartPole episodes of equal length
 # (reward 1 per step) have identical rewards-to-go, so every advantage and the gradient are exactly 0
 # (a CI run once drew that, and AFedPG rightly took no step). Four equal lengths are very unlikely.

@@ -9,7 +9,13 @@ from flwr.app import ConfigRecord
 from fedrl_app.agents.dqn import DQNConfig
 from fedrl_app.protocol.experience import ExperienceError, pack_experience, unpack_experience
 from strategies import Fusion
-from strategies.fusion import diversity_admit, trust_weights
+from strategies.fusion import (
+    StateNormaliser,
+    diversity_admit,
+    outlier_batches,
+    trust_weights,
+    update_trust,
+)
 from tests.helpers import FakeGrid, arrays, reply
 
 
@@ -84,7 +90,7 @@ def _model(scale, fusion):
 
 
 def test_fusion_aggregates_trust_weighted_and_admits_experience():
-    s = _fusion(mix=0.5, diversity_filter=False)
+    s = _fusion(mix=0.5, diversity_filter=False, trust="param-cosine")
     g = _model(1.0, s)
     list(s.configure_train(1, arrays(**g), ConfigRecord({}), FakeGrid([1, 2])))
     exp = pack_experience(*_batch())[0]
@@ -130,3 +136,80 @@ def test_server_buffer_size_sets_the_global_buffer_and_keeps_the_newest():
                                np.sort(np.concatenate([rewards[8:], rewards]).astype(np.float32)))
     with pytest.raises(ConfigError, match="server-buffer-size"):
         RunConfig.from_run_config({"server-buffer-size": 0})
+
+
+def test_update_trust_exact():
+    # Δ = (2, 0), (1, 0), (−2, 0): the median (1, 0) points with the first two; the third is refused,
+    # and the longer ones are scaled down to the median's norm
+    g = np.zeros(2)
+    w, scales, sims, fell_back = update_trust(g, [np.array([2.0, 0.0]), np.array([1.0, 0.0]), np.array([-2.0, 0.0])])
+    np.testing.assert_allclose(sims, [1.0, 1.0, -1.0])
+    np.testing.assert_allclose(w, [0.5, 0.5, 0.0])
+    np.testing.assert_allclose(scales, [0.5, 1.0, 0.5])
+    assert not fell_back
+    # param-cosine cannot tell them apart once the global network is large: every θ_k ≈ θ_global
+    w_param, _ = trust_weights(g + 100.0, [np.array([102.0, 100.0]), np.array([101.0, 100.0]),
+                                           np.array([98.0, 100.0])])
+    assert np.all(np.abs(w_param - 1 / 3) < 0.001)
+
+
+def test_update_trust_falls_back_to_a_plain_mean_when_nobody_agrees():
+    w, _, _, fell_back = update_trust(np.zeros(2), [np.array([1.0, 0.0]), np.array([-1.0, 0.0])])
+    # the median of two opposite updates is 0: every similarity 0, a plain mean
+    assert fell_back and list(w) == [0.5, 0.5]
+
+
+def test_fusion_update_cosine_mixes_bounded_updates_and_refuses_the_outvoted_clients_experience():
+    s = _fusion(mix=0.5, diversity_filter=False)  # trust = update-cosine, the default
+    g = _model(1.0, s)
+    list(s.configure_train(1, arrays(**g), ConfigRecord({}), FakeGrid([1, 2, 3])))
+    exp = pack_experience(*_batch())[0]
+    replies = [reply(n, arrays(**_model(v, s)), 10, extra={"experience": exp})
+               for n, v in ((1, 3.0), (2, 2.0), (3, -1.0))]
+    out, _ = s.aggregate_train(1, replies)
+    # Δ = 2, 1, −2 (every coordinate): median 1; w = ½, ½, 0; client 1 scaled to norm 1:
+    # θ = 1 + 0.5·(½·½·2 + ½·1·1) = 1.5
+    for v in out.values():
+        np.testing.assert_allclose(v.numpy(), 1.5, rtol=1e-6)
+    extra = s.rounds[1].extra
+    assert extra["trust-weights"] == [0.5, 0.5, 0.0] and extra["trust-partitions"] == [1, 2, 3]
+    assert extra["experience-refused-partitions"] == [3] and extra["experience-admitted"] == 10
+
+
+def test_outlier_batches_needs_a_majority_and_flags_only_the_far_ones():
+    assert outlier_batches({0: 1.0, 1: 1.2, 2: 0.9, 3: 10.0}) == {3}
+    assert outlier_batches({0: 1.0, 1: 2.9, 2: 1.0}) == set()       # 2.9 < 3 × median 1.0
+    assert outlier_batches({0: 1.0, 1: 100.0}) == set()             # two batches: no majority to compare with
+
+
+def test_normalised_distance_is_about_one_for_typical_pairs_on_any_scale():
+    rng = np.random.default_rng(0)
+    for scale in (0.01, 1.0, 300.0):
+        states = rng.normal(size=(4000, 8)) * scale * np.arange(1, 9)  # per-dimension spreads differ 8×
+        z = StateNormaliser(states)(states)
+        d = np.linalg.norm(z[:2000] - z[2000:], axis=1)
+        assert abs(float(np.mean(d ** 2)) - 1.0) < 0.05
+
+
+def test_fusion_refuses_a_batch_of_off_distribution_states():
+    s = _fusion(mix=0.5, diversity_filter=False)
+    rng = np.random.default_rng(3)
+    for _ in range(400):  # a buffer of honest states, enough for statistics
+        o = rng.normal(size=3)
+        s.learner.buffer.add(o, 0, 0.0, o, False)
+    g = _model(1.0, s)
+    list(s.configure_train(1, arrays(**g), ConfigRecord({}), FakeGrid([1, 2, 3])))
+    def honest(seed):
+        batch_rng = np.random.default_rng(seed)
+        return pack_experience(batch_rng.normal(size=(5, 3)), batch_rng.integers(0, 2, 5), batch_rng.normal(size=5),
+                               batch_rng.normal(size=(5, 3)), np.zeros(5))[0]
+    obs, a, r, o2, d = _batch(n=20)
+    d = np.zeros(20)
+    poisoned = pack_experience(rng.uniform(-10, 10, size=obs.shape), a, r, rng.uniform(-10, 10, size=o2.shape), d)[0]
+    replies = [reply(1, arrays(**_model(2.0, s)), 10, extra={"experience": honest(1)}),
+               reply(2, arrays(**_model(2.1, s)), 10, extra={"experience": honest(2)}),
+               reply(3, arrays(**_model(1.9, s)), 10, extra={"experience": poisoned})]
+    s.aggregate_train(1, replies)
+    extra = s.rounds[1].extra
+    assert extra["experience-refused-partitions"] == [3]
+    assert extra["experience-offered"] == 30 and extra["experience-admitted"] == 10  # 2 honest batches of 5

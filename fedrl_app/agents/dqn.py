@@ -131,7 +131,9 @@ class DQNAgent:
         self.q = QNetwork(obs_dim, n_actions, config.hidden, config.dueling)
         self.target = QNetwork(obs_dim, n_actions, config.hidden, config.dueling)
         self.target.load_state_dict(self.q.state_dict())
-        self.optimizer = torch.optim.Adam(self.q.parameters(), lr=config.learning_rate)
+        # fused: one kernel over all parameters instead of a Python loop per tensor (1.3–1.4× the
+        # gradient steps per second of the default on one CPU core, measured in benchmarks/README.md)
+        self.optimizer = torch.optim.Adam(self.q.parameters(), lr=config.learning_rate, fused=True)
         self.buffer = ReplayBuffer(config.buffer_size, obs_dim, seed)
         self.rng = np.random.default_rng(seed + 1)
         self.env_steps = 0

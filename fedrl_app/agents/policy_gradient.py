@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from fedrl_app.tasks.gym_rl import ENV_IDS
+from fedrl_app.tasks.env_variation import make_env
 
 
 class PolicyNetwork(nn.Module):
@@ -148,14 +148,17 @@ def sample_trajectories(policy: nn.Module, env: gym.Env, episodes: int, rng: np.
     return out
 
 
-_ENVS: dict[str, gym.Env] = {}  # one environment per task and process; every episode is reset with a seed
+_ENVS: dict[tuple, gym.Env] = {}  # one environment per task and dynamics; every episode is reset with a seed
 
 
-def estimate_gradient(policy: nn.Module, task: str, episodes: int, gamma: float, seed: int) -> GradientEstimate:
-    """Sample `episodes` trajectories of `policy` on the task's environment and estimate ∇J(θ). Seeded."""
-    env = _ENVS.get(task)
+def estimate_gradient(policy: nn.Module, task: str, episodes: int, gamma: float, seed: int,
+                      env_params: dict[str, float] | None = None) -> GradientEstimate:
+    """Sample `episodes` trajectories of `policy` on the task's environment (dynamics `env_params`,
+    nominal if None) and estimate ∇J(θ). Seeded."""
+    key = (task, tuple(sorted((env_params or {}).items())))
+    env = _ENVS.get(key)
     if env is None:
-        env = _ENVS[task] = gym.make(ENV_IDS[task])
+        env = _ENVS[key] = make_env(task, env_params)
     trajectories = sample_trajectories(policy, env, episodes, np.random.default_rng(seed))
     return GradientEstimate(
         gradient=policy_gradient(policy, trajectories, gamma),

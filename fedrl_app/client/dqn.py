@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
+import copy
 import gzip
 import time
 
 import numpy as np
+import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 
 from fedrl_app.agents.dqn import DQNAgent, QNetwork
 from fedrl_app.client.common import attach_metadata, partition
+from fedrl_app.client.drills import (
+    INFLATED_EXAMPLES,
+    MALFORMED_ATTACKS,
+    byzantine_update,
+    is_byzantine,
+    malformed_reply,
+    poison_experience,
+)
 from fedrl_app.config import RunConfig
 from fedrl_app.protocol import keys
 from fedrl_app.protocol.experience import pack_experience
@@ -36,9 +46,10 @@ def recent_sample(agent: DQNAgent, recent: int, n: int, seed: int):
 
 def train(msg: Message, context: Context, cfg: RunConfig) -> Message:
     """Start from the received Q-network, interact `steps-per-round` steps, return the new network."""
-    pid = partition(context)[0]
+    pid, num_partitions = partition(context)
     server_round = int(msg.content[keys.CONFIG][keys.SERVER_ROUND])
     seed = cfg.seed * 1_000 + pid
+    attack = cfg.byzantine_attack if is_byzantine(cfg, pid, num_partitions) else ""
     stored = context.state.config_records.get(AGENT_STATE_KEY)
     if stored is not None:
         agent = DQNAgent.from_bytes(stored["blob"], seed=seed * 10_007 + server_round)
@@ -49,21 +60,31 @@ def train(msg: Message, context: Context, cfg: RunConfig) -> Message:
     agent.q.load_state_dict(msg.content[keys.ARRAYS].to_torch_state_dict())
     act0, train0 = agent.act_flops, agent.train_flops
     start = time.perf_counter()
-    stats = run_steps(agent, cfg.task, key=(context.run_id, pid, cfg.task), seed=seed, steps=cfg.steps_per_round)
+    global_params = [p.detach().clone() for p in agent.q.parameters()]
+    stats = run_steps(agent, cfg.task, key=(context.run_id, pid, cfg.task), seed=seed, steps=cfg.steps_per_round,
+                      env_params=cfg.env_params(pid), fault=attack)
     elapsed = time.perf_counter() - start
     context.state[AGENT_STATE_KEY] = ConfigRecord({"blob": agent.to_bytes()})
 
+    sent = agent.q
+    if attack in ("sign-flip", "scale", "noise"):  # the agent keeps learning honestly; only what it sends lies
+        sent = copy.deepcopy(agent.q)
+        byzantine_update(global_params, sent, attack, cfg.byzantine_scale,
+                         rng=torch.Generator().manual_seed(seed * 7 + server_round))
+    claimed = INFLATED_EXAMPLES if attack == "weight-inflation" else stats.env_steps
     content = RecordDict({
-        keys.ARRAYS: ArrayRecord(agent.q.state_dict()),
-        keys.METRICS: MetricRecord({keys.NUM_EXAMPLES: stats.env_steps, "episodes": len(stats.episode_returns)}),
+        keys.ARRAYS: ArrayRecord(sent.state_dict()),
+        keys.METRICS: MetricRecord({keys.NUM_EXAMPLES: claimed, "episodes": len(stats.episode_returns)}),
     })
     raw_bytes = gzip_bytes = None
     if msg.content[keys.CONFIG].get(keys.SHARE_EXPERIENCE, False):
-        content[keys.EXPERIENCE], raw_bytes = pack_experience(*recent_sample(agent, stats.env_steps,
-                                                                              cfg.experience_sample, seed))
+        batch = recent_sample(agent, stats.env_steps, cfg.experience_sample, seed)
+        if attack.startswith("poison-"):
+            batch = poison_experience(batch, attack, np.random.default_rng(seed * 7 + server_round))
+        content[keys.EXPERIENCE], raw_bytes = pack_experience(*batch)
         gzip_bytes = len(content[keys.EXPERIENCE]["gz"])
     meta = ClientMetadata(
-        partition_id=pid, num_examples=stats.env_steps, train_time_s=elapsed,
+        partition_id=pid, num_examples=claimed, train_time_s=elapsed,
         epoch_losses=[float(sum(stats.losses) / len(stats.losses))] if stats.losses else [],
         bytes_sent=recorddict_nbytes(content), episode_returns=stats.episode_returns,
         episode_lengths=stats.episode_lengths, env_steps=stats.env_steps,
@@ -72,6 +93,8 @@ def train(msg: Message, context: Context, cfg: RunConfig) -> Message:
         model_gzip_bytes=gzip_size(content[keys.ARRAYS]),
     )
     attach_metadata(content, meta)
+    if attack in MALFORMED_ATTACKS:
+        malformed_reply(content, attack)
     return Message(content=content, reply_to=msg)
 
 
@@ -80,6 +103,6 @@ def evaluate(msg: Message, context: Context, cfg: RunConfig) -> Message:
     pid = partition(context)[0]
     net = QNetwork(*env_dims(cfg.task), cfg.dqn_hidden, "dueling" in cfg.agent)
     net.load_state_dict(msg.content[keys.ARRAYS].to_torch_state_dict())
-    returns = evaluate_policy(net, cfg.task, cfg.eval_episodes, seed=20_000 + 100 * pid)
+    returns = evaluate_policy(net, cfg.task, cfg.eval_episodes, seed=20_000 + 100 * pid, env_params=cfg.env_params(pid))
     metrics = MetricRecord({keys.NUM_EXAMPLES: len(returns), "return": sum(returns) / len(returns)})
     return Message(content=RecordDict({keys.METRICS: metrics}), reply_to=msg)

@@ -70,12 +70,31 @@ def malformed_reply(content: RecordDict, attack: str) -> None:
     content[name] = ArrayRecord({k: Array(v) for k, v in arrays.items()})
 
 
-def byzantine_update(global_params: list[torch.Tensor], net: torch.nn.Module, attack: str, scale: float) -> None:
-    """Replace the honest update Δ by −Δ (sign-flip) or scale·Δ (scale; sparse-scale, the same for a
-    drl-compress client, whose scaled update then travels compressed), in place."""
-    if attack in MALFORMED_ATTACKS or attack == "weight-inflation":
-        return  # these spoil the reply instead (malformed_reply), or only its claimed weight
+def byzantine_update(global_params: list[torch.Tensor], net: torch.nn.Module, attack: str, scale: float,
+                     rng: torch.Generator | None = None) -> None:
+    """Replace the honest update Δ by −Δ (sign-flip), scale·Δ (scale; sparse-scale, the same for a
+    drl-compress client, whose scaled update then travels compressed) or, per tensor, Gaussian noise
+    of `scale` × the honest update's RMS (noise, FedPG-BR's random-noise agent), in place."""
+    if attack not in ("sign-flip", "scale", "sparse-scale", "noise"):
+        return  # the others spoil the reply (malformed_reply), its claimed weight, or the agent's behaviour
     factor = -1.0 if attack == "sign-flip" else scale
     with torch.no_grad():
         for g, p in zip(global_params, net.parameters()):
-            p.copy_(g + factor * (p - g))
+            if attack == "noise":
+                rms = float((p - g).pow(2).mean().sqrt())
+                p.copy_(g + scale * rms * torch.randn(p.shape, generator=rng))
+            else:
+                p.copy_(g + factor * (p - g))
+
+
+def poison_experience(batch: tuple, attack: str, rng: np.random.Generator) -> tuple:
+    """A faulty agent's shared transitions: every reward negated (poison-rewards), or states drawn
+    uniformly from [−10, 10] in every dimension, far outside LunarLander's and CartPole's usual range
+    (poison-states)."""
+    obs, actions, rewards, next_obs, dones = batch
+    if attack == "poison-rewards":
+        return obs, actions, -rewards, next_obs, dones
+    if attack == "poison-states":
+        return (rng.uniform(-10, 10, size=obs.shape).astype(np.float32), actions, rewards,
+                rng.uniform(-10, 10, size=next_obs.shape).astype(np.float32), dones)
+    raise ValueError(f"unknown experience attack {attack!r}")

@@ -11,6 +11,7 @@ from fedrl_app.config import RunConfig
 from fedrl_app.protocol import keys
 from fedrl_app.server.registry import client_role, task_model
 from fedrl_app.tasks import mnist
+from fedrl_app.tasks.env_variation import num_variants
 from fedrl_app.tasks.gym_rl import evaluate_policy
 
 
@@ -18,10 +19,20 @@ def central_evaluator(cfg: RunConfig, source: mnist.DataSource | None) -> Callab
     """arrays -> metrics on the server's data; RL: the greedy policy, argmax of the network's outputs."""
     net = task_model(cfg)
     if cfg.is_rl:
+        variants = num_variants(cfg.task, cfg.env_variation) if cfg.env_variation.strip() not in ("", "none") else 0
+
         def evaluate_rl(arrays: ArrayRecord) -> dict[str, float]:
+            """The nominal environment's return, and with `env-variation` each variant's (`return-env-<i>`:
+            the dynamics of partitions i, i + L, i + 2L, ...) and their mean (`return-envs`)."""
             net.load_state_dict(arrays.to_torch_state_dict())
             returns = evaluate_policy(net, cfg.task, cfg.eval_episodes, seed=10_000 + cfg.seed)
-            return {"return": float(np.mean(returns)), "return-std": float(np.std(returns))}
+            metrics = {"return": float(np.mean(returns)), "return-std": float(np.std(returns))}
+            for i in range(variants):
+                metrics[f"return-env-{i}"] = float(np.mean(evaluate_policy(
+                    net, cfg.task, cfg.eval_episodes, seed=10_000 + cfg.seed, env_params=cfg.env_params(i))))
+            if variants:
+                metrics["return-envs"] = float(np.mean([metrics[f"return-env-{i}"] for i in range(variants)]))
+            return metrics
         return evaluate_rl
 
     test_set = mnist.load_test_set(source)

@@ -18,7 +18,7 @@ from flwr.serverapp.strategy import Strategy
 
 from fedrl_app.agents.dqn import QNetwork
 from fedrl_app.agents.policy_gradient import PolicyNetwork
-from fedrl_app.config import RL_TASKS, TASKS, ConfigError, RunConfig
+from fedrl_app.config import RL_ONLY_ATTACKS, RL_TASKS, TASKS, ConfigError, RunConfig
 from fedrl_app.protocol import keys
 from fedrl_app.systems.profiles import ProfileError, systems_model
 from fedrl_app.tasks import mnist
@@ -128,7 +128,8 @@ def _fusion(cfg: RunConfig, settings: dict[str, Any]) -> Fusion:
     server_agent = replace(cfg.dqn_config(), buffer_size=cfg.server_buffer_size)
     return Fusion(**settings, obs_dim=obs_dim, n_actions=n_actions, agent_config=server_agent, mix=cfg.fusion_mix,
                   diversity_filter=cfg.diversity_filter, diversity_threshold=cfg.diversity_threshold,
-                  filter_k=cfg.filter_k, server_updates=cfg.server_updates_per_round, seed=cfg.seed)
+                  filter_k=cfg.filter_k, server_updates=cfg.server_updates_per_round, trust=cfg.trust,
+                  diversity_space=cfg.diversity_space, max_shared_per_client=cfg.experience_sample, seed=cfg.seed)
 
 
 def _pg_clock(cfg: RunConfig) -> dict[str, Any]:
@@ -228,6 +229,13 @@ def check_config(cfg: RunConfig) -> StrategyEntry:
                                   f"(got {_wrapper_setting(cfg, first)}, {_wrapper_setting(cfg, second)})")
     if entry.check is not None:
         entry.check(cfg)
+    if cfg.byzantine_fraction > 0 and cfg.byzantine_attack in RL_ONLY_ATTACKS:
+        if client_role(cfg) != keys.ROLE_DQN:
+            raise ConfigError(f"config key 'byzantine-attack' = {cfg.byzantine_attack!r} is a faulty DQN agent; "
+                              f"strategy {cfg.strategy!r} runs no DQN clients")
+        if cfg.byzantine_attack.startswith("poison-") and cfg.strategy != "fusion":
+            raise ConfigError(f"config key 'byzantine-attack' = {cfg.byzantine_attack!r} poisons shared experience, "
+                              f"which only strategy 'fusion' uses (got {cfg.strategy!r})")
     try:  # a trace file is read now, so that a bad one stops the run at start
         systems_model(cfg.systems_profile, cfg.seed)
     except ProfileError as err:

@@ -15,8 +15,7 @@ import numpy as np
 import torch
 
 from fedrl_app.agents.dqn import DQNAgent
-
-ENV_IDS = {"cartpole": "CartPole-v1", "lunarlander": "LunarLander-v3"}
+from fedrl_app.tasks.env_variation import ENV_IDS, make_env
 SOLVED_RETURN = {"cartpole": 475.0, "lunarlander": 200.0}  # 100-episode moving average
 
 
@@ -49,18 +48,25 @@ class RolloutStats:
     losses: list[float] = field(default_factory=list)
 
 
-def run_steps(agent: DQNAgent, task: str, key: tuple, seed: int, steps: int) -> RolloutStats:
-    """Act and learn for `steps` environment steps, continuing this client's current episode."""
+def run_steps(agent: DQNAgent, task: str, key: tuple, seed: int, steps: int,
+              env_params: dict[str, float] | None = None, fault: str = "") -> RolloutStats:
+    """Act and learn for `steps` environment steps, continuing this client's current episode.
+
+    `env_params`: this client's dynamics (`fedrl_app.tasks.env_variation`). `fault`: a faulty agent's
+    behaviour: "random-action" (acts uniformly at random) or "reward-flip" (learns from −r); its
+    episode returns are still the environment's own.
+    """
     episode = _EPISODES.get(key)
     if episode is None:
-        env = gym.make(ENV_IDS[task])
+        env = make_env(task, env_params)
         obs, _ = env.reset(seed=seed)
         episode = _EPISODES[key] = _Episode(env, obs)
     stats = RolloutStats()
     for _ in range(steps):
-        action = agent.act(episode.obs)
+        action = int(agent.rng.integers(agent.n_actions)) if fault == "random-action" else agent.act(episode.obs)
         next_obs, reward, terminated, truncated, _ = episode.env.step(action)
-        loss = agent.observe(episode.obs, action, float(reward), next_obs, bool(terminated))
+        learned = -float(reward) if fault == "reward-flip" else float(reward)
+        loss = agent.observe(episode.obs, action, learned, next_obs, bool(terminated))
         if loss is not None:
             stats.losses.append(loss)
         episode.ret += float(reward)
@@ -76,9 +82,11 @@ def run_steps(agent: DQNAgent, task: str, key: tuple, seed: int, steps: int) -> 
 
 
 @torch.no_grad()
-def evaluate_policy(q: torch.nn.Module, task: str, episodes: int, seed: int) -> list[float]:
-    """Returns of the greedy policy of `q` (obs -> per-action scores: Q-values or logits) over `episodes` episodes."""
-    env = gym.make(ENV_IDS[task])
+def evaluate_policy(q: torch.nn.Module, task: str, episodes: int, seed: int,
+                    env_params: dict[str, float] | None = None) -> list[float]:
+    """Returns of the greedy policy of `q` (obs -> per-action scores: Q-values or logits) over `episodes`
+    episodes, on the nominal environment or on the dynamics `env_params`."""
+    env = make_env(task, env_params)
     returns = []
     for i in range(episodes):
         obs, _ = env.reset(seed=seed + i)
