@@ -68,8 +68,11 @@ def test_cartpole_fusion_on_varied_dynamics_with_a_faulty_agent(sim, tmp_path):
         "byzantine-fraction": 0.5, "byzantine-attack": "reward-flip"})
     rows = read_jsonl(run_dir / "metrics.jsonl")
     assert [r["round"] for r in rows] == [0, 1, 2]
-    for r in rows:  # the global policy, on the nominal environment and on both clients' dynamics
-        assert r["return"] >= 8 and r["return-env-0"] >= 8 and r["return-env-1"] >= 8
+    # the global policy on the nominal environment every round, and on both clients' dynamics every
+    # 10th round and at the last
+    assert all(r["return"] >= 8 for r in rows) and "return-env-0" not in rows[1]
+    for r in (rows[0], rows[2]):
+        assert r["return-env-0"] >= 8 and r["return-env-1"] >= 8
         assert r["return-envs"] == (r["return-env-0"] + r["return-env-1"]) / 2
     for r in rows[1:]:
         assert r["trust-partitions"] == [0, 1] and len(r["trust-similarities"]) == 2

@@ -15,18 +15,26 @@ from fedrl_app.tasks.env_variation import num_variants
 from fedrl_app.tasks.gym_rl import evaluate_policy
 
 
-def central_evaluator(cfg: RunConfig, source: mnist.DataSource | None) -> Callable[[ArrayRecord], dict[str, float]]:
-    """arrays -> metrics on the server's data; RL: the greedy policy, argmax of the network's outputs."""
+VARIANT_EVAL_EVERY = 10  # rounds between evaluations on every env-variation variant (and the last round)
+
+
+def central_evaluator(cfg: RunConfig, source: mnist.DataSource | None
+                      ) -> Callable[[ArrayRecord, int], dict[str, float]]:
+    """(arrays, server round) -> metrics on the server's data; RL: the greedy policy, argmax of the network's
+    outputs."""
     net = task_model(cfg)
     if cfg.is_rl:
         variants = num_variants(cfg.task, cfg.env_variation) if cfg.env_variation.strip() not in ("", "none") else 0
 
-        def evaluate_rl(arrays: ArrayRecord) -> dict[str, float]:
-            """The nominal environment's return, and with `env-variation` each variant's (`return-env-<i>`:
-            the dynamics of partitions i, i + L, i + 2L, ...) and their mean (`return-envs`)."""
+        def evaluate_rl(arrays: ArrayRecord, server_round: int) -> dict[str, float]:
+            """The nominal environment's return, and with `env-variation`, every VARIANT_EVAL_EVERY rounds and
+            at the last, each variant's (`return-env-<i>`: the dynamics of partitions i, i + L, i + 2L, ...)
+            and their mean (`return-envs`)."""
             net.load_state_dict(arrays.to_torch_state_dict())
             returns = evaluate_policy(net, cfg.task, cfg.eval_episodes, seed=10_000 + cfg.seed)
             metrics = {"return": float(np.mean(returns)), "return-std": float(np.std(returns))}
+            if server_round % VARIANT_EVAL_EVERY and server_round != cfg.num_server_rounds:
+                return metrics
             for i in range(variants):
                 metrics[f"return-env-{i}"] = float(np.mean(evaluate_policy(
                     net, cfg.task, cfg.eval_episodes, seed=10_000 + cfg.seed, env_params=cfg.env_params(i))))
@@ -37,7 +45,7 @@ def central_evaluator(cfg: RunConfig, source: mnist.DataSource | None) -> Callab
 
     test_set = mnist.load_test_set(source)
 
-    def evaluate_mnist(arrays: ArrayRecord) -> dict[str, float]:
+    def evaluate_mnist(arrays: ArrayRecord, server_round: int) -> dict[str, float]:
         net.load_state_dict(arrays.to_torch_state_dict())
         loss, accuracy = mnist.evaluate(net, test_set, cfg.eval_batch_size)
         return {"accuracy": accuracy, "loss": loss}

@@ -121,7 +121,7 @@ class RunRecorder:
     def evaluate_fn(self, flower_round: int, arrays: ArrayRecord) -> MetricRecord | None:
         """Flower's `evaluate_fn`: central evaluation, then every per-round artefact."""
         server_round = flower_round + self.round_offset
-        metrics = self.evaluate(arrays)
+        metrics = self.evaluate(arrays, server_round)
         if flower_round == 0 and self.round_offset > 0:
             return MetricRecord(metrics)  # the resumed round was recorded by the run before
         self.on_round_end(server_round, arrays, metrics)

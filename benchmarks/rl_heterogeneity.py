@@ -1,0 +1,230 @@
+"""Federated DQN on LunarLander when clients differ: per-client dynamics and faulty agents × Local, FedAvg, Fusion.
+
+    python -m benchmarks.rl_heterogeneity                                    # every condition × method, 1 seed
+    python -m benchmarks.rl_heterogeneity --conditions none reward-flip --methods fusion fedavg --seeds 1 2 3
+    python -m benchmarks.rl_heterogeneity --report-only
+
+Conditions: `none` (every client the nominal LunarLander-v3), `varied` (`env-variation = "varied"`:
+gravity from −10 to −3.2 and wind from calm to 15, a variant per client), and one faulty agent of N
+(partition 0, `byzantine-fraction` = 1/N) of each kind: `random-action`, `reward-flip`, FedPG-BR's
+sign flip ×−2.5 (`scale` with `byzantine-scale = -2.5`), `noise` (Gaussian, 10 × the honest update's
+RMS), and for Fusion `poison-rewards` / `poison-states` (shared experience only). Methods: `local`
+(each agent alone, its own environment), `fedavg`, `fusion-param` (Fusion as first built:
+`param-cosine` trust, raw-state filter, no experience scrutiny) and `fusion` (the defaults:
+`update-cosine` trust, normalised filter, scrutinised experience).
+
+Columns: the honest clients' final 100-episode return on their own environments, how many of them
+solve (100-episode mean ≥ 200) and when; the global network's greedy return on the nominal
+environment and on every client's variant (the mean over variants, at the last round); training and
+acting FLOPs; uplink. Fusion's trust in the faulty client (its share of the weight, mean over rounds,
+against 1/N) and how many of its shared batches were refused. Results:
+benchmarks/results/rl_heterogeneity/ (<method>-<condition>-n<N>-seed<k>.json, table.md,
+returns-<condition>.png, trust-n<N>.png).
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from benchmarks.common import ROOT, benchmark_parser, command_line, fmt, run_app, save_figure, write_table  # noqa: E402
+from benchmarks.lunarlander import client_curves, plot_returns  # noqa: E402
+from fedrl_app.agents.dqn import DQNAgent  # noqa: E402
+from fedrl_app.config import RunConfig  # noqa: E402
+from fedrl_app.tasks.gym_rl import SOLVED_RETURN, env_dims, moving_average_solved, run_steps  # noqa: E402
+
+OUT = ROOT / "benchmarks" / "results" / "rl_heterogeneity"
+TASK = "lunarlander"
+AGENT = {"agent": "double"}
+CONDITIONS = {
+    "none": {},
+    "varied": {"env-variation": "varied"},
+    "random-action": {"byzantine-attack": "random-action"},
+    "reward-flip": {"byzantine-attack": "reward-flip"},
+    "sign-flip-2.5": {"byzantine-attack": "scale", "byzantine-scale": -2.5},
+    "noise": {"byzantine-attack": "noise"},
+    "poison-rewards": {"byzantine-attack": "poison-rewards"},
+    "poison-states": {"byzantine-attack": "poison-states"},
+}
+METHODS = {
+    "local": {"local": True},
+    "fedavg": {"strategy": "fedavg"},
+    "fusion-param": {"strategy": "fusion", "trust": "param-cosine", "diversity-space": "raw"},
+    "fusion": {"strategy": "fusion"},
+}
+
+
+def applies(method: str, condition: str) -> bool:
+    """Poisoned experience exists only where experience is shared; a faulty local agent harms nobody."""
+    if condition.startswith("poison-"):
+        return method.startswith("fusion")
+    return not (method == "local" and condition not in ("none", "varied"))
+
+
+def faulty(condition: str) -> set[int]:
+    """Partitions that are faulty under a condition (partition 0 for the attacks)."""
+    return set() if condition in ("none", "varied") else {0}
+
+
+def run_local(overrides: dict, rounds: int, clients: int, seed: int) -> list[dict]:
+    """Each agent alone on its own environment for rounds × steps-per-round steps; rows shaped like clients.jsonl."""
+    cfg = RunConfig.from_run_config({k: v for k, v in overrides.items() if k != "local"} | {"task": TASK, "seed": seed})
+    torch.set_num_threads(1)  # a ClientApp's share: one CPU
+    rows = []
+    for pid in range(clients):
+        agent = DQNAgent(*env_dims(TASK), cfg.dqn_config(), seed=cfg.seed * 1_000 + pid)
+        for r in range(1, rounds + 1):
+            act0, train0 = agent.act_flops, agent.train_flops
+            stats = run_steps(agent, TASK, key=("local-het", seed, pid, cfg.env_variation), seed=cfg.seed * 1_000 + pid,
+                              steps=cfg.steps_per_round, env_params=cfg.env_params(pid))
+            rows.append({"round": r, "partition_id": pid, "episode_returns": stats.episode_returns,
+                         "episode_lengths": stats.episode_lengths, "env_steps": stats.env_steps,
+                         "act_flops": agent.act_flops - act0, "train_flops": agent.train_flops - train0,
+                         "bytes_sent": 0})
+    return rows
+
+
+def summarise(run: dict) -> dict:
+    """Honest clients' own-environment results, the global network's, cost, and Fusion's trust in the faulty."""
+    bad = faulty(run["condition"])
+    curves = {pid: c for pid, c in client_curves(run["clients"]).items() if pid not in bad}
+    final, solve_steps = [], []
+    for c in curves.values():
+        hit = moving_average_solved(c["returns"], SOLVED_RETURN[TASK])
+        solve_steps.append(c["end-steps"][hit] if hit is not None else None)
+        final.append(float(np.mean(c["returns"][-100:])) if c["returns"] else float("nan"))
+    all_curves = client_curves(run["clients"])
+    rows = run["metrics"]
+    out = {
+        "final-100": float(np.mean(final)) if final else None,
+        "solved": sum(s is not None for s in solve_steps), "honest": len(curves), "solve-steps": solve_steps,
+        "flops": sum(c["act-flops"] + c["train-flops"] for c in all_curves.values())
+        + (rows[-1].get("server-train-flops", 0) if rows else 0),
+        "uplink-mb": rows[-1]["uplink-bytes-total"] / 1e6 if rows else 0.0,
+        "global-nominal": rows[-1].get("return") if rows else None,
+        "global-own-envs": rows[-1].get("return-envs", rows[-1].get("return")) if rows else None,
+    }
+    trusted = [r for r in rows if "trust-weights" in r]
+    if trusted and bad:
+        shares = [w for r in trusted for w, pid in zip(r["trust-weights"], r["trust-partitions"]) if pid in bad]
+        out["faulty-weight"] = float(np.mean(shares)) if shares else None
+        out["batches-refused"] = sum(len(set(r.get("experience-refused-partitions", [])) & bad) for r in trusted)
+    if trusted:
+        out["admitted"] = (sum(r["experience-admitted"] for r in trusted)
+                           / max(1, sum(r["experience-offered"] for r in trusted)))
+    return out
+
+
+def plot_trust(runs: list[dict], path: Path) -> None:
+    """The faulty client's trust weight per round (against 1/N), one line per condition and Fusion variant."""
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for i, run in enumerate(runs):
+        rows = [r for r in run["metrics"] if "trust-weights" in r]
+        weight = [next((w for w, p in zip(r["trust-weights"], r["trust-partitions"]) if p == 0), np.nan) for r in rows]
+        ax.plot([r["round"] for r in rows], weight, lw=0.9, color=f"C{i % 10}",
+                ls="-" if run["method"] == "fusion" else ":", label=f"{run['method']}, {run['condition']}")
+    n = runs[0]["n"]
+    ax.axhline(1 / n, color="grey", ls="--", lw=0.8, label="1/N")
+    ax.set(xlabel="round", ylabel="trust weight of partition 0", ylim=(-0.02, 1.02),
+           title=f"LunarLander, N = {n}: Fusion's weight on the faulty client (partition 0)")
+    ax.legend(fontsize=6, ncol=2)
+    ax.grid(alpha=0.3)
+    save_figure(fig, path)
+
+
+def report(command: str, out: Path = OUT) -> str:
+    runs = [json.loads(p.read_text()) for p in sorted(out.glob("*.json"))]
+    groups: dict[tuple, list[dict]] = {}
+    for run in runs:
+        groups.setdefault((run["n"], run["condition"], run["method"]), []).append(run)
+    lines = [f"LunarLander-v3, Double DQN clients, env reward, solved = 100-episode mean ≥ 200; one faulty client of N "
+             f"(partition 0) under the attacks. Command: `{command}`", "",
+             "| N | condition | method | seeds | honest clients' final 100-ep return (own env) | honest clients solved "
+             "| env steps to solve | global greedy return, nominal | global greedy return, clients' envs "
+             "| faulty client's trust weight (1/N = fair) | its batches refused | shared transitions admitted "
+             "| FLOPs | uplink MB |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    order = {c: i for i, c in enumerate(CONDITIONS)}
+    for (n, condition, method), seed_runs in sorted(groups.items(), key=lambda kv: (kv[0][0], order.get(kv[0][1], 99),
+                                                                                     list(METHODS).index(kv[0][2]))):
+        s = [summarise(r) for r in seed_runs]
+        col = {k: [x.get(k) for x in s] for k in s[0]}
+        lines.append(
+            f"| {n} | {condition} | {method} | {len(s)} | {fmt(col['final-100'], '.1f', 'n/a')} "
+            f"| {sum(col['solved'])} of {sum(col['honest'])} | {fmt(sum(col['solve-steps'], []), '.3g')} "
+            f"| {fmt(col['global-nominal'], '.1f', 'n/a')} | {fmt(col['global-own-envs'], '.1f', 'n/a')} "
+            f"| {fmt(col.get('faulty-weight', [None]), '.3f', '-')} | {fmt(col.get('batches-refused', [None]), '.0f', '-')} "
+            f"| {fmt(col.get('admitted', [None]), '.1%', '-')} | {fmt(col['flops'], '.3g')} | {fmt(col['uplink-mb'], '.1f')} |")
+    lines += ["", "Final return: the honest clients' own episodes (each on its own environment), last 100 per client, "
+              "mean over clients, then mean ± std over seeds. Global greedy return: the server's evaluation of the "
+              "global network (5 episodes) on the nominal environment, and the mean over the clients' variants "
+              "(same as nominal when every client is nominal). Trust weight: mean over rounds of partition 0's "
+              "share of the aggregation weight."]
+    for n in sorted({k[0] for k in groups}):
+        for condition in CONDITIONS:
+            at = {m: g for (nn, c, m), g in groups.items() if nn == n and c == condition}
+            if at:
+                plot_returns(at, n, out / f"returns-{condition}-n{n}.png", title=f"condition {condition}")
+        trust_runs = [g[0] for (nn, c, m), g in sorted(groups.items()) if nn == n and m.startswith("fusion") and faulty(c)]
+        if trust_runs:
+            plot_trust(trust_runs, out / f"trust-n{n}.png")
+    return write_table(lines, out)
+
+
+def main() -> None:
+    parser = benchmark_parser(__doc__)
+    parser.add_argument("--conditions", nargs="+", default=list(CONDITIONS), choices=list(CONDITIONS))
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    parser.add_argument("--clients", type=int, default=5)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1])
+    parser.add_argument("--rounds", type=int, default=100)
+    parser.add_argument("--steps-per-round", type=int, default=1000)
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="extra run-config overrides for every run (e.g. dqn-train-frequency=1)")
+    parser.add_argument("--report-only", action="store_true")
+    parser.add_argument("--out", type=Path, default=OUT)
+    args = parser.parse_args()
+    out = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    extra = {k: json.loads(v) if v[:1] in "-0123456789tf[" else v for k, v in (s.split("=", 1) for s in args.set)}
+    command = command_line("benchmarks.rl_heterogeneity", args.command)
+    if not args.report_only:
+        n = args.clients
+        for seed in args.seeds:
+            for condition in args.conditions:
+                for method in args.methods:
+                    if not applies(method, condition):
+                        continue
+                    spec = dict(METHODS[method])
+                    attack = CONDITIONS[condition]
+                    overrides = {**AGENT, **{k: v for k, v in spec.items() if k != "local"}, **attack, **extra,
+                                 "task": TASK, "num-server-rounds": args.rounds, "steps-per-round": args.steps_per_round,
+                                 "seed": seed, "wandb-mode": "disabled", "fraction-evaluate": 0.0}
+                    if "byzantine-attack" in attack:
+                        overrides["byzantine-fraction"] = 1.0 / n
+                    t0 = time.time()
+                    name = f"{method}-{condition}-n{n}-seed{seed}"
+                    if spec.get("local"):
+                        run = {"metrics": [], "clients": run_local(overrides, args.rounds, n, seed)}
+                    else:
+                        with tempfile.TemporaryDirectory() as scratch:
+                            metrics, clients = run_app(overrides, n, Path(scratch), out / f"{name}.log")
+                        run = {"metrics": metrics, "clients": clients}
+                    run.update({"method": method, "condition": condition, "n": n, "seed": seed,
+                                "wall-s": time.time() - t0, "steps-per-round": args.steps_per_round,
+                                "rounds": args.rounds, "overrides": overrides})
+                    (out / f"{name}.json").write_text(json.dumps(run))
+                    print(f"{name}: {time.time() - t0:.0f}s, {summarise(run)['final-100']}", flush=True)
+    print(report(command, out))
+
+
+if __name__ == "__main__":
+    main()
