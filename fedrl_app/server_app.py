@@ -15,7 +15,7 @@ from fedrl_app.runtime.paths import outputs_root
 from fedrl_app.server.evaluation import central_evaluator, client_evaluate_config, client_train_config
 from fedrl_app.server.metered_grid import MeteredGrid
 from fedrl_app.server.recorder import RunRecorder, load_checkpoint, new_run_dir, resolve_resume_dir
-from fedrl_app.server.registry import build_strategy, cap_example_claims, parse_config, task_model
+from fedrl_app.server.registry import build_strategy, cap_example_claims, measure_replies_with, parse_config, task_model
 from fedrl_app.tasks import mnist
 
 app = ServerApp()
@@ -55,6 +55,7 @@ def main(grid: Grid, context: Context) -> None:
 
     cap_example_claims(strategy, cfg, source, num_nodes=len(list(grid.get_node_ids())))
     metered = MeteredGrid(grid)
+    measure_replies_with(strategy, metered.reply_nbytes)
     recorder = RunRecorder(cfg, run_dir, strategy, metered, central_evaluator(cfg, source), resume=resume)
     if remaining > 0:
         strategy.start(

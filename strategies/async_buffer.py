@@ -274,7 +274,7 @@ class AsyncBuffer(StrategyWrapper):
                 timing = None
                 if not msg.has_error():
                     try:
-                        timing = self.strategy.client_time(msg, read_metadata(msg.content))
+                        timing = self.strategy.client_time(msg, read_metadata(msg.content), remember=True)
                     except (MetadataError, ProfileError):
                         timing = None  # a bad reply: the wrapped strategy's checks will refuse it
                 if timing is not None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter, defaultdict, deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from logging import INFO, WARNING
 from typing import Any
@@ -49,6 +49,7 @@ class RoundLog:
 CLAIMS_MEDIAN_FACTOR = 3.0
 MIN_CLAIMS = 5  # fewer claims than this to compare with: no median rule
 RECENT_CLAIMS = 100
+MAX_CACHED_TIMINGS = 10_000
 
 
 class ReplyGuardMixin:
@@ -86,6 +87,8 @@ class ReplyGuardMixin:
         self.known_examples: dict[int, int] = {}      # partition -> its true training-set size, where known
         self.claims_median_factor = CLAIMS_MEDIAN_FACTOR
         self._recent_claims: deque[float] = deque(maxlen=RECENT_CLAIMS)
+        self._reply_nbytes: Callable[[Message], int] = lambda msg: recorddict_nbytes(msg.content)
+        self._timings: dict[str, tuple[int, ClientTime]] = {}  # message id -> (examples it was timed for, time)
 
     def configure_update_bounds(self, max_abs: float = MAX_ABS, max_update_norm: float = 0.0) -> None:
         """Every value of a reply within ±max_abs (else it is refused); every update's norm bounded by
@@ -129,6 +132,11 @@ class ReplyGuardMixin:
         """Time every reply on the virtual clock (`fedrl_app.systems`); drop replies later than `deadline_s` (> 0)."""
         self.systems, self.deadline_s, self.local_epochs = systems, deadline_s, local_epochs
 
+    def configure_reply_sizes(self, reply_nbytes: Callable[[Message], int]) -> None:
+        """Where the clock reads a reply's size: the grid that already measured it (`MeteredGrid.reply_nbytes`),
+        so that no reply is serialized twice to be measured."""
+        self._reply_nbytes = reply_nbytes
+
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
@@ -147,12 +155,23 @@ class ReplyGuardMixin:
                 self._download_bytes[msg.metadata.dst_node_id] = sizes[id(msg.content)]
         return messages
 
-    def client_time(self, msg: Message, meta: ClientMetadata) -> ClientTime | None:
-        """A checked reply's simulated round time on its partition's profile (None without a clock)."""
+    def client_time(self, msg: Message, meta: ClientMetadata, remember: bool = False) -> ClientTime | None:
+        """A reply's simulated round time on its partition's profile (None without a clock). `remember`: keep it
+        for the checks' own call (an async wrapper times a reply when it arrives, and the checks run later)."""
         if self.systems is None:
             return None
-        return client_time(self.systems.profile(meta.partition_id), self._download_bytes.get(msg.metadata.src_node_id, 0),
-                           meta.num_examples * self.local_epochs, recorddict_nbytes(msg.content))
+        message_id = msg.metadata.message_id  # ("" for a message never sent: not cached)
+        cached = self._timings.pop(message_id, None) if message_id else None
+        if cached is not None and cached[0] == meta.num_examples:  # (a clipped claim changes the compute time)
+            return cached[1]
+        timing = client_time(self.systems.profile(meta.partition_id),
+                             self._download_bytes.get(msg.metadata.src_node_id, 0),
+                             meta.num_examples * self.local_epochs, self._reply_nbytes(msg))
+        if remember and message_id:
+            self._timings[message_id] = (meta.num_examples, timing)
+        while len(self._timings) > MAX_CACHED_TIMINGS:  # replies timed but never checked (a run that ended)
+            self._timings.pop(next(iter(self._timings)))
+        return timing
 
     def filter_train_replies(self, server_round: int, replies: Iterable[Message]) -> list[Message]:
         """Keep the replies that pass every check; log and record the others."""

@@ -3,8 +3,13 @@
 import numpy as np
 from flwr.app import ConfigRecord, MetricRecord, RecordDict
 
+import fedrl_app.server.metered_grid as metered_grid
+import strategies.reply_guard as reply_guard
+from fedrl_app.protocol.metadata import read_metadata
 from fedrl_app.protocol.records import recorddict_nbytes
 from fedrl_app.server.metered_grid import MeteredGrid
+from fedrl_app.systems.profiles import SystemsModel
+from strategies import FedAvg
 from tests.helpers import arrays, error_reply, instruction, reply
 
 
@@ -48,3 +53,23 @@ def test_metered_grid_counts_each_message_each_way():
 def test_metrics_only_reply_is_small():
     content = RecordDict({"metrics": MetricRecord({"num-examples": 10, "accuracy": 0.5})})
     assert recorddict_nbytes(content) < 120
+
+
+def test_the_clock_reads_a_reply_size_the_grid_measured_and_serializes_nothing_again(monkeypatch, tmp_path):
+    model = arrays(w=np.ones((100, 10)))
+    answer = reply(1, model, 50)
+    answer.metadata.__dict__["_message_id"] = "reply-1"  # a pulled reply has an id; a fresh one has ""
+    assert answer.metadata.message_id == "reply-1"
+    grid = MeteredGrid(EchoGrid({1: answer}))
+    (pulled,) = grid.send_and_receive([instruction(1)])
+    calls = []
+    monkeypatch.setattr(metered_grid, "recorddict_nbytes", lambda c: calls.append(c) or 0)
+    monkeypatch.setattr(reply_guard, "recorddict_nbytes", lambda c: calls.append(c) or 0)
+    assert grid.reply_nbytes(pulled) == recorddict_nbytes(answer.content) and calls == []
+    s = FedAvg()
+    s.configure_clock(SystemsModel("uniform", seed=0))
+    s.configure_reply_sizes(grid.reply_nbytes)
+    timing = s.client_time(pulled, read_metadata(pulled.content), remember=True)
+    assert calls == [] and timing.upload_s > 0
+    assert s.client_time(pulled, read_metadata(pulled.content)) is timing  # the async wrapper's, reused once
+    assert s._timings == {}

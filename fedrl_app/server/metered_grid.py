@@ -25,6 +25,7 @@ class MeteredGrid(GridView):
         self.uplink_bytes = 0
         self.downlink_messages = 0
         self.uplink_messages = 0
+        self._latest_reply_sizes: dict[str, int] = {}  # message id -> bytes, of the latest batch pulled
 
     def _count_down(self, messages: Iterable[Message]) -> list[Message]:
         messages = list(messages)
@@ -39,11 +40,19 @@ class MeteredGrid(GridView):
 
     def _count_up(self, replies: Iterable[Message]) -> list[Message]:
         replies = list(replies)
+        self._latest_reply_sizes = {}  # only the latest batch: the strategy reads it before the next pull
         for msg in replies:
             if not msg.has_error():
-                self.uplink_bytes += recorddict_nbytes(msg.content)
+                self._latest_reply_sizes[msg.metadata.message_id] = size = recorddict_nbytes(msg.content)
+                self.uplink_bytes += size
         self.uplink_messages += len(replies)
         return replies
+
+    def reply_nbytes(self, msg: Message) -> int:
+        """The serialized size of a reply this grid pulled in its latest batch (measured once, here), else
+        measured now."""
+        size = self._latest_reply_sizes.get(msg.metadata.message_id) if msg.metadata.message_id else None
+        return size if size is not None else recorddict_nbytes(msg.content)
 
     # --- the Grid calls that move messages; everything else is the wrapped Grid's (GridView) -------
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:

@@ -278,6 +278,11 @@ def cap_example_claims(strategy: Strategy, cfg: RunConfig, source: mnist.DataSou
     innermost(strategy).configure_example_caps(sizes)
 
 
+def measure_replies_with(strategy: Strategy, reply_nbytes: Callable) -> None:
+    """The virtual clock reads each reply's size from the grid that metered it (one serialization per reply)."""
+    innermost(strategy).configure_reply_sizes(reply_nbytes)
+
+
 def client_role(cfg: RunConfig) -> str:
     """The role every client of this run plays (sent in each train and evaluate config)."""
     return STRATEGIES[cfg.strategy].role or DEFAULT_ROLE[cfg.task]
