@@ -8,15 +8,17 @@ import time
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from flwr_datasets import FederatedDataset
-from flwr_datasets.partitioner import DirichletPartitioner
 from torch import nn
 
 from fedrl_app.runtime.paths import MNIST_FILES, find_mnist_dir
+
+if TYPE_CHECKING:
+    from flwr_datasets import FederatedDataset
 
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
 
@@ -46,6 +48,9 @@ class DataSource:
     data_files: tuple[tuple[str, str], ...] | None = None
 
     def federated(self, partitioners: dict) -> FederatedDataset:
+        from flwr_datasets import FederatedDataset  # imported here: 1-4 s (pandas, scipy, seaborn) that a
+        # ClientApp whose partition is cached, or any RL client, never needs (deployment starts one per message)
+
         kwargs = {"data_files": dict(self.data_files)} if self.data_files else {}
         return FederatedDataset(dataset=self.dataset, partitioners=partitioners, **kwargs)
 
@@ -74,6 +79,7 @@ def _to_tensors(split) -> tuple[torch.Tensor, torch.Tensor]:
 
 @lru_cache(maxsize=4)
 def _federated_dataset(source: DataSource, num_partitions: int, alpha: float, seed: int) -> FederatedDataset:
+    from flwr_datasets.partitioner import DirichletPartitioner
     partitioner = DirichletPartitioner(
         num_partitions=num_partitions, partition_by="label", alpha=alpha, seed=seed, min_partition_size=10
     )
