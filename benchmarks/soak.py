@@ -9,7 +9,8 @@ N `flower-supernode`s (each starts a ClientApp process), every SuperNode with a 
 a production deployment. After round k·`restart-every` the next SuperNode in turn is killed hard
 and restarted 2 s later; it rejoins with its saved client state. Each process's resident memory
 (VmRSS from /proc) is sampled every `--sample-s` seconds. Clients train on `max-client-examples`
-examples per round (a small, fast round: the soak measures the system, not the model).
+examples per round and no client evaluation round (a small, fast round: the soak measures the
+system, not the model; the server still evaluates the global model on the test set every round).
 
 Reports: rounds lost (rounds missing from metrics.jsonl or aggregated from no client), rounds a
 client was missing from, and RSS growth of the SuperLink, the ServerApp, the SuperNodes and
@@ -95,7 +96,7 @@ def soak(rounds: int, supernodes: int, restart_every: int, examples: int, sample
     out = work / "outputs"
     out.mkdir(parents=True)
     config = {"num-server-rounds": rounds, "max-client-examples": examples, "local-test-fraction": 0.25,
-              "eval-batch-size": 2000, "round-timeout": 60.0, "wandb-mode": "disabled", "outputs-dir": str(out)}
+              "eval-batch-size": 2000, "round-timeout": 60.0, "fraction-evaluate": 0.0, "wandb-mode": "disabled", "outputs-dir": str(out)}
     samples, restarts = [], []
     deployment = LocalDeployment(num_supernodes=supernodes, state_dir=work / "client-state")
     start = time.monotonic()

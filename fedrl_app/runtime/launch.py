@@ -54,6 +54,9 @@ class LocalSimulation:
     def env(self) -> dict[str, str]:
         env = dict(os.environ, FLWR_HOME=str(self.flwr_home), FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1")
         env.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
+        # Flower's SuperExec looks for new work every 1 s by default; on loopback 0.2 s costs nothing and
+        # takes up to 0.8 s off every message's start (each message starts a ClientApp process in deployment)
+        env.setdefault("FLWR_SUPEREXEC_TASK_POLL_INTERVAL", "0.2")
         return env
 
     def connection_toml(self) -> str:
