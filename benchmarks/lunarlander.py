@@ -43,29 +43,32 @@ from fedrl_app.tasks.gym_rl import (  # noqa: E402
 
 OUT = ROOT / "benchmarks" / "results" / "lunarlander"
 TASK = "lunarlander"
+# The table was measured before two defaults changed; these keep its runs reproducible:
+TF4 = {"dqn-train-frequency": 4}  # one gradient step per 4 env steps (the default is 1 now)
+FIRST_FUSION = {"trust": "param-cosine", "diversity-space": "raw"}  # Fusion as first built (see rl_heterogeneity)
 METHODS = {
-    "local-dqn": {"agent": "dqn", "local": True},
-    "local-double": {"agent": "double", "local": True},
-    "fedavg-dqn": {"agent": "dqn", "strategy": "fedavg"},
-    "fedavg-double": {"agent": "double", "strategy": "fedavg"},
-    "fusion-dqn": {"agent": "dqn", "strategy": "fusion"},
-    "fusion-double": {"agent": "double", "strategy": "fusion"},
-    "fusion-double-nofilter": {"agent": "double", "strategy": "fusion", "diversity-filter": False},
+    "local-dqn": {**TF4, "agent": "dqn", "local": True},
+    "local-double": {**TF4, "agent": "double", "local": True},
+    "fedavg-dqn": {**TF4, "agent": "dqn", "strategy": "fedavg"},
+    "fedavg-double": {**TF4, "agent": "double", "strategy": "fedavg"},
+    "fusion-dqn": {**TF4, "agent": "dqn", "strategy": "fusion", **FIRST_FUSION},
+    "fusion-double": {**TF4, "agent": "double", "strategy": "fusion", **FIRST_FUSION},
+    "fusion-double-nofilter": {**TF4, "agent": "double", "strategy": "fusion", **FIRST_FUSION, "diversity-filter": False},
     # θ = 0.15 admits every LunarLander transition (the mean distance to 16 buffer states is ≥ 0.76 even
     # for a random policy's states); θ = 1.3 is about their 25th percentile, a filter that actually filters
-    "fusion-double-theta1.3": {"agent": "double", "strategy": "fusion", "diversity-threshold": 1.3},
+    "fusion-double-theta1.3": {**TF4, "agent": "double", "strategy": "fusion", **FIRST_FUSION, "diversity-threshold": 1.3},
     # no dual learning: the server only mixes (α·θ_global + (1 − α)·trust-weighted clients); the shared
     # experience is still uploaded but nothing learns from it. Isolates what the learning server adds.
-    "fusion-double-noserver": {"agent": "double", "strategy": "fusion", "server-updates-per-round": 0},
+    "fusion-double-noserver": {**TF4, "agent": "double", "strategy": "fusion", **FIRST_FUSION, "server-updates-per-round": 0},
     # the server learns on only the newest 10k shared transitions (default 50k): tests whether the global
     # network's mid-run collapse comes from learning on stale ε-random experience (the TD loss drops and the
     # greedy return recovers when a full 50k buffer starts to overwrite it). Measured: a shallower dip, but
     # worse clients (README)
-    "fusion-double-buf10k": {"agent": "double", "strategy": "fusion", "server-buffer-size": 10_000},
+    "fusion-double-buf10k": {**TF4, "agent": "double", "strategy": "fusion", **FIRST_FUSION, "server-buffer-size": 10_000},
     # one gradient step per env step (the defaults take one per 4): 4× the updates and ~4× the compute
     "local-double-tf1": {"agent": "double", "local": True, "dqn-train-frequency": 1},
     "fedavg-double-tf1": {"agent": "double", "strategy": "fedavg", "dqn-train-frequency": 1},
-    "fusion-double-tf1": {"agent": "double", "strategy": "fusion", "dqn-train-frequency": 1},
+    "fusion-double-tf1": {"agent": "double", "strategy": "fusion", **FIRST_FUSION, "dqn-train-frequency": 1},
 }
 
 # the published comparison; every other method is a variant (an ablation of fusion-double, or -tf1), plotted apart

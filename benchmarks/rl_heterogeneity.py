@@ -145,20 +145,22 @@ def report(command: str, out: Path = OUT) -> str:
     runs = [json.loads(p.read_text()) for p in sorted(out.glob("*.json"))]
     groups: dict[tuple, list[dict]] = {}
     for run in runs:
+        run.setdefault("train-frequency", 4)  # runs saved before the key existed: the default was 4 then
         groups.setdefault((run["n"], run["condition"], run["method"]), []).append(run)
     lines = [f"LunarLander-v3, Double DQN clients, env reward, solved = 100-episode mean ≥ 200; one faulty client of N "
              f"(partition 0) under the attacks. Command: `{command}`", "",
-             "| N | condition | method | seeds | honest clients' final 100-ep return (own env) | honest clients solved "
+             "| N | condition | method | env steps per gradient step | seeds | honest clients' final 100-ep return (own env) | honest clients solved "
              "| env steps to solve | global greedy return, nominal | global greedy return, clients' envs "
              "| faulty client's trust weight (1/N = fair) | its batches refused | shared transitions admitted "
-             "| FLOPs | uplink MB |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| FLOPs | uplink MB |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     order = {c: i for i, c in enumerate(CONDITIONS)}
     for (n, condition, method), seed_runs in sorted(groups.items(), key=lambda kv: (kv[0][0], order.get(kv[0][1], 99),
                                                                                      list(METHODS).index(kv[0][2]))):
         s = [summarise(r) for r in seed_runs]
         col = {k: [x.get(k) for x in s] for k in s[0]}
         lines.append(
-            f"| {n} | {condition} | {method} | {len(s)} | {fmt(col['final-100'], '.1f', 'n/a')} "
+            f"| {n} | {condition} | {method} | {'/'.join(sorted({str(r['train-frequency']) for r in seed_runs}))} "
+            f"| {len(s)} | {fmt(col['final-100'], '.1f', 'n/a')} "
             f"| {sum(col['solved'])} of {sum(col['honest'])} | {fmt(sum(col['solve-steps'], []), '.3g')} "
             f"| {fmt(col['global-nominal'], '.1f', 'n/a')} | {fmt(col['global-own-envs'], '.1f', 'n/a')} "
             f"| {fmt(col.get('faulty-weight', [None]), '.3f', '-')} | {fmt(col.get('batches-refused', [None]), '.0f', '-')} "
@@ -220,7 +222,8 @@ def main() -> None:
                         run = {"metrics": metrics, "clients": clients}
                     run.update({"method": method, "condition": condition, "n": n, "seed": seed,
                                 "wall-s": time.time() - t0, "steps-per-round": args.steps_per_round,
-                                "rounds": args.rounds, "overrides": overrides})
+                                "rounds": args.rounds, "overrides": overrides,
+                                "train-frequency": overrides.get("dqn-train-frequency", RunConfig().dqn_train_frequency)})
                     (out / f"{name}.json").write_text(json.dumps(run))
                     print(f"{name}: {time.time() - t0:.0f}s, {summarise(run)['final-100']}", flush=True)
     print(report(command, out))

@@ -155,7 +155,9 @@ class RunConfig:
     dqn_learning_starts: int = option(1000, "RL: env steps before the first gradient step", group=DQN, ge=0)
     dqn_epsilon_decay_steps: int = option(20000, "RL: env steps of linear ε decay (1.0 → 0.05)", group=DQN, ge=1)
     dqn_batch_size: int = option(128, "RL: replay minibatch size", group=DQN, ge=1)
-    dqn_train_frequency: int = option(4, "RL: env steps per gradient step", group=DQN, ge=1)
+    dqn_train_frequency: int = option(
+        1, "RL: env steps per gradient step (1, the default since it was measured best on LunarLander: Fusion Double 184.0 ± 13.9 against 79.6 ± 31.5 at 4, N = 3, 3 seeds; about 2.5× the compute per env step)",
+        group=DQN, ge=1)
     dqn_target_update_every: int = option(250, "RL: gradient steps between target-network copies", group=DQN, ge=1)
     fusion_mix: float = option(
         0.5, "Fusion: α kept on the global network, θ = α·θ_global + (1−α)·Σ w_k θ_k",
