@@ -243,6 +243,9 @@ class RunConfig:
     round_deadline_s: float = option(
         0.0, "synchronous rounds: a reply whose simulated time exceeds this many seconds is dropped, and a round with a late or unavailable client lasts until the deadline (0: no deadline)",
         group=SYSTEMS, ge=0)
+    local_work: str = option(
+        "full", "MNIST clients: `full` (every local epoch over the whole partition) or `deadline` (partial work, as FedScale's deadline-aware training: each client trains on as many of its examples, a fresh random subset each round, as its own profile lets it finish, upload a dense update and still make `round-deadline-s`; it reports that many examples, which weight it and time it)",
+        group=SYSTEMS, choices=("full", "deadline"))
     data_shift: str = option(
         "none", "MNIST: give client groups conflicting optima, group = partition id mod 4: `rotate` (images turned by group × 90°, rotated MNIST as in IFCA) or `permute-labels` (each group relabels the digits); each client's local test split is shifted too, the server's test set is not",
         group=DATA, choices=DATA_SHIFTS)
@@ -304,6 +307,9 @@ class RunConfig:
                 parse_variation(self.task, self.env_variation)
             except EnvVariationError as err:
                 raise ConfigError(f"config key {err}") from None
+        if self.local_work == "deadline" and (self.round_deadline_s <= 0 or self.is_rl):
+            raise ConfigError("config key 'local-work' = 'deadline' needs task 'mnist' and a round deadline "
+                              f"(round-deadline-s > 0; got task {self.task!r}, round-deadline-s={self.round_deadline_s:g})")
         if self.byzantine_fraction > 0 and self.byzantine_attack in RL_ONLY_ATTACKS and not self.is_rl:
             raise ConfigError(f"config key 'byzantine-attack' = {self.byzantine_attack!r} is a faulty RL agent; "
                               f"task is {self.task!r}")

@@ -10,8 +10,9 @@ from fedrl_app import client_app
 from fedrl_app.agents.sync_controller import ControllerConfig, SyncController
 from fedrl_app.client.sync import ClientSystem
 from fedrl_app.protocol import keys
-from fedrl_app.systems.clock import client_time, synchronous_round_s
+from fedrl_app.systems.clock import client_time, samples_within_deadline, synchronous_round_s
 from fedrl_app.systems.profiles import ClientProfile, ProfileError, SystemsModel, median_mobile_profile, mobile_profile
+from fedrl_app.tasks import mnist
 from strategies import AsyncBuffer, FedAvg
 from tests.helpers import FakeGrid, InstantGrid, arrays, reply
 
@@ -90,6 +91,23 @@ def test_client_time_is_download_compute_upload_with_latency():
     # 1000 B = 8 kbit at 80 kbit/s = 0.1 s, + 0.1 s latency; 500 × 2 ms = 1 s; 24 kbit at 8 kbit/s = 3 s + 0.1 s
     assert (t.download_s, t.compute_s, t.upload_s) == pytest.approx((0.2, 1.0, 3.1))
     assert t.total_s == pytest.approx(4.3) and t.as_list() == [0.2, 1.0, 3.1]
+
+
+def test_partial_work_trains_what_fits_before_the_deadline():
+    p = ClientProfile(uplink_kbps=8.0, downlink_kbps=80.0, ms_per_sample=2.0, availability=1.0, latency_ms=100.0)
+    # deadline 10 s − download 0.2 s − upload 3.1 s = 6.7 s of compute; 2 epochs × 2 ms = 4 ms a sample: 1675
+    assert samples_within_deadline(p, 1000, 3000, epochs=2, deadline_s=10.0, available=5000) == 1675
+    assert samples_within_deadline(p, 1000, 3000, epochs=2, deadline_s=10.0, available=1000) == 1000  # all fit
+    assert samples_within_deadline(p, 1000, 3000, epochs=1, deadline_s=3.0, available=1000, minimum=32) == 32
+    t = client_time(p, 1000, 2 * 1675, 3000)
+    assert t.total_s <= 10.0 < client_time(p, 1000, 2 * 1676, 3000).total_s
+
+
+def test_partial_work_needs_a_deadline_and_mnist():
+    from fedrl_app.config import ConfigError, RunConfig
+    with pytest.raises(ConfigError, match="'local-work' = 'deadline' needs task 'mnist' and a round deadline"):
+        RunConfig.from_run_config({"local-work": "deadline"})
+    assert RunConfig.from_run_config({"local-work": "deadline", "round-deadline-s": 300.0}).local_work == "deadline"
 
 
 def test_a_synchronous_round_lasts_as_long_as_its_slowest_client_or_the_deadline():
@@ -181,3 +199,19 @@ def test_an_unavailable_client_answers_with_an_error_and_does_not_train(tmp_path
     out = client_app.train(msg, context)
     assert out.has_error() and out.error.code == keys.UNAVAILABLE_CODE
     assert out.error.reason.startswith("unavailable: partition 0 dropped out of round 3")
+
+
+def test_a_slow_client_trains_only_what_fits_before_the_deadline(tmp_path):
+    spec = trace(tmp_path, "0,1e9,1e9,10,1.0,0\n")  # 10 ms a sample, links that cost nothing
+    run_config = {"systems-profile": spec, "local-work": "deadline", "round-deadline-s": 1.0,
+                  "max-client-examples": 300, "seed": 3}
+    context = Context(run_id=1, node_id=1, node_config={"partition-id": 0, "num-partitions": 2}, state=RecordDict(),
+                      run_config=run_config)
+    msg = Message(RecordDict({"arrays": arrays(**{k: v.numpy() for k, v in mnist.Net().state_dict().items()}),
+                              "config": ConfigRecord({"server-round": 1, "role": "supervised", "lr": 0.05,
+                                                      "local-epochs": 1, "batch-size": 32})}),
+                  dst_node_id=1, message_type="train")
+    out = client_app.train(msg, context)
+    assert not out.has_error()
+    # (1.0 s − a few µs of transfer) / 10 ms = 99 examples of the partition's 225, one epoch
+    assert out.content["metrics"]["num-examples"] == 99

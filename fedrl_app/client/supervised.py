@@ -26,6 +26,7 @@ from fedrl_app.config import RunConfig
 from fedrl_app.protocol import keys
 from fedrl_app.protocol.metadata import ClientMetadata
 from fedrl_app.protocol.records import recorddict_nbytes, to_numpy
+from fedrl_app.systems.clock import samples_within_deadline
 from fedrl_app.systems.profiles import systems_model
 from fedrl_app.tasks import mnist
 
@@ -67,6 +68,17 @@ def train(msg: Message, context: Context, cfg: RunConfig) -> Message:
                    else [torch.zeros_like(c) for c in c_server])
         correction = [c - ci for c, ci in zip(c_server, c_local)]
 
+    profile = systems_model(cfg.systems_profile, cfg.seed).profile(pid)
+    if cfg.local_work == "deadline":  # partial work: what fits before the deadline, a fresh subset each round
+        dense_bytes = recorddict_nbytes(RecordDict({keys.ARRAYS: msg.content[keys.ARRAYS]}))
+        n = samples_within_deadline(profile, recorddict_nbytes(msg.content), dense_bytes,
+                                    int(config[keys.LOCAL_EPOCHS]), cfg.round_deadline_s, len(train_data[0]),
+                                    minimum=int(config[keys.BATCH_SIZE]))
+        if n < len(train_data[0]):
+            keep = torch.from_numpy(np.random.default_rng(cfg.seed * 7_919 + pid * 101 + server_round)
+                                    .permutation(len(train_data[0]))[:n])
+            train_data = (train_data[0][keep], train_data[1][keep])
+
     lr = float(config[keys.LR])
     result = mnist.train(
         net, train_data, epochs=int(config[keys.LOCAL_EPOCHS]), batch_size=int(config[keys.BATCH_SIZE]), lr=lr,
@@ -82,7 +94,7 @@ def train(msg: Message, context: Context, cfg: RunConfig) -> Message:
     sync = None
     if use_controller:
         local_weights = {k: v.detach().numpy() for k, v in net.state_dict().items()}
-        system = ClientSystem(systems_model(cfg.systems_profile, cfg.seed).profile(pid), recorddict_nbytes(msg.content),
+        system = ClientSystem(profile, recorddict_nbytes(msg.content),
                               len(train_data[0]) * int(config[keys.LOCAL_EPOCHS]), cfg.round_deadline_s)
         controller_config = replace(cfg.controller_config(), bytes_penalty=float(config[keys.BYTES_PENALTY]))
         sync = decide_and_encode(

@@ -42,3 +42,14 @@ def synchronous_round_s(kept: list[float], late_or_failed: int, deadline_s: floa
     if deadline_s > 0 and late_or_failed:
         return max(longest, deadline_s)
     return longest
+
+
+def samples_within_deadline(profile: ClientProfile, download_bytes: int, upload_bytes: int, epochs: int,
+                            deadline_s: float, available: int, minimum: int = 1) -> int:
+    """Partial work (`local-work = "deadline"`, FedScale's deadline-aware training): how many of its `available`
+    examples a client can train on for `epochs` epochs and still reply by the deadline, given the bytes it
+    will download and upload; at least `minimum` (the client then trains that much, and may be late)."""
+    budget_s = deadline_s - profile.download_s(download_bytes) - profile.upload_s(upload_bytes)
+    per_sample_s = profile.compute_s(1) * max(epochs, 1)
+    fits = int(budget_s / per_sample_s) if per_sample_s > 0 and budget_s > 0 else 0
+    return max(min(fits, available), min(minimum, available))
