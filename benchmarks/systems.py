@@ -7,7 +7,8 @@
 10 clients, Dirichlet α = 0.3, each run through the real Flower path with `systems-profile` set
 (`fedrl_app/systems/profiles.py` documents the profiles and their sources). Time is the virtual
 clock's: a synchronous round lasts as long as its slowest client's download + compute + upload of
-the bytes it really sent; async runs consume arrivals in clock order. Async runs make
+the bytes it really sent; async runs consume arrivals in clock order. With `--deadline S`, late replies are dropped and runs are
+labelled `<profile>-d<S>`; the `-partial` methods train only what fits before it (`local-work = "deadline"`). Async runs make
 `async-rounds-factor` × rounds aggregations of K = 5 updates (about as many client updates as the
 synchronous runs) with the lr decayed per client update. Results: benchmarks/results/systems/
 (<profile>-<method>-seed<k>.jsonl, table.md, accuracy_vs_sim_time.png).
@@ -48,7 +49,11 @@ METHODS: dict[str, dict] = {
     "fedbuff": {"strategy": "fedavg", "async-aggregation": True},
     "drl-compress": DRL,
     "drl-compress-async": {**DRL, "async-aggregation": True},
+    # partial work under the deadline (FedScale's deadline-aware training): needs --deadline
+    "fedavg-partial": {"strategy": "fedavg", "local-work": "deadline"},
+    "drl-compress-partial": {**DRL, "local-work": "deadline"},
 }
+NEEDS_DEADLINE = ("fedavg-partial", "drl-compress-partial")
 
 
 def time_split(rows: list[dict]) -> tuple[float, float, float]:
@@ -74,8 +79,19 @@ def summarise(rows: list[dict]) -> dict:
     return out
 
 
-def load_runs(profile: str, method: str) -> list[list[dict]]:
-    return [read_jsonl(p) for p in sorted(OUT.glob(f"{profile}-{method}-seed*.jsonl"))
+def setting_name(profile: str, deadline: float) -> str:
+    """How runs are labelled: the profile, and the round deadline when there is one (`mobile-d600`)."""
+    return f"{profile}-d{deadline:g}" if deadline > 0 else profile
+
+
+def settings() -> list[str]:
+    """Every profile/deadline label with saved runs, profiles in PROFILES order."""
+    found = {p.name[: p.name.rindex(f"-{m}-seed")] for m in METHODS for p in OUT.glob(f"*-{m}-seed*.jsonl")}
+    return sorted(found, key=lambda s: (PROFILES.index(s.split("-d")[0]) if s.split("-d")[0] in PROFILES else 99, s))
+
+
+def load_runs(setting: str, method: str) -> list[list[dict]]:
+    return [read_jsonl(p) for p in sorted(OUT.glob(f"{setting}-{method}-seed*.jsonl"))
             if not p.name.endswith(".clients.jsonl")]
 
 
@@ -85,7 +101,7 @@ def report(command: str) -> str:
              "sim hours (run) | late (dropped) | unavailable | client time: download / compute / upload |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     curves: dict[str, dict[str, list[list[dict]]]] = {}
-    for profile in PROFILES:
+    for profile in settings():
         for method in METHODS:
             runs = load_runs(profile, method)
             if not runs:
@@ -138,12 +154,15 @@ def main() -> None:
         for seed in args.seeds:
             for profile in args.profiles:
                 for method in args.methods:
+                    if method in NEEDS_DEADLINE and args.deadline <= 0:
+                        print(f"{method}: skipped, it needs --deadline", flush=True)
+                        continue
                     overrides = dict(METHODS[method])
                     factor = args.async_rounds_factor if overrides.get("async-aggregation") else 1
                     overrides.setdefault("lr-decay-every", RunConfig().lr_decay_every * factor)
                     overrides.update({"num-server-rounds": args.rounds * factor, "seed": seed, "wandb-mode": "disabled",
                                       "systems-profile": profile, "round-deadline-s": args.deadline})
-                    name = f"{profile}-{method}-seed{seed}"
+                    name = f"{setting_name(profile, args.deadline)}-{method}-seed{seed}"
                     t0 = time.time()
                     rows, _ = run_and_save(overrides, NUM_CLIENTS, OUT, name)
                     print(f"{name}: final {rows[-1]['accuracy']:.4f}, {rows[-1].get('sim-time-s', 0) / 3600:.2f} "
