@@ -22,6 +22,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from logging import INFO, WARNING
 
 import numpy as np
@@ -96,18 +97,23 @@ class StateNormaliser:
 
 
 def diversity_admit(state: np.ndarray, buffer_states: np.ndarray, k: int, threshold: float,
-                    rng: np.random.Generator) -> bool:
-    """Admit if the mean L2 distance from `state` to k states sampled from the buffer is ≥ threshold
-    (both already in the space the filter measures in)."""
+                    rng: np.random.Generator, transform: Callable[[np.ndarray], np.ndarray] | None = None) -> bool:
+    """Admit if the mean distance from `state` to k states sampled from the buffer is ≥ threshold, measured
+    after `transform` (e.g. a StateNormaliser; None: raw L2)."""
     if len(buffer_states) == 0:
         return True
-    return mean_distance(state, buffer_states, k, rng) >= threshold
+    return mean_distance(state, buffer_states, k, rng, transform) >= threshold
 
 
-def mean_distance(state: np.ndarray, buffer_states: np.ndarray, k: int, rng: np.random.Generator) -> float:
-    """Mean L2 distance from `state` to k states drawn (with replacement) from `buffer_states`."""
+def mean_distance(state: np.ndarray, buffer_states: np.ndarray, k: int, rng: np.random.Generator,
+                  transform: Callable[[np.ndarray], np.ndarray] | None = None) -> float:
+    """Mean distance from `state` to k states drawn (with replacement) from `buffer_states`, after `transform`
+    (applied to the k sampled states only, so a large buffer costs nothing extra)."""
     idx = rng.integers(0, len(buffer_states), size=min(k, len(buffer_states)))
-    return float(np.linalg.norm(buffer_states[idx] - state, axis=1).mean())
+    sampled = buffer_states[idx]
+    if transform is not None:
+        sampled, state = transform(sampled), transform(state)
+    return float(np.linalg.norm(sampled - state, axis=1).mean())
 
 
 def outlier_batches(scores: dict[int, float], factor: float = EXPERIENCE_OUTLIER_FACTOR) -> set[int]:
@@ -265,10 +271,9 @@ class Fusion(RoundScheduleMixin, ReplyGuardMixin, FlowerFedAvg):
         """
         buffer = self.learner.buffer
         stored = buffer.obs[: buffer.size]
+        # the statistics of the buffer as the round starts (fixed for the round, so every client is judged alike)
         normalise = (StateNormaliser(stored) if self.diversity_space == "normalised"
                      and buffer.size >= MIN_NORMALISER_STATES else None)
-        space = (lambda x: normalise(x)) if normalise is not None else (lambda x: x)  # noqa: E731
-        reference = space(stored)
         batches: dict[int, tuple] = {}
         offered = 0
         for m, pid, w in zip(replies, partitions, weights):
@@ -286,8 +291,8 @@ class Fusion(RoundScheduleMixin, ReplyGuardMixin, FlowerFedAvg):
             batches_to_check = batches
         if batches_to_check and buffer.size >= MIN_NORMALISER_STATES:
             td = {pid: self.batch_td_error(b) for pid, b in batches_to_check.items()}
-            spread = {pid: float(np.median([mean_distance(s, reference, self.filter_k, self.rng)
-                                            for s in space(b[0])])) for pid, b in batches_to_check.items()}
+            spread = {pid: float(np.median([mean_distance(s, stored, self.filter_k, self.rng, normalise)
+                                            for s in b[0]])) for pid, b in batches_to_check.items()}
             refused |= outlier_batches(td) | outlier_batches(spread)
         admitted = 0
         for pid, (obs, actions, rewards, next_obs, dones) in batches.items():
@@ -295,8 +300,8 @@ class Fusion(RoundScheduleMixin, ReplyGuardMixin, FlowerFedAvg):
                 continue
             for i in range(len(obs)):
                 if not self.diversity_filter or diversity_admit(
-                        space(obs[i]), space(buffer.obs[: buffer.size]), self.filter_k, self.diversity_threshold,
-                        self.rng):
+                        obs[i], buffer.obs[: buffer.size], self.filter_k, self.diversity_threshold, self.rng,
+                        normalise):
                     buffer.add(obs[i], int(actions[i]), float(rewards[i]), next_obs[i], bool(dones[i]))
                     admitted += 1
         return offered, admitted, refused
