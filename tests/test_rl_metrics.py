@@ -55,12 +55,14 @@ def test_plot_run_draws_client_returns_and_fusion_buffer(tmp_path):
     from fedrl_app.reporting.plots import plot_run
 
     rows = [{"round": r, "return": 10.0 * r, "uplink-bytes": 5, "downlink-bytes": 5, "uplink-bytes-total": 5 * r,
-             "downlink-bytes-total": 5 * r, "global-buffer-size": 64 * r, "filter-acceptance": 0.5} for r in (1, 2)]
+             "downlink-bytes-total": 5 * r, "global-buffer-size": 64 * r, "filter-acceptance": 0.5,
+             "trust-weights": [0.0, 0.5, 0.5], "trust-partitions": [0, 1, 2]} for r in (1, 2)]
     clients = [_round(0, 1, [1.0, 2.0]), _round(0, 2, [3.0]), _round(1, 1, [4.0])]
     paths = plot_run(rows, tmp_path, clients)
     assert {p.name for p in paths} == {"return.png", "bytes.png", "client-returns.png", "fusion.png"}
     assert all(p.stat().st_size > 1000 for p in paths)
-    fedavg_rows = [{k: v for k, v in r.items() if k not in ("global-buffer-size", "filter-acceptance")} for r in rows]
+    fedavg_rows = [{k: v for k, v in r.items() if k not in ("global-buffer-size", "filter-acceptance", "trust-weights",
+                                                              "trust-partitions")} for r in rows]
     assert {p.name for p in plot_run(fedavg_rows, tmp_path, [])} == {"return.png", "bytes.png"}
 
 

@@ -92,13 +92,23 @@ def plot_run(rows: list[dict], run_dir: Path, clients: list[dict] | None = None)
         paths.append(run_dir / "client-returns.png")
     fusion = [r for r in rows if "global-buffer-size" in r]
     if fusion:
-        fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+        fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(16, 4))
         ax1.plot([r["round"] for r in fusion], [r["global-buffer-size"] for r in fusion], marker=".")
         ax1.set(xlabel="round", ylabel="transitions", title="server replay buffer size")
         ax2.plot([r["round"] for r in fusion], [r.get("filter-acceptance", float("nan")) for r in fusion],
                  marker=".")
-        ax2.set(xlabel="round", ylabel="admitted / offered", ylim=(0, 1.05), title="diversity filter acceptance")
-        for ax in (ax1, ax2):
+        ax2.set(xlabel="round", ylabel="admitted / offered", ylim=(0, 1.05), title="shared transitions admitted")
+        weights: dict[int, list[tuple[int, float]]] = {}  # partition -> (round, its trust weight)
+        for r in fusion:
+            for pid, w in zip(r.get("trust-partitions", []), r.get("trust-weights", [])):
+                weights.setdefault(int(pid), []).append((r["round"], w))
+        for pid, series in sorted(weights.items()):
+            ax3.plot(*zip(*series), lw=1, label=f"partition {pid}")
+        if weights:
+            ax3.axhline(1 / len(weights), color="grey", ls="--", lw=0.8, label="1/N")
+            ax3.legend(fontsize=7)
+        ax3.set(xlabel="round", ylabel="weight", ylim=(-0.02, 1.02), title="trust weight of each client")
+        for ax in (ax1, ax2, ax3):
             ax.grid(alpha=0.3)
         _save(fig, run_dir / "fusion.png", paths)
     return paths
