@@ -57,7 +57,8 @@ class DrlCompress(RoundScheduleMixin, ReplyGuardMixin, FlowerFedAvg):
     update_aggregation : str (default: "mean")
         How the decoded updates of the senders combine: "mean" (example-weighted), or the robust rules
         "median" (coordinate-wise, as Flower's FedMedian) and "trimmed-mean" (coordinate-wise, cutting
-        `trimmed_beta` of the values at each end, as Flower's FedTrimmedAvg), unweighted like those.
+        `trimmed_beta` of the values at each end, as Flower's FedTrimmedAvg), unweighted like those, each
+        over the clients that sent the coordinate (a top-k update sends few) and scaled by their share.
     trimmed_beta : float (default: 0.2)
         The fraction cut at each end by "trimmed-mean".
     shared_controller : ControllerConfig, optional
@@ -219,17 +220,41 @@ def apply_update(x: dict[str, np.ndarray], step: dict[str, np.ndarray]) -> dict[
     return {k: (x[k] + step[k]).astype(x[k].dtype) for k in x}
 
 
+def _sent_values(updates: list[dict[str, np.ndarray]], key: str) -> tuple[np.ndarray, np.ndarray]:
+    """(values sorted per coordinate with the coordinates a client did not send (exact 0) as NaN, last;
+    how many clients sent each coordinate). A top-k update carries k of the model's coordinates: a rule
+    over all n clients would mostly see zeros, and a trimmed mean would cut away every coordinate that
+    fewer than ⌊β·n⌋ + 1 clients happened to send."""
+    values = np.stack([u[key].astype(np.float64) for u in updates])
+    sent = values != 0
+    return np.sort(np.where(sent, values, np.nan), axis=0), sent.sum(axis=0)
+
+
 def coordinate_median(updates: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    """Coordinate-wise median of the updates (float64, cast back)."""
-    return {k: np.median(np.stack([u[k].astype(np.float64) for u in updates]), axis=0).astype(updates[0][k].dtype)
-            for k in updates[0]}
+    """Coordinate-wise median over the clients that sent each coordinate, × (senders / n) so that a dense round
+    (every client sends every coordinate) is the plain median and a sparse one keeps the mean's scale
+    (float64, cast back); 0 where nobody sent it."""
+    n, out = len(updates), {}
+    for k in updates[0]:
+        ordered, m = _sent_values(updates, k)
+        with np.errstate(invalid="ignore"):
+            median = np.where(m > 0, np.nanmedian(np.where(m > 0, ordered, 0.0), axis=0), 0.0)
+        out[k] = (median * m / n).astype(updates[0][k].dtype)
+    return out
 
 
 def trimmed_mean(updates: list[dict[str, np.ndarray]], beta: float) -> dict[str, np.ndarray]:
-    """Coordinate-wise mean after cutting ⌊beta·n⌋ of the smallest and of the largest values (FedTrimmedAvg's rule)."""
-    cut = int(beta * len(updates))
-    out = {}
+    """Coordinate-wise trimmed mean over the clients that sent each coordinate: of its m senders' values,
+    ⌊β·m⌋ of the smallest and of the largest are cut (FedTrimmedAvg's rule when every client sends every
+    coordinate), and the mean of the rest is scaled by m / n, the share of clients that sent it (so a
+    coordinate one client sent counts as FedAvg would count it)."""
+    n, out = len(updates), {}
     for k in updates[0]:
-        values = np.sort(np.stack([u[k].astype(np.float64) for u in updates]), axis=0)
-        out[k] = values[cut: len(updates) - cut].mean(axis=0).astype(updates[0][k].dtype)
+        ordered, m = _sent_values(updates, k)
+        cut = np.floor(beta * m).astype(int)
+        rank = np.arange(n).reshape((n,) + (1,) * (ordered.ndim - 1))
+        keep = (rank >= cut) & (rank < m - cut)
+        kept = np.maximum(m - 2 * cut, 1)
+        mean = np.where(keep, np.nan_to_num(ordered), 0.0).sum(axis=0) / kept
+        out[k] = np.where(m > 0, mean * m / n, 0.0).astype(updates[0][k].dtype)
     return out

@@ -206,5 +206,12 @@ def test_trimmed_mean_and_median_exact():
     assert coordinate_median(ups)["a"].tolist() == [3.0]
     assert trimmed_mean(ups, 0.2)["a"].tolist() == [3.0]   # cut 1 at each end: mean(2, 3, 4)
     assert trimmed_mean(ups, 0.0)["a"].tolist() == [22.0]
+    # sparse updates: the rules run over the clients that sent each coordinate, scaled by their share
+    sparse = [{"a": np.array([v, 0.0, 0.0], np.float32)} for v in (1.0, 2.0, 3.0, 4.0, 100.0)]
+    sparse[0]["a"][1] = 5.0       # coordinate 1: one sender; coordinate 2: none
+    assert trimmed_mean(sparse, 0.2)["a"].tolist() == [3.0, 1.0, 0.0]   # 5 × 1/5: what FedAvg would add
+    assert coordinate_median(sparse)["a"].tolist() == [3.0, 1.0, 0.0]
+    half = [{"a": np.array([v], np.float32)} for v in (2.0, 4.0, 6.0, 0.0, 0.0)]   # 3 of 5 sent
+    assert trimmed_mean(half, 0.4)["a"].tolist() == [pytest.approx(4.0 * 3 / 5)]   # cut ⌊0.4·3⌋ = 1 each end
     with pytest.raises(ValueError, match="update_aggregation"):
         DrlCompress(update_aggregation="krum")
