@@ -12,8 +12,10 @@ greedy return is measured by the server after every round / update (`eval-episod
 Results land in benchmarks/results/policy_gradient/: one JSON per run (metrics.jsonl rows and
 clients.jsonl rows), table.md, and return_vs_round.png, return_vs_env_steps.png,
 return_vs_sim_time.png, uploads_per_round.png. "Round" for AFedPG is updates / N. Simulated time
-is in units of one gradient job of a client of median speed (log-normal slowness, `speed-sigma`),
-the same clock for all three methods: a synchronous round waits for its slowest client.
+is the virtual clock's (`systems-profile`, seconds; an environment step counts as one sample of the
+client's compute), the same clock for all three methods: a synchronous round waits for its slowest
+client. Runs saved before 2026-12-02 used a log-normal speed draw instead, in units of one gradient
+job of a client of median speed.
 """
 
 from __future__ import annotations

@@ -119,9 +119,6 @@ class RunConfig:
         group=ASYNC)
     buffer_size: int = option(5, "async: K, updates per aggregation", group=ASYNC, ge=1)
     staleness_exponent: float = option(0.5, "async: a in the staleness weight s(τ) = (1+τ)^−a", group=ASYNC, ge=0)
-    speed_sigma: float = option(
-        1.0, "async and policy-gradient strategies: σ of the clients' log-normal simulated slowness (0 = equal speeds)",
-        group=ASYNC, ge=0)
     clustering: bool = option(
         False, "cluster clients by the direction of their summed updates over the last `cluster-every` rounds, one model per cluster (with synchronous `fedavg`, `fedprox`, `drl-compress`)",
         group=CLUSTERING)

@@ -159,8 +159,13 @@ class FedPG(RoundScheduleMixin, ReplyGuardMixin, FlowerFedAvg):
             round_log.extra["client-gradient-norm"] = float(np.mean(norms))
 
     def advance_clock(self, server_round: int) -> None:
-        """A synchronous round lasts as long as its slowest replying client's job."""
+        """A synchronous round lasts as long as its slowest replying client's job: on the virtual clock
+        (`configure_clock`, every run), as the reply checks timed it; without one, by the speed draw."""
         round_log = self.rounds[server_round]
+        if self.systems is not None:
+            self.sim_time += float(round_log.extra.get("round-sim-time-s", 0.0))
+            round_log.extra["sim-time"] = self.sim_time
+            return
         nodes = sorted({r.node_id for r in round_log.reports} | {n for n, _ in round_log.dropped})
         if self.speeds is None:
             self.speeds = client_speeds(self._node_ids or nodes, self.speed_sigma, self.seed)

@@ -133,7 +133,7 @@ def _fusion(cfg: RunConfig, settings: dict[str, Any]) -> Fusion:
 
 
 def _pg_clock(cfg: RunConfig) -> dict[str, Any]:
-    return {"speed_sigma": cfg.speed_sigma, "seed": cfg.seed}
+    return {"seed": cfg.seed}
 
 
 SYNC_WRAPPERS = ("clustering", "async")
@@ -185,7 +185,7 @@ WRAPPERS = (  # applied in this order
                                           seed=cfg.seed), Clustered),
     WrapperEntry("async", ("async-aggregation",), lambda cfg: cfg.async_aggregation,
                  lambda s, cfg: AsyncBuffer(s, buffer_size=cfg.buffer_size, staleness_exponent=cfg.staleness_exponent,
-                                            speed_sigma=cfg.speed_sigma, seed=cfg.seed), AsyncBuffer),
+                                            seed=cfg.seed), AsyncBuffer),
     WrapperEntry("dp", ("dp-mode",), lambda cfg: cfg.dp_mode != "off",
                  lambda s, cfg: (ServerSideDP if cfg.dp_mode == "server" else ClientSideDP)(
                      s, cfg.dp_noise_multiplier, cfg.dp_clipping_norm, target_delta=cfg.dp_target_delta),
@@ -261,8 +261,9 @@ def build_strategy(cfg: RunConfig) -> Strategy:
     if entry.lr_schedule:
         strategy.configure_schedule(cfg.lr, cfg.lr_decay_factor, cfg.lr_decay_every)
     innermost(strategy).configure_update_bounds(max_update_norm=cfg.max_update_norm)
-    if cfg.task == "mnist":  # the virtual clock times MNIST rounds (the RL tasks keep their own clocks for now)
-        innermost(strategy).configure_clock(systems_model(cfg.systems_profile, cfg.seed), cfg.round_deadline_s, cfg.local_epochs)
+    # the virtual clock times every strategy's rounds; for the RL tasks a "sample" is an environment step
+    innermost(strategy).configure_clock(systems_model(cfg.systems_profile, cfg.seed), cfg.round_deadline_s,
+                                        cfg.local_epochs if cfg.task == "mnist" else 1)
     for wrapper in enabled:
         strategy = wrapper.wrap(strategy, cfg)
     return strategy
