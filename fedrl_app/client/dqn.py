@@ -67,7 +67,7 @@ def train(msg: Message, context: Context, cfg: RunConfig) -> Message:
     context.state[AGENT_STATE_KEY] = ConfigRecord({"blob": agent.to_bytes()})
 
     sent = agent.q
-    if attack in ("sign-flip", "scale", "noise"):  # the agent keeps learning honestly; only what it sends lies
+    if attack in ("sign-flip", "scale", "sparse-scale", "noise"):  # it learns honestly; only what it sends lies
         sent = copy.deepcopy(agent.q)
         byzantine_update(global_params, sent, attack, cfg.byzantine_scale,
                          rng=torch.Generator().manual_seed(seed * 7 + server_round))
