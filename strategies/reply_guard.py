@@ -52,6 +52,20 @@ RECENT_CLAIMS = 100
 MAX_CACHED_TIMINGS = 10_000
 
 
+class ReplySizer:
+    """Reads a reply's serialized size (the metered grid's measurement). A service, not state: the copies a
+    wrapper makes of a strategy (one per cluster) share it, and a copy never reaches into the grid."""
+
+    def __init__(self, reply_nbytes: Callable[[Message], int]) -> None:
+        self.reply_nbytes = reply_nbytes
+
+    def __call__(self, msg: Message) -> int:
+        return self.reply_nbytes(msg)
+
+    def __deepcopy__(self, memo: dict) -> ReplySizer:
+        return self
+
+
 class ReplyGuardMixin:
     """Validate replies (errors, metadata, arrays, metrics) and decode client metadata.
 
@@ -87,7 +101,7 @@ class ReplyGuardMixin:
         self.known_examples: dict[int, int] = {}      # partition -> its true training-set size, where known
         self.claims_median_factor = CLAIMS_MEDIAN_FACTOR
         self._recent_claims: deque[float] = deque(maxlen=RECENT_CLAIMS)
-        self._reply_nbytes: Callable[[Message], int] = lambda msg: recorddict_nbytes(msg.content)
+        self._reply_nbytes: Callable[[Message], int] = ReplySizer(lambda msg: recorddict_nbytes(msg.content))
         self._timings: dict[str, tuple[int, ClientTime]] = {}  # message id -> (examples it was timed for, time)
 
     def configure_update_bounds(self, max_abs: float = MAX_ABS, max_update_norm: float = 0.0) -> None:
@@ -135,7 +149,7 @@ class ReplyGuardMixin:
     def configure_reply_sizes(self, reply_nbytes: Callable[[Message], int]) -> None:
         """Where the clock reads a reply's size: the grid that already measured it (`MeteredGrid.reply_nbytes`),
         so that no reply is serialized twice to be measured."""
-        self._reply_nbytes = reply_nbytes
+        self._reply_nbytes = ReplySizer(reply_nbytes)
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid

@@ -73,3 +73,19 @@ def test_the_clock_reads_a_reply_size_the_grid_measured_and_serializes_nothing_a
     assert calls == [] and timing.upload_s > 0
     assert s.client_time(pulled, read_metadata(pulled.content)) is timing  # the async wrapper's, reused once
     assert s._timings == {}
+
+
+def test_a_strategy_measuring_with_the_grid_can_still_be_copied():
+    import copy
+    import threading
+
+    class LockedGrid:  # Flower's grids hold locks, which cannot be copied
+        lock = threading.RLock()
+
+        def reply_nbytes(self, msg):
+            return 7
+
+    s = FedAvg()
+    s.configure_reply_sizes(LockedGrid().reply_nbytes)
+    twin = copy.deepcopy(s)  # what Clustered does, once per cluster
+    assert twin._reply_nbytes is s._reply_nbytes and twin._reply_nbytes(None) == 7
