@@ -88,7 +88,8 @@ def client_curves(clients_rows: list[dict]) -> dict[int, dict]:
 
 
 def run_local(overrides: dict, rounds: int, clients: int, seed: int) -> list[dict]:
-    """Each of `clients` agents trains alone for rounds × steps-per-round steps; rows shaped like clients.jsonl."""
+    """Each of `clients` agents trains alone, on its own `env-variation` dynamics, for rounds × steps-per-round
+    steps; rows shaped like clients.jsonl."""
     cfg = RunConfig.from_run_config({k: v for k, v in overrides.items() if k != "local"} | {"task": TASK, "seed": seed})
     torch.set_num_threads(1)  # as a ClientApp in a one-CPU Ray actor (OMP_NUM_THREADS=1): the same compute per agent
     rows = []
@@ -96,8 +97,8 @@ def run_local(overrides: dict, rounds: int, clients: int, seed: int) -> list[dic
         agent = DQNAgent(*env_dims(TASK), cfg.dqn_config(), seed=cfg.seed * 1_000 + pid)
         for r in range(1, rounds + 1):
             act0, train0 = agent.act_flops, agent.train_flops
-            stats = run_steps(agent, TASK, key=("local", seed, pid), seed=cfg.seed * 1_000 + pid,
-                              steps=cfg.steps_per_round)
+            stats = run_steps(agent, TASK, key=("local", seed, pid, cfg.env_variation), seed=cfg.seed * 1_000 + pid,
+                              steps=cfg.steps_per_round, env_params=cfg.env_params(pid))
             # the agent's own network, judged as the server judges the global one: greedy, the same start states
             greedy = evaluate_policy(agent.q, TASK, cfg.eval_episodes, seed=10_000 + cfg.seed)
             rows.append({"round": r, "partition_id": pid, "episode_returns": stats.episode_returns,

@@ -34,13 +34,11 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-import torch  # noqa: E402
 
 from benchmarks.common import ROOT, benchmark_parser, command_line, fmt, run_app, save_figure, write_table  # noqa: E402
-from benchmarks.lunarlander import client_curves, plot_returns  # noqa: E402
-from fedrl_app.agents.dqn import DQNAgent  # noqa: E402
+from benchmarks.lunarlander import client_curves, plot_returns, run_local  # noqa: E402
 from fedrl_app.config import RunConfig  # noqa: E402
-from fedrl_app.tasks.gym_rl import SOLVED_RETURN, env_dims, moving_average_solved, run_steps  # noqa: E402
+from fedrl_app.tasks.gym_rl import SOLVED_RETURN, moving_average_solved  # noqa: E402
 
 OUT = ROOT / "benchmarks" / "results" / "rl_heterogeneity"
 TASK = "lunarlander"
@@ -75,34 +73,16 @@ def faulty(condition: str) -> set[int]:
     return set() if condition in ("none", "varied") else {0}
 
 
-def run_local(overrides: dict, rounds: int, clients: int, seed: int) -> list[dict]:
-    """Each agent alone on its own environment for rounds × steps-per-round steps; rows shaped like clients.jsonl."""
-    cfg = RunConfig.from_run_config({k: v for k, v in overrides.items() if k != "local"} | {"task": TASK, "seed": seed})
-    torch.set_num_threads(1)  # a ClientApp's share: one CPU
-    rows = []
-    for pid in range(clients):
-        agent = DQNAgent(*env_dims(TASK), cfg.dqn_config(), seed=cfg.seed * 1_000 + pid)
-        for r in range(1, rounds + 1):
-            act0, train0 = agent.act_flops, agent.train_flops
-            stats = run_steps(agent, TASK, key=("local-het", seed, pid, cfg.env_variation), seed=cfg.seed * 1_000 + pid,
-                              steps=cfg.steps_per_round, env_params=cfg.env_params(pid))
-            rows.append({"round": r, "partition_id": pid, "episode_returns": stats.episode_returns,
-                         "episode_lengths": stats.episode_lengths, "env_steps": stats.env_steps,
-                         "act_flops": agent.act_flops - act0, "train_flops": agent.train_flops - train0,
-                         "bytes_sent": 0})
-    return rows
-
-
 def summarise(run: dict) -> dict:
     """Honest clients' own-environment results, the global network's, cost, and Fusion's trust in the faulty."""
     bad = faulty(run["condition"])
-    curves = {pid: c for pid, c in client_curves(run["clients"]).items() if pid not in bad}
+    all_curves = client_curves(run["clients"])
+    curves = {pid: c for pid, c in all_curves.items() if pid not in bad}
     final, solve_steps = [], []
     for c in curves.values():
         hit = moving_average_solved(c["returns"], SOLVED_RETURN[TASK])
         solve_steps.append(c["end-steps"][hit] if hit is not None else None)
         final.append(float(np.mean(c["returns"][-100:])) if c["returns"] else float("nan"))
-    all_curves = client_curves(run["clients"])
     rows = run["metrics"]
     out = {
         "final-100": float(np.mean(final)) if final else None,

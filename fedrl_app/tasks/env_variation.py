@@ -17,6 +17,7 @@ nominal 9.8), `masspole` (> 0, nominal 0.1 kg) and `length` (> 0, half the pole,
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 
 import gymnasium as gym
@@ -92,17 +93,7 @@ def parse_variation(task: str, spec: str) -> dict[str, list[float]]:
 
 def num_variants(task: str, spec: str) -> int:
     """How many distinct environments the spec makes (1 for `none`): the lists' common period."""
-    lengths = [len(v) for v in parse_variation(task, spec).values()]
-    period = 1
-    for n in lengths:
-        period = period * n // _gcd(period, n)
-    return period
-
-
-def _gcd(a: int, b: int) -> int:
-    while b:
-        a, b = b, a % b
-    return a
+    return math.lcm(*(len(v) for v in parse_variation(task, spec).values()))
 
 
 def env_params(task: str, spec: str, index: int) -> dict[str, float]:
