@@ -267,6 +267,9 @@ class RunConfig:
     trust: str = option(
         "update-cosine", "Fusion: how clients are weighted: `update-cosine` (w_k ∝ max(0, cos(Δθ_k, coordinate-wise median Δθ)), each Δθ_k scaled down to the median's norm; a client with weight 0 also has its shared experience refused) or `param-cosine` (w_k ∝ max(0, cos(θ_k, θ_global)), the earlier rule, ≈ 1/N for every client)",
         group=FUSION, choices=TRUST_RULES)
+    trust_td_probe: int = option(
+        0, "Fusion: transitions of the server's buffer each client's network is scored on every round; its median TD error e_k scales its weight by min(1, median e / e_k), and a network whose e_k is over 3 × the median also has its shared experience refused (0: off)",
+        group=FUSION, ge=0)
     diversity_space: str = option(
         "normalised", "Fusion: where the diversity filter measures distance: `normalised` (per-dimension z-scores of the server buffer's states, divided by √(2·dim) so a typical pair of states is 1 apart on any environment) or `raw` (L2 on raw states, the earlier rule)",
         group=FUSION, choices=DIVERSITY_SPACES)

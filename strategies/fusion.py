@@ -8,11 +8,17 @@
     - `param-cosine` (the earlier rule): sim_k = cos(θ_global, θ_k), c_k = 1. Every θ_k contains
       θ_global, so sim_k ≈ 1 and w_k ≈ 1/N for any client (measured: within 0.001 of 1/N).
     If every weight is zero, a plain mean (logged).
+    With `td_probe` = n > 0, each client's network is also scored by its median |TD error| e_k on n
+    transitions drawn from the server's buffer (its own bootstrap: a client sends no target network),
+    and w_k is multiplied by min(1, median_i e_i / e_k) before normalising: a network that does not
+    fit the federation's experience (an agent that learned from flipped rewards, or on a
+    different state distribution) loses weight even when its update points the majority's way.
 (b) Experience sharing: each client uploads a sample of its transitions (gzip-compressed). The
     server takes at most `max_shared_per_client` per client and round, refuses all of a client's
     transitions when its trust weight is 0 or when its batch is an outlier among the round's
     batches (median TD error, or median distance to the buffer's states, above
-    `EXPERIENCE_OUTLIER_FACTOR` × the round's median), then admits a transition only if the mean
+    `EXPERIENCE_OUTLIER_FACTOR` × the round's median) or, with `td_probe`, when its network's probe
+    TD error is such an outlier, then admits a transition only if the mean
     distance of its state to `filter_k` buffer states is ≥ θ. Distances are measured on
     normalised states (z-scores of the buffer's states, divided by √(2·dim), so that two typical
     states are about 1 apart on any environment) or, with `diversity_space = "raw"`, in raw L2.
@@ -22,6 +28,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from logging import INFO, WARNING
 
@@ -116,6 +123,23 @@ def mean_distance(state: np.ndarray, buffer_states: np.ndarray, k: int, rng: np.
     return float(np.linalg.norm(sampled - state, axis=1).mean())
 
 
+def network_td_error(net: torch.nn.Module, batch: tuple, gamma: float) -> float:
+    """Median |r + γ·(1 − done)·max_a' Q(s', a') − Q(s, a)| of one Q-network on a batch of transitions,
+    bootstrapping from itself (a client sends its online network only)."""
+    obs, actions, rewards, next_obs, dones = (torch.as_tensor(np.asarray(x)) for x in batch)
+    with torch.no_grad():
+        targets = td_targets(net, net, rewards.float(), next_obs.float(), dones.float(), gamma, double=False)
+        q_sa = net(obs.float()).gather(1, actions.long().unsqueeze(1)).squeeze(1)
+    return float((targets - q_sa).abs().median())
+
+
+def td_trust_factors(td_errors: list[float]) -> np.ndarray:
+    """min(1, median(e) / e_k): 1 for every client at or below the round's median TD error, shrinking with
+    the ratio above it (a network with 4× the median error keeps a quarter of its weight)."""
+    e = np.asarray(td_errors, np.float64)
+    return np.minimum(1.0, float(np.median(e)) / np.maximum(e, 1e-12))
+
+
 def outlier_batches(scores: dict[int, float], factor: float = EXPERIENCE_OUTLIER_FACTOR) -> set[int]:
     """Keys whose score exceeds `factor` × the median score (needs at least 3 scores: a median of two is no
     majority)."""
@@ -150,6 +174,9 @@ class Fusion(RoundScheduleMixin, ReplyGuardMixin, FlowerFedAvg):
         Where the filter measures distances: "normalised" states or "raw" ones.
     max_shared_per_client : int (default: 256)
         Transitions taken from one client per round; the rest of its batch is ignored.
+    td_probe : int (default: 0)
+        Buffer transitions each client's network is scored on (its TD error scales its weight, and an
+        outlier's experience is refused); 0: off. Scoring starts once the buffer holds 256 transitions.
     seed : int (default: 0)
     **kwargs
         Passed to :class:`flwr.serverapp.strategy.FedAvg`.
@@ -158,17 +185,20 @@ class Fusion(RoundScheduleMixin, ReplyGuardMixin, FlowerFedAvg):
     def __init__(self, *, obs_dim: int, n_actions: int, agent_config: DQNConfig, mix: float = 0.5,
                  diversity_filter: bool = True, diversity_threshold: float = 0.15, filter_k: int = 16,
                  server_updates: int = 100, trust: str = "update-cosine", diversity_space: str = "normalised",
-                 max_shared_per_client: int = 256, seed: int = 0, **kwargs) -> None:
+                 max_shared_per_client: int = 256, td_probe: int = 0, seed: int = 0, **kwargs) -> None:
         super().__init__(**kwargs)
         if trust not in TRUST_RULES:
             raise ValueError(f"trust must be one of {TRUST_RULES}, got {trust!r}")
+        if td_probe < 0:
+            raise ValueError(f"td_probe must be ≥ 0, got {td_probe}")
         if diversity_space not in ("normalised", "raw"):
             raise ValueError(f"diversity_space must be 'normalised' or 'raw', got {diversity_space!r}")
         self.trust, self.diversity_space, self.max_shared_per_client = trust, diversity_space, max_shared_per_client
         self.obs_dim, self.n_actions, self.mix = obs_dim, n_actions, mix
         self.diversity_filter, self.diversity_threshold, self.filter_k = diversity_filter, diversity_threshold, filter_k
-        self.server_updates = server_updates
+        self.server_updates, self.td_probe = server_updates, td_probe
         self.learner = DQNAgent(obs_dim, n_actions, agent_config, seed=seed)
+        self._probe_net = copy.deepcopy(self.learner.q)  # scratch network each client's parameters are loaded into
         self.rng = np.random.default_rng(seed)
         self.current: dict[str, np.ndarray] | None = None
         self._experience: dict[int, tuple] = {}
@@ -227,11 +257,19 @@ class Fusion(RoundScheduleMixin, ReplyGuardMixin, FlowerFedAvg):
             weights, scales, sims, fell_back = update_trust(flat(self.current), [flat(c) for c in clients])
         if fell_back:
             log(WARNING, "round %d: every client's trust similarity is ≤ 0; using a plain mean", server_round)
+        td_errors = self.probe_td_errors(clients)
+        network_outliers: set[int] = set()
+        if td_errors is not None:
+            factors = td_trust_factors(td_errors)
+            weights, fell_back = _normalise(list(weights * factors))
+            network_outliers = outlier_batches(dict(zip(partitions, td_errors)))
+            round_log.extra.update({"trust-td-errors": [float(e) for e in td_errors],
+                                    "trust-td-factors": [float(f) for f in factors]})
         mixed = {k: (self.current[k].astype(np.float64) + (1 - self.mix) * sum(
                      w * c_k * (c[k].astype(np.float64) - self.current[k]) for w, c_k, c in zip(weights, scales, clients))
                      ).astype(self.current[k].dtype) for k in names}
 
-        offered, admitted, refused = self.admit_experience(replies, partitions, weights, fell_back)
+        offered, admitted, refused = self.admit_experience(replies, partitions, weights, fell_back, network_outliers)
         self.learner.q.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in mixed.items()})
         losses = [self.learner.train_step() for _ in range(self.server_updates)
                   if self.learner.buffer.size >= self.learner.config.batch_size]
@@ -253,6 +291,20 @@ class Fusion(RoundScheduleMixin, ReplyGuardMixin, FlowerFedAvg):
         metrics = self.train_metrics_aggr_fn([m.content for m in replies], self.weighted_by_key)
         return to_record(new), metrics
 
+    def probe_td_errors(self, clients: list[dict[str, np.ndarray]]) -> list[float] | None:
+        """Each client network's median |TD error| on `td_probe` transitions drawn from the server's buffer
+        (one draw per round, the same for every client); None when off or the buffer is still small."""
+        buffer = self.learner.buffer
+        if not self.td_probe or buffer.size < MIN_NORMALISER_STATES:
+            return None
+        idx = self.rng.choice(buffer.size, size=min(self.td_probe, buffer.size), replace=False)
+        batch = (buffer.obs[idx], buffer.actions[idx], buffer.rewards[idx], buffer.next_obs[idx], buffer.dones[idx])
+        errors = []
+        for params in clients:
+            self._probe_net.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in params.items()})
+            errors.append(network_td_error(self._probe_net, batch, self.learner.config.gamma))
+        return errors
+
     def batch_td_error(self, batch: tuple) -> float:
         """Median |TD error| of a client's shared transitions under the server's current networks."""
         obs, actions, rewards, next_obs, dones = (torch.from_numpy(np.asarray(x)) for x in batch)
@@ -264,8 +316,9 @@ class Fusion(RoundScheduleMixin, ReplyGuardMixin, FlowerFedAvg):
         return float((targets - q_sa).abs().median())
 
     def admit_experience(self, replies: list[Message], partitions: list[int], weights: np.ndarray,
-                         fell_back: bool) -> tuple[int, int, set[int]]:
+                         fell_back: bool, network_outliers: set[int] = frozenset()) -> tuple[int, int, set[int]]:
         """Scrutinise each client's shared batch, then run the diversity filter over what is left.
+        `network_outliers`: partitions whose network's probe TD error is an outlier (their batch is refused).
 
         Returns (transitions offered, admitted, partitions whose batch was refused whole).
         """
@@ -287,7 +340,8 @@ class Fusion(RoundScheduleMixin, ReplyGuardMixin, FlowerFedAvg):
         if self.trust == "param-cosine":  # the earlier Fusion, whole: no scrutiny of shared experience
             batches_to_check: dict[int, tuple] = {}
         else:
-            refused = {pid for pid, w in zip(partitions, weights) if w <= 0 and not fell_back and pid in batches}
+            refused = {pid for pid, w in zip(partitions, weights)
+                       if ((w <= 0 and not fell_back) or pid in network_outliers) and pid in batches}
             batches_to_check = batches
         if batches_to_check and buffer.size >= MIN_NORMALISER_STATES:
             td = {pid: self.batch_td_error(b) for pid, b in batches_to_check.items()}

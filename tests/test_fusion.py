@@ -4,6 +4,7 @@ import gzip
 
 import numpy as np
 import pytest
+import torch
 from flwr.app import ConfigRecord
 
 from fedrl_app.agents.dqn import DQNConfig
@@ -12,7 +13,9 @@ from strategies import Fusion
 from strategies.fusion import (
     StateNormaliser,
     diversity_admit,
+    network_td_error,
     outlier_batches,
+    td_trust_factors,
     trust_weights,
     update_trust,
 )
@@ -213,3 +216,49 @@ def test_fusion_refuses_a_batch_of_off_distribution_states():
     extra = s.rounds[1].extra
     assert extra["experience-refused-partitions"] == [3]
     assert extra["experience-offered"] == 30 and extra["experience-admitted"] == 10  # 2 honest batches of 5
+
+
+def test_network_td_error_is_the_median_of_its_own_bootstrapped_errors():
+    net = torch.nn.Linear(2, 2, bias=False)
+    with torch.no_grad():
+        net.weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 2.0]]))  # Q(s) = (s0, 2·s1)
+    obs = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    next_obs = np.array([[0.0, 1.0], [0.0, 0.0], [2.0, 0.0]])
+    batch = (obs, np.array([0, 1, 1]), np.array([1.0, 0.0, 0.5]), next_obs, np.array([0.0, 1.0, 0.0]))
+    # targets: 1 + 0.5·max(0, 2) = 2; terminal 0; 0.5 + 0.5·max(2, 0) = 1.5.  Q(s, a): 1, 2, 2.
+    # |errors| = 1, 2, 0.5 → median 1
+    assert network_td_error(net, batch, gamma=0.5) == pytest.approx(1.0)
+
+
+def test_td_trust_factors_shrink_only_above_the_median():
+    np.testing.assert_allclose(td_trust_factors([1.0, 2.0, 4.0]), [1.0, 1.0, 0.5])
+    np.testing.assert_allclose(td_trust_factors([3.0, 3.0]), [1.0, 1.0])
+
+
+def test_fusion_td_probe_down_weights_a_network_that_misfits_the_buffer_and_refuses_its_experience():
+    s = _fusion(mix=0.5, diversity_filter=False, td_probe=64)
+    for _ in range(300):  # terminal transitions from s = 0 with reward 0: every network's TD error is |Q(0, a)|
+        s.learner.buffer.add(np.zeros(3), 0, 0.0, np.zeros(3), True)
+    list(s.configure_train(1, arrays(**_model(1.0, s)), ConfigRecord({}), FakeGrid([1, 2, 3])))
+    exp = pack_experience(*_batch())[0]
+    values = (2.0, 2.1, 5.0)  # every update points the same way: update-cosine alone gives ⅓ each
+    replies = [reply(n, arrays(**_model(v, s)), 10, extra={"experience": exp}) for n, v in zip((1, 2, 3), values)]
+    s.aggregate_train(1, replies)
+    extra = s.rounds[1].extra
+    # all-v weights, 3 inputs, 4 hidden, 2 layers: Q(0) = 4v·(4v² + v) + v
+    q0 = [16 * v**3 + 4 * v**2 + v for v in values]
+    np.testing.assert_allclose(extra["trust-td-errors"], q0, rtol=1e-5)
+    factors = [1.0, 1.0, q0[1] / q0[2]]
+    np.testing.assert_allclose(extra["trust-td-factors"], factors, rtol=1e-5)
+    np.testing.assert_allclose(extra["trust-weights"], np.array(factors) / sum(factors), rtol=1e-5)
+    assert extra["experience-refused-partitions"] == [3]  # 2105 > 3 × the median 167.9
+
+
+def test_fusion_td_probe_waits_for_a_buffer_to_score_on():
+    s = _fusion(mix=0.5, diversity_filter=False, td_probe=64)
+    list(s.configure_train(1, arrays(**_model(1.0, s)), ConfigRecord({}), FakeGrid([1, 2, 3])))
+    exp = pack_experience(*_batch())[0]
+    s.aggregate_train(1, [reply(n, arrays(**_model(v, s)), 10, extra={"experience": exp})
+                          for n, v in ((1, 2.0), (2, 2.1), (3, 5.0))])
+    assert "trust-td-errors" not in s.rounds[1].extra
+    np.testing.assert_allclose(s.rounds[1].extra["trust-weights"], [1 / 3] * 3)

@@ -129,7 +129,8 @@ def _fusion(cfg: RunConfig, settings: dict[str, Any]) -> Fusion:
     return Fusion(**settings, obs_dim=obs_dim, n_actions=n_actions, agent_config=server_agent, mix=cfg.fusion_mix,
                   diversity_filter=cfg.diversity_filter, diversity_threshold=cfg.diversity_threshold,
                   filter_k=cfg.filter_k, server_updates=cfg.server_updates_per_round, trust=cfg.trust,
-                  diversity_space=cfg.diversity_space, max_shared_per_client=cfg.experience_sample, seed=cfg.seed)
+                  diversity_space=cfg.diversity_space, max_shared_per_client=cfg.experience_sample, td_probe=cfg.trust_td_probe,
+                  seed=cfg.seed)
 
 
 def _pg_clock(cfg: RunConfig) -> dict[str, Any]:
