@@ -2,7 +2,7 @@
 
 import pytest
 
-from benchmarks.systems import METHODS, summarise, time_split
+from benchmarks.systems import METHODS, summarise, time_split, upload_ceiling
 
 
 def _rows():
@@ -18,6 +18,18 @@ def _rows():
 def test_time_split_is_the_share_of_all_client_seconds():
     assert time_split(_rows()) == pytest.approx((2 / 19, 15 / 19, 2 / 19))
     assert time_split([{"round": 0}]) == (0.0, 0.0, 0.0)
+
+
+def test_upload_ceiling_is_the_round_time_free_uplinks_would_remove():
+    rows = [
+        {"round": 0},
+        # the slowest client by download + compute (0: 7 s) is not the last to finish (1: 2 + 6 = 8 s)
+        {"round": 1, "round-sim-time-s": 8.0, "client-times-s": {"0": [1.0, 6.0, 0.5], "1": [0.0, 2.0, 6.0]}},
+        {"round": 2, "round-sim-time-s": 10.0, "client-times-s": {"0": [1.0, 7.0, 2.0]}},
+        {"round": 3, "round-sim-time-s": 4.0},  # nobody replied: the round's time stands
+    ]
+    assert upload_ceiling(rows) == pytest.approx(1 - (7.0 + 8.0 + 4.0) / 22.0)
+    assert upload_ceiling([{"round": 0}]) == 0.0
 
 
 def test_summary_reads_times_and_bytes_at_the_first_round_on_target():
