@@ -73,3 +73,14 @@ def test_cluster_ari_reads_the_last_assignment_against_the_true_groups():
     one = {str(10 + p): 0 for p in range(8)}
     assert cluster_ari([{"round": 2, "cluster-of-node": one}], clients) == 0.0
     assert cluster_ari([{"round": 2}], clients) is None
+
+
+def test_upload_ceiling_rounds_are_the_slowest_clients_clock_time():
+    from benchmarks.upload_ceiling import mean_round_s
+    from fedrl_app.systems.profiles import SystemsModel, median_mobile_profile
+
+    model, p = SystemsModel("uniform", seed=1), median_mobile_profile()
+    # uniform: every client is the median one and always available, so every round is one client's time
+    want = p.download_s(860_000) + p.compute_s(400) + p.upload_s(1_000)
+    assert mean_round_s(model, clients=10, sample=3, rounds=4, dense=860_000, upload=1_000, samples=400,
+                        seed=1) == pytest.approx(want)
