@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from benchmarks.common import ROOT, benchmark_parser, command_line, fmt, write_table
-from fedrl_app.client.sync import COMPRESSED_BYTES_PER_ENTRY
+from fedrl_app.protocol.codecs import COMPRESSED_BYTES_PER_ENTRY
 from fedrl_app.systems.clock import client_time
 from fedrl_app.systems.profiles import SystemsModel
 

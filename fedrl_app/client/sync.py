@@ -26,7 +26,7 @@ from fedrl_app.agents.sync_controller import (
     divergence,
 )
 from fedrl_app.protocol import keys
-from fedrl_app.protocol.codecs import CompressionConfig, decode_update, encode_update
+from fedrl_app.protocol.codecs import COMPRESSED_BYTES_PER_ENTRY, CompressionConfig, decode_update, encode_update
 from fedrl_app.protocol.records import recorddict_nbytes, to_numpy, to_record
 from fedrl_app.systems.profiles import ClientProfile, median_mobile_profile
 
@@ -36,7 +36,6 @@ LAST_GLOBAL_KEY = "last-global"
 SYNC_META_KEY = "sync-meta"
 
 
-COMPRESSED_BYTES_PER_ENTRY = 3 / 4  # top-k + int8 values + uint16 gaps: 3 bytes a kept entry, against 4 dense
 
 
 @dataclass(frozen=True)

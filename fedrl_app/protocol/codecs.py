@@ -18,6 +18,9 @@ from fedrl_app.protocol.records import ModelSpec
 from fedrl_app.protocol.untrusted import UntrustedArrayError, load_array
 
 
+COMPRESSED_BYTES_PER_ENTRY = 3 / 4  # top-k + int8 values + uint16 gaps: 3 bytes a kept entry, against 4 dense
+
+
 class CodecError(ValueError):
     """An update cannot be encoded, or a received payload is malformed."""
 
