@@ -3,12 +3,15 @@
     python -m benchmarks.systems --profiles mobile uniform --seeds 1 2 3       # the sweep
     python -m benchmarks.systems --report-only                                  # table + plot from saved runs
     python -m benchmarks.systems --methods fedavg topk-1 --profiles mobile --seeds 1 --rounds 10
+    python -m benchmarks.systems --profiles mobile --width 4 --local-samples 400 --rounds 60   # uploads that cost
 
 10 clients, Dirichlet α = 0.3, each run through the real Flower path with `systems-profile` set
 (`fedrl_app/systems/profiles.py` documents the profiles and their sources). Time is the virtual
 clock's: a synchronous round lasts as long as its slowest client's download + compute + upload of
 the bytes it really sent; async runs consume arrivals in clock order. With `--deadline S`, late replies are dropped and runs are
-labelled `<profile>-d<S>`; the `-partial` methods train only what fits before it (`local-work = "deadline"`). Async runs make
+labelled `<profile>-d<S>`; the `-partial` methods train only what fits before it (`local-work = "deadline"`).
+`--width 4 --local-samples 400` is the setting where uploads cost time (a 13.7 MB CNN, FedScale's 400
+samples a round: `benchmarks/upload_ceiling.py`), labelled `<profile>-w4-s400`. Async runs make
 `async-rounds-factor` × rounds aggregations of K = 5 updates (about as many client updates as the
 synchronous runs) with the lr decayed per client update. Results: benchmarks/results/systems/
 (<profile>-<method>-seed<k>.jsonl, table.md, accuracy_vs_sim_time.png).
@@ -95,15 +98,17 @@ def summarise(rows: list[dict]) -> dict:
     return out
 
 
-def setting_name(profile: str, deadline: float) -> str:
-    """How runs are labelled: the profile, and the round deadline when there is one (`mobile-d600`)."""
-    return f"{profile}-d{deadline:g}" if deadline > 0 else profile
+def setting_name(profile: str, deadline: float, width: int = 1, local_samples: int = 0) -> str:
+    """How runs are labelled: the profile, then the round deadline, the CNN's width and fixed local work where
+    they are not the defaults (`mobile-d600`, `mobile-w4-s400`)."""
+    return (profile + (f"-d{deadline:g}" if deadline > 0 else "") + (f"-w{width}" if width != 1 else "")
+            + (f"-s{local_samples}" if local_samples else ""))
 
 
 def settings() -> list[str]:
     """Every profile/deadline label with saved runs, profiles in PROFILES order."""
     found = {p.name[: p.name.rindex(f"-{m}-seed")] for m in METHODS for p in OUT.glob(f"*-{m}-seed*.jsonl")}
-    return sorted(found, key=lambda s: (PROFILES.index(s.split("-d")[0]) if s.split("-d")[0] in PROFILES else 99, s))
+    return sorted(found, key=lambda s: (PROFILES.index(s.split("-")[0]) if s.split("-")[0] in PROFILES else 99, s))
 
 
 def load_runs(setting: str, method: str) -> list[list[dict]]:
@@ -163,11 +168,15 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--async-rounds-factor", type=int, default=2)
     parser.add_argument("--deadline", type=float, default=0.0, help="round-deadline-s of the synchronous runs")
+    parser.add_argument("--width", type=int, default=1, help="mnist-width (4: a 13.7 MB model, uploads cost time)")
+    parser.add_argument("--local-samples", type=int, default=0,
+                        help="fixed local work (local-work = samples) of this many examples a round; 0: full epochs")
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--report-only", action="store_true")
     args = parser.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
     command = command_line("benchmarks.systems", args.command)
+    setting = lambda profile: setting_name(profile, args.deadline, args.width, args.local_samples)  # noqa: E731
     if not args.report_only:
         for seed in args.seeds:
             for profile in args.profiles:
@@ -175,12 +184,18 @@ def main() -> None:
                     if method in NEEDS_DEADLINE and args.deadline <= 0:
                         print(f"{method}: skipped, it needs --deadline", flush=True)
                         continue
+                    if method in NEEDS_DEADLINE and args.local_samples:
+                        print(f"{method}: skipped, partial work and --local-samples both set the local work", flush=True)
+                        continue
                     overrides = dict(METHODS[method])
+                    overrides["mnist-width"] = args.width
+                    if args.local_samples:
+                        overrides.update({"local-work": "samples", "local-samples": args.local_samples})
                     factor = args.async_rounds_factor if overrides.get("async-aggregation") else 1
                     overrides.setdefault("lr-decay-every", RunConfig().lr_decay_every * factor)
                     overrides.update({"num-server-rounds": args.rounds * factor, "seed": seed, "wandb-mode": "disabled",
                                       "systems-profile": profile, "round-deadline-s": args.deadline})
-                    name = f"{setting_name(profile, args.deadline)}-{method}-seed{seed}"
+                    name = f"{setting(profile)}-{method}-seed{seed}"
                     t0 = time.time()
                     rows, _ = run_and_save(overrides, NUM_CLIENTS, OUT, name)
                     print(f"{name}: final {rows[-1]['accuracy']:.4f}, {rows[-1].get('sim-time-s', 0) / 3600:.2f} "

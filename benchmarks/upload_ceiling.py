@@ -23,8 +23,9 @@ from fedrl_app.systems.clock import client_time
 from fedrl_app.systems.profiles import SystemsModel
 
 OUT = ROOT / "benchmarks" / "results" / "upload_ceiling"
-# dense float32 bytes: this project's MNIST CNN, FedScale's ShuffleNet V2 (1.4M parameters) and ResNet-18 (11.7M)
-MODELS_MB = {"MNIST CNN (215k)": 0.86, "ShuffleNet V2 (1.4M)": 5.6, "ResNet-18 (11.7M)": 46.8}
+# dense float32 MB: this project's MNIST CNN at widths 1, 2, 4 (`mnist-width`), and ResNet-18 (11.7M parameters)
+MODELS_MB = {**{f"MNIST CNN, width {w} ({n / 1e6:.2f}M)": 4 * n / 1e6
+                for w, n in ((1, 215_370), (2, 857_738), (4, 3_423_498))}, "ResNet-18 (11.7M)": 46.8}
 # samples trained per round: FedScale's default 20 local steps × batch 20, 4× that, and one epoch of an average
 # 10-client MNIST partition (6,000 samples)
 SAMPLES = (400, 1600, 6000)
@@ -82,7 +83,7 @@ def main() -> None:
             for samples in SAMPLES:
                 group = [r for r in rows if (r["profile"], r["model"], r["samples"]) == (profile, name, samples)]
                 col = {k: [r[k] for r in group] for k in group[0]}
-                lines.append(f"| {profile} | {name}, {mb:g} | {samples} | {fmt(col['dense-s'], '.1f')} "
+                lines.append(f"| {profile} | {name}, {mb:.2f} | {samples} | {fmt(col['dense-s'], '.1f')} "
                              f"| {fmt([100 * c for c in col['ceiling']], '.1f')}% | {fmt(col['speedup-0.01'], '.2f')}× "
                              f"| {fmt(col['speedup-0.1'], '.2f')}× |")
     OUT.mkdir(parents=True, exist_ok=True)

@@ -241,8 +241,14 @@ class RunConfig:
         0.0, "synchronous rounds: a reply whose simulated time exceeds this many seconds is dropped, and a round with a late or unavailable client lasts until the deadline (0: no deadline)",
         group=SYSTEMS, ge=0)
     local_work: str = option(
-        "full", "MNIST clients: `full` (every local epoch over the whole partition) or `deadline` (partial work, as FedScale's deadline-aware training: each client trains on as many of its examples, a fresh random subset each round, as its own profile lets it finish, upload a dense update and still make `round-deadline-s`; it reports that many examples, which weight it and time it)",
-        group=SYSTEMS, choices=("full", "deadline"))
+        "full", "MNIST clients: `full` (every local epoch over the whole partition), `samples` (each round a fresh random subset of `local-samples` examples, as FedScale's fixed local steps) or `deadline` (partial work, as FedScale's deadline-aware training: each client trains on as many of its examples, a fresh random subset each round, as its own profile lets it finish, upload a dense update and still make `round-deadline-s`; it reports that many examples, which weight it and time it)",
+        group=SYSTEMS, choices=("full", "samples", "deadline"))
+    local_samples: int = option(
+        400, "MNIST clients with `local-work = \"samples\"`: examples trained on per local epoch, a fresh random subset of the partition each round (400: FedScale's default 20 local steps × batch 20)",
+        group=SYSTEMS, ge=1)
+    mnist_width: int = option(
+        1, "MNIST: the CNN's width multiplier w (conv 16w, 32w, FC 128w): 1 is 215k parameters (0.86 MB), 4 is 3.4M (13.7 MB, MobileNet V2-sized), for a federation where uploads cost real time",
+        group=DATA, interval=(1, 8, "[]"))
     data_shift: str = option(
         "none", "MNIST: give client groups conflicting optima, group = partition id mod 4: `rotate` (images turned by group × 90°, rotated MNIST as in IFCA) or `permute-labels` (each group relabels the digits); each client's local test split is shifted too, the server's test set is not",
         group=DATA, choices=DATA_SHIFTS)
@@ -307,6 +313,9 @@ class RunConfig:
                 parse_variation(self.task, self.env_variation)
             except EnvVariationError as err:
                 raise ConfigError(f"config key {err}") from None
+        if self.local_work == "samples" and self.is_rl:
+            raise ConfigError(f"config key 'local-work' = 'samples' applies to task 'mnist' (RL clients take "
+                              f"'steps-per-round'); task is {self.task!r}")
         if self.local_work == "deadline" and (self.round_deadline_s <= 0 or self.is_rl):
             raise ConfigError("config key 'local-work' = 'deadline' needs task 'mnist' and a round deadline "
                               f"(round-deadline-s > 0; got task {self.task!r}, round-deadline-s={self.round_deadline_s:g})")

@@ -85,6 +85,8 @@ def test_every_wrapper_builds_around_every_strategy_that_lists_it(wrapper):
         ({"fraction-train": 0.0}, r"'fraction-train' must be in \(0.0, 1.0\]"),
         ({"lr": -0.1}, r"'lr' must be > 0"),
         ({"nonsense-key": 1}, r"unknown config key\(s\) \['nonsense-key'\]"),
+        ({"mnist-width": 9}, r"'mnist-width' must be in \[1, 8\]"),
+        ({"task": "cartpole", "local-work": "samples"}, r"'local-work' = 'samples' applies to task 'mnist'"),
         ({"strategy": "scaffold", "momentum": 0.9}, r"'momentum' must be 0.0 with strategy='scaffold'"),
     ],
 )

@@ -215,3 +215,32 @@ def test_a_slow_client_trains_only_what_fits_before_the_deadline(tmp_path):
     assert not out.has_error()
     # (1.0 s − a few µs of transfer) / 10 ms = 99 examples of the partition's 225, one epoch
     assert out.content["metrics"]["num-examples"] == 99
+
+
+def test_fixed_local_work_trains_a_fresh_subset_of_local_samples_each_round():
+    run_config = {"local-work": "samples", "local-samples": 40, "max-client-examples": 300, "seed": 3,
+                  "mnist-width": 2}
+    weights = {k: v.numpy() for k, v in mnist.Net(2).state_dict().items()}
+    replies = []
+    for server_round in (1, 2):
+        context = Context(run_id=1, node_id=1, node_config={"partition-id": 0, "num-partitions": 2},
+                          state=RecordDict(), run_config=run_config)
+        msg = Message(RecordDict({"arrays": arrays(**weights),
+                                  "config": ConfigRecord({"server-round": server_round, "role": "supervised",
+                                                          "lr": 0.05, "local-epochs": 1, "batch-size": 8})}),
+                      dst_node_id=1, message_type="train")
+        replies.append(client_app.train(msg, context))
+    assert [r.content["metrics"]["num-examples"] for r in replies] == [40, 40]
+    trained = [r.content["arrays"]["fc2.weight"].numpy() for r in replies]
+    assert trained[0].shape == (10, 256)                 # the width-2 CNN
+    assert not np.allclose(trained[0], trained[1])      # a different subset (and seed) each round
+
+
+def test_the_cnn_width_sets_the_upload_size():
+    count = lambda w: sum(p.numel() for p in mnist.Net(w).parameters())  # noqa: E731
+    # conv1 16w·25 + 16w, conv2 32w·16w·25 + 32w, fc1 32w·49·128w + 128w, fc2 128w·10 + 10
+    for w in (1, 2, 4):
+        assert count(w) == 416 * w + 12_800 * w * w + 32 * w + 200_704 * w * w + 128 * w + 1_280 * w + 10
+    assert count(1) == 215_370 and count(4) == 3_423_498
+    with pytest.raises(ValueError, match="width must be ≥ 1"):
+        mnist.Net(0)

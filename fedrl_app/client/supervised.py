@@ -51,7 +51,7 @@ def train(msg: Message, context: Context, cfg: RunConfig) -> Message:
     num_partitions = partition(context)[1]
     config = msg.content[keys.CONFIG]
     server_round = int(config[keys.SERVER_ROUND])
-    net = mnist.Net()
+    net = mnist.Net(cfg.mnist_width)
     net.load_state_dict(msg.content[keys.ARRAYS].to_torch_state_dict())
     global_params = [p.detach().clone() for p in net.parameters()]
     use_controller = config.get(keys.ROLE) == keys.ROLE_SYNC_CONTROLLER
@@ -69,15 +69,18 @@ def train(msg: Message, context: Context, cfg: RunConfig) -> Message:
         correction = [c - ci for c, ci in zip(c_server, c_local)]
 
     profile = systems_model(cfg.systems_profile, cfg.seed).profile(pid)
-    if cfg.local_work == "deadline":  # partial work: what fits before the deadline, a fresh subset each round
+    n = len(train_data[0])
+    if cfg.local_work == "samples":  # fixed local work, as FedScale's local steps × batch size
+        n = min(cfg.local_samples, n)
+    elif cfg.local_work == "deadline":  # partial work: what fits before the deadline
         dense_bytes = recorddict_nbytes(RecordDict({keys.ARRAYS: msg.content[keys.ARRAYS]}))
         n = samples_within_deadline(profile, recorddict_nbytes(msg.content), dense_bytes,
-                                    int(config[keys.LOCAL_EPOCHS]), cfg.round_deadline_s, len(train_data[0]),
+                                    int(config[keys.LOCAL_EPOCHS]), cfg.round_deadline_s, n,
                                     minimum=int(config[keys.BATCH_SIZE]))
-        if n < len(train_data[0]):
-            keep = torch.from_numpy(np.random.default_rng(cfg.seed * 7_919 + pid * 101 + server_round)
-                                    .permutation(len(train_data[0]))[:n])
-            train_data = (train_data[0][keep], train_data[1][keep])
+    if n < len(train_data[0]):  # a fresh random subset each round
+        keep = torch.from_numpy(np.random.default_rng(cfg.seed * 7_919 + pid * 101 + server_round)
+                                .permutation(len(train_data[0]))[:n])
+        train_data = (train_data[0][keep], train_data[1][keep])
 
     lr = float(config[keys.LR])
     result = mnist.train(
@@ -102,7 +105,7 @@ def train(msg: Message, context: Context, cfg: RunConfig) -> Message:
             int(config[keys.NUM_SERVER_ROUNDS]), float(config[keys.BYTES_PENALTY]), float(config[keys.PRUNE_THRESHOLD]),
             seed=cfg.seed * 1_000 + pid, policy=str(config.get(keys.SYNC_POLICY, "dqn")),
             reward_kind=str(config.get(keys.CONTROLLER_REWARD, "own-gain")),
-            accuracy_of=lambda weights: _local_accuracy(weights, test_data, cfg.eval_batch_size),
+            accuracy_of=lambda weights: _local_accuracy(weights, test_data, cfg.eval_batch_size, cfg.mnist_width),
             controller_config=controller_config, system=system,
             shared_q=to_numpy(msg.content[keys.CONTROLLER]) if keys.CONTROLLER in msg.content.array_records else None,
         )
@@ -138,9 +141,9 @@ def train(msg: Message, context: Context, cfg: RunConfig) -> Message:
     return Message(content=content, reply_to=msg)
 
 
-def _local_accuracy(weights: dict[str, np.ndarray], test_data, batch_size: int) -> float:
+def _local_accuracy(weights: dict[str, np.ndarray], test_data, batch_size: int, width: int) -> float:
     """Accuracy of the CNN with `weights` (numpy) on this client's held-out split."""
-    probe = mnist.Net()
+    probe = mnist.Net(width)
     probe.load_state_dict({k: torch.from_numpy(v) for k, v in weights.items()})
     return mnist.evaluate(probe, test_data, batch_size)[1]
 
@@ -148,7 +151,7 @@ def _local_accuracy(weights: dict[str, np.ndarray], test_data, batch_size: int) 
 def evaluate(msg: Message, context: Context, cfg: RunConfig) -> Message:
     """Loss and accuracy of the received model on this client's held-out local test split."""
     _, (_, test_data) = client_data(cfg, context)
-    net = mnist.Net()
+    net = mnist.Net(cfg.mnist_width)
     net.load_state_dict(msg.content[keys.ARRAYS].to_torch_state_dict())
     loss, accuracy = mnist.evaluate(net, test_data, cfg.eval_batch_size)
     metrics = MetricRecord({keys.NUM_EXAMPLES: len(test_data[0]), "loss": loss, "accuracy": accuracy})

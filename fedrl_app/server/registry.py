@@ -297,7 +297,7 @@ def task_model(cfg: RunConfig) -> torch.nn.Module:
     if cfg.is_rl:
         agent = cfg.dqn_config()
         return QNetwork(*env_dims(cfg.task), agent.hidden, agent.dueling)
-    return mnist.Net()
+    return mnist.Net(cfg.mnist_width)
 
 
 def strategy_table() -> str:

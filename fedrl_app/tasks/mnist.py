@@ -24,14 +24,20 @@ MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
 
 
 class Net(nn.Module):
-    """CNN: conv 16 and 32 (5x5, padded, each max-pooled), FC 128, FC 10. 215,370 parameters."""
+    """CNN: conv 16w and 32w (5x5, padded, each max-pooled), FC 128w, FC 10; w = `width`.
 
-    def __init__(self) -> None:
+    w = 1: 215,370 parameters (0.86 MB as float32); w = 4: 3,423,498 (13.7 MB, about MobileNet V2's 3.5M),
+    a model whose upload is a real share of a mobile round (benchmarks/upload_ceiling.py).
+    """
+
+    def __init__(self, width: int = 1) -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(1, 16, 5, padding=2)
-        self.conv2 = nn.Conv2d(16, 32, 5, padding=2)
-        self.fc1 = nn.Linear(32 * 7 * 7, 128)
-        self.fc2 = nn.Linear(128, 10)
+        if width < 1:
+            raise ValueError(f"width must be ≥ 1, got {width}")
+        self.conv1 = nn.Conv2d(1, 16 * width, 5, padding=2)
+        self.conv2 = nn.Conv2d(16 * width, 32 * width, 5, padding=2)
+        self.fc1 = nn.Linear(32 * width * 7 * 7, 128 * width)
+        self.fc2 = nn.Linear(128 * width, 10)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.max_pool2d(F.relu(self.conv1(x)), 2)
