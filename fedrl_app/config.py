@@ -156,6 +156,12 @@ class RunConfig:
         1, "RL: env steps per gradient step (1, the default since it was measured best on LunarLander: Fusion Double 184.0 ± 13.9 against 79.6 ± 31.5 at 4, N = 3, 3 seeds; about 2.5× the compute per env step)",
         group=DQN, ge=1)
     dqn_target_update_every: int = option(250, "RL: gradient steps between target-network copies", group=DQN, ge=1)
+    dqn_tau: float = option(
+        1.0, "RL: target-network update, 1.0 a hard copy every `dqn-target-update-every` gradient steps, < 1 a Polyak average θ' ← τθ + (1 − τ)θ' (soft updates: with e.g. τ = 0.005 set `dqn-target-update-every = 1`)",
+        group=DQN, interval=(0.0, 1.0, "(]"))
+    dqn_learning_rate: float = option(6.3e-4, "RL: the DQN agents' Adam learning rate (Fusion's server learner too)", group=DQN, gt=0)
+    dqn_max_grad_norm: float = option(10.0, "RL: gradient-norm clipping of each DQN step", group=DQN, gt=0)
+    dqn_buffer_size: int = option(50_000, "RL: each client agent's replay-buffer capacity (Fusion's server buffer: `server-buffer-size`)", group=DQN, ge=1)
     fusion_mix: float = option(
         0.5, "Fusion: α kept on the global network, θ = α·θ_global + (1−α)·Σ w_k θ_k",
         group=FUSION, interval=(0.0, 1.0, "[)"))
@@ -339,6 +345,8 @@ class RunConfig:
             self.agent, hidden=self.dqn_hidden, learning_starts=self.dqn_learning_starts,
             epsilon_decay_steps=self.dqn_epsilon_decay_steps, batch_size=self.dqn_batch_size,
             train_frequency=self.dqn_train_frequency, target_update_every=self.dqn_target_update_every,
+            tau=self.dqn_tau, learning_rate=self.dqn_learning_rate, max_grad_norm=self.dqn_max_grad_norm,
+            buffer_size=self.dqn_buffer_size,
         )
 
     def env_params(self, partition_id: int) -> dict[str, float]:

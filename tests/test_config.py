@@ -121,3 +121,16 @@ def test_shipped_data_is_found_and_hub_ids_pass_through():
     assert resolve_source("").dataset == "parquet"
     assert (find_mnist_dir() / "train.parquet").is_file()
     assert resolve_source("ylecun/mnist").dataset == "ylecun/mnist"
+
+
+def test_the_dqn_keys_reach_the_agent_and_default_to_its_own_defaults():
+    from dataclasses import asdict
+
+    from fedrl_app.agents.dqn import DQNConfig
+
+    cfg = RunConfig()
+    diff = {k: v for k, v in asdict(cfg.dqn_config()).items() if v != asdict(DQNConfig.for_agent(cfg.agent))[k]}
+    assert diff == {"train_frequency": 1}  # the one default the run config changed (measured, issue 15)
+    tuned = RunConfig.from_run_config({"task": "lunarlander", "dqn-tau": 0.005, "dqn-learning-rate": 1e-3,
+                                       "dqn-max-grad-norm": 1.0, "dqn-buffer-size": 100_000}).dqn_config()
+    assert (tuned.tau, tuned.learning_rate, tuned.max_grad_norm, tuned.buffer_size) == (0.005, 1e-3, 1.0, 100_000)
