@@ -69,6 +69,17 @@ def run_and_save(run_config: dict, num_supernodes: int, out: Path, name: str) ->
     return rows, clients
 
 
+def run_config_overrides(pairs: list[str]) -> dict:
+    """`--set KEY=VALUE ...` as run-config overrides: numbers, booleans and lists parsed as JSON, the rest strings."""
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"--set expects KEY=VALUE, got {pair!r}")
+        out[key] = json.loads(value) if value[:1] in "-0123456789tf[" else value
+    return out
+
+
 def first_round_reaching(rows: list[dict], key: str, target: float) -> dict | None:
     """The first metrics row whose `key` is >= target, or None."""
     return next((r for r in rows if r.get(key) is not None and r[key] >= target), None)

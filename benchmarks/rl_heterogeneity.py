@@ -35,7 +35,16 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from benchmarks.common import ROOT, benchmark_parser, command_line, fmt, run_app, save_figure, write_table  # noqa: E402
+from benchmarks.common import (
+    ROOT,
+    benchmark_parser,
+    command_line,
+    fmt,
+    run_app,
+    run_config_overrides,
+    save_figure,
+    write_table,
+)  # noqa: E402
 from benchmarks.lunarlander import client_curves, plot_returns, run_local  # noqa: E402
 from fedrl_app.config import RunConfig  # noqa: E402
 from fedrl_app.tasks.gym_rl import SOLVED_RETURN, moving_average_solved  # noqa: E402
@@ -176,7 +185,7 @@ def main() -> None:
     args = parser.parse_args()
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
-    extra = {k: json.loads(v) if v[:1] in "-0123456789tf[" else v for k, v in (s.split("=", 1) for s in args.set)}
+    extra = run_config_overrides(args.set)
     command = command_line("benchmarks.rl_heterogeneity", args.command)
     if not args.report_only:
         n = args.clients

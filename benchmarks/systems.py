@@ -33,6 +33,7 @@ from benchmarks.common import (  # noqa: E402
     first_round_reaching,
     fmt,
     run_and_save,
+    run_config_overrides,
     save_figure,
     write_table,
 )
@@ -171,12 +172,17 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=1, help="mnist-width (4: a 13.7 MB model, uploads cost time)")
     parser.add_argument("--local-samples", type=int, default=0,
                         help="fixed local work (local-work = samples) of this many examples a round; 0: full epochs")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="extra run-config overrides for every run, appended to the runs' label "
+                             "(e.g. local-test-fraction=0.05)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--report-only", action="store_true")
     args = parser.parse_args()
+    extra = run_config_overrides(args.set)
     OUT.mkdir(parents=True, exist_ok=True)
     command = command_line("benchmarks.systems", args.command)
-    setting = lambda profile: setting_name(profile, args.deadline, args.width, args.local_samples)  # noqa: E731
+    setting = lambda profile: (setting_name(profile, args.deadline, args.width, args.local_samples)  # noqa: E731
+                               + "".join(f"-{k}{v}" for k, v in extra.items()))
     if not args.report_only:
         for seed in args.seeds:
             for profile in args.profiles:
@@ -188,7 +194,7 @@ def main() -> None:
                         print(f"{method}: skipped, partial work and --local-samples both set the local work", flush=True)
                         continue
                     overrides = dict(METHODS[method])
-                    overrides["mnist-width"] = args.width
+                    overrides.update({"mnist-width": args.width, **extra})
                     if args.local_samples:
                         overrides.update({"local-work": "samples", "local-samples": args.local_samples})
                     factor = args.async_rounds_factor if overrides.get("async-aggregation") else 1

@@ -84,3 +84,15 @@ def test_upload_ceiling_rounds_are_the_slowest_clients_clock_time():
     want = p.download_s(860_000) + p.compute_s(400) + p.upload_s(1_000)
     assert mean_round_s(model, clients=10, sample=3, rounds=4, dense=860_000, upload=1_000, samples=400,
                         seed=1) == pytest.approx(want)
+
+
+def test_run_labels_and_overrides():
+    from benchmarks.common import run_config_overrides
+    from benchmarks.systems import setting_name
+
+    assert setting_name("mobile", 0.0) == "mobile"
+    assert setting_name("mobile", 60.0, width=4, local_samples=400) == "mobile-d60-w4-s400"
+    assert run_config_overrides(["local-test-fraction=0.05", "trust=param-cosine", "clustering=true"]) == {
+        "local-test-fraction": 0.05, "trust": "param-cosine", "clustering": True}
+    with pytest.raises(SystemExit, match="KEY=VALUE"):
+        run_config_overrides(["oops"])
