@@ -178,6 +178,9 @@ class RunConfig:
     server_buffer_size: int = option(
         50000, "Fusion: capacity of the server's global replay buffer (oldest transitions go first)",
         group=FUSION, ge=1)
+    server_learner_restart: bool = option(
+        False, "Fusion: each round the server learner starts afresh from the mixed network: its target network set to it and its Adam moments cleared (off: both carry over from the previous round's learner, whose online network the mix has just replaced)",
+        group=FUSION)
     experience_sample: int = option(
         256, "Fusion: transitions each client shares per round (gzip-compressed)",
         group=FUSION, ge=0)

@@ -177,6 +177,10 @@ class Fusion(RoundScheduleMixin, ReplyGuardMixin, FlowerFedAvg):
     td_probe : int (default: 0)
         Buffer transitions each client's network is scored on (its TD error scales its weight, and an
         outlier's experience is refused); 0: off. Scoring starts once the buffer holds 256 transitions.
+    learner_restart : bool (default: False)
+        Each round, set the server learner's target network to the mixed network and clear its Adam
+        moments before it trains (off: both carry over from the learner's previous round, though the mix
+        has replaced its online network).
     seed : int (default: 0)
     **kwargs
         Passed to :class:`flwr.serverapp.strategy.FedAvg`.
@@ -185,7 +189,8 @@ class Fusion(RoundScheduleMixin, ReplyGuardMixin, FlowerFedAvg):
     def __init__(self, *, obs_dim: int, n_actions: int, agent_config: DQNConfig, mix: float = 0.5,
                  diversity_filter: bool = True, diversity_threshold: float = 0.15, filter_k: int = 16,
                  server_updates: int = 100, trust: str = "update-cosine", diversity_space: str = "normalised",
-                 max_shared_per_client: int = 256, td_probe: int = 0, seed: int = 0, **kwargs) -> None:
+                 max_shared_per_client: int = 256, td_probe: int = 0, learner_restart: bool = False, seed: int = 0,
+                 **kwargs) -> None:
         super().__init__(**kwargs)
         if trust not in TRUST_RULES:
             raise ValueError(f"trust must be one of {TRUST_RULES}, got {trust!r}")
@@ -196,7 +201,7 @@ class Fusion(RoundScheduleMixin, ReplyGuardMixin, FlowerFedAvg):
         self.trust, self.diversity_space, self.max_shared_per_client = trust, diversity_space, max_shared_per_client
         self.obs_dim, self.n_actions, self.mix = obs_dim, n_actions, mix
         self.diversity_filter, self.diversity_threshold, self.filter_k = diversity_filter, diversity_threshold, filter_k
-        self.server_updates, self.td_probe = server_updates, td_probe
+        self.server_updates, self.td_probe, self.learner_restart = server_updates, td_probe, learner_restart
         self.learner = DQNAgent(obs_dim, n_actions, agent_config, seed=seed)
         self._probe_net = copy.deepcopy(self.learner.q)  # scratch network each client's parameters are loaded into
         self.rng = np.random.default_rng(seed)
@@ -271,6 +276,9 @@ class Fusion(RoundScheduleMixin, ReplyGuardMixin, FlowerFedAvg):
 
         offered, admitted, refused = self.admit_experience(replies, partitions, weights, fell_back, network_outliers)
         self.learner.q.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in mixed.items()})
+        if self.learner_restart:  # the target and the moments belonged to the network the mix just replaced
+            self.learner.target.load_state_dict(self.learner.q.state_dict())
+            self.learner.optimizer.state.clear()
         losses = [self.learner.train_step() for _ in range(self.server_updates)
                   if self.learner.buffer.size >= self.learner.config.batch_size]
         new = {k: v.detach().numpy().copy() for k, v in self.learner.q.state_dict().items()}

@@ -262,3 +262,21 @@ def test_fusion_td_probe_waits_for_a_buffer_to_score_on():
                           for n, v in ((1, 2.0), (2, 2.1), (3, 5.0))])
     assert "trust-td-errors" not in s.rounds[1].extra
     np.testing.assert_allclose(s.rounds[1].extra["trust-weights"], [1 / 3] * 3)
+
+
+@pytest.mark.parametrize(("restart", "adam_steps"), [(True, 2), (False, 4)])
+def test_fusion_learner_restart_starts_each_round_from_the_mix(restart, adam_steps):
+    s = Fusion(obs_dim=3, n_actions=2, agent_config=DQNConfig(hidden=4, batch_size=2), server_updates=2,
+               diversity_filter=False, mix=0.5, learner_restart=restart)
+    exp = pack_experience(*_batch())[0]
+    for server_round in (1, 2):
+        g = _model(1.0, s)
+        list(s.configure_train(server_round, arrays(**g), ConfigRecord({}), FakeGrid([1, 2, 3])))
+        replies = [reply(n, arrays(**_model(v, s)), 10, extra={"experience": exp})
+                   for n, v in ((1, 3.0), (2, 2.0), (3, -1.0))]
+        s.aggregate_train(server_round, replies)
+    target = {k: v.detach().numpy() for k, v in s.learner.target.state_dict().items()}
+    # the mix is 1.5 everywhere (see the update-cosine test); 2 server steps < 250 leave a restarted target there
+    assert all(np.allclose(v, 1.5) for v in target.values()) == restart
+    steps = {int(st["step"]) for st in s.learner.optimizer.state.values()}
+    assert steps == {adam_steps}
