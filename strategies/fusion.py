@@ -11,8 +11,10 @@
     With `td_probe` = n > 0, each client's network is also scored by its median |TD error| e_k on n
     transitions drawn from the server's buffer (its own bootstrap: a client sends no target network),
     and w_k is multiplied by min(1, median_i e_i / e_k) before normalising: a network that does not
-    fit the federation's experience (an agent that learned from flipped rewards, or on a
-    different state distribution) loses weight even when its update points the majority's way.
+    fit the federation's experience loses weight even when its update points the majority's way.
+    Measured (benchmarks/trust_signals.py, LunarLander): a reward-flipped agent keeps 0.86 of its
+    weight, an agent acting at random 0.98 (it learns Q off-policy from real transitions), so it is
+    off by default; update-cosine already sets the reward-flipped one near 0.
 (b) Experience sharing: each client uploads a sample of its transitions (gzip-compressed). The
     server takes at most `max_shared_per_client` per client and round, refuses all of a client's
     transitions when its trust weight is 0 or when its batch is an outlier among the round's
