@@ -19,6 +19,7 @@ synchronous runs) with the lr decayed per client update. Results: benchmarks/res
 
 from __future__ import annotations
 
+import re
 import time
 
 import matplotlib
@@ -137,7 +138,7 @@ def report(command: str) -> str:
                 f"| {profile} | {method} | {len(sums)} | {fmt(col['h-to-0.97'], '.2f')} | {fmt(col['h-to-0.98'], '.2f')} "
                 f"| {fmt(col['mb-to-0.97'], '.2f')} | {fmt(col['final'], '.4f')} | {fmt(col['sim-h'], '.2f')} "
                 f"| {fmt(col['late'], '.0f')} | {fmt(col['unavailable'], '.0f')} | {split} "
-                f"| {'n/a (deadline)' if '-d' in profile else fmt([100 * x for x in col['upload-ceiling']], '.1f') + '%'} |")
+                f"| {'n/a (deadline)' if re.search(r'-d[0-9]', profile) else fmt([100 * x for x in col['upload-ceiling']], '.1f') + '%'} |")
     table = write_table(lines, OUT)
     _plot(curves)
     return table

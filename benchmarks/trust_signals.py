@@ -31,7 +31,7 @@ import torch
 from benchmarks.common import ROOT, benchmark_parser, command_line, fmt, write_table
 from fedrl_app.agents.dqn import DQNAgent, DQNConfig, ReplayBuffer
 from fedrl_app.tasks.gym_rl import env_dims, run_steps
-from strategies.fusion import network_td_error, td_trust_factors, update_trust
+from strategies.fusion import network_td_errors, td_trust_factors, update_trust
 
 OUT = ROOT / "benchmarks" / "results" / "trust_signals"
 TASK = "lunarlander"
@@ -68,10 +68,7 @@ def run(faults: list[str], clients: int, rounds: int, steps_per_round: int, trai
         weights, _, sims, _ = update_trust(flat(global_net), [flat(n) for n in nets])
         idx = rng.choice(pooled.size, min(PROBE, pooled.size), replace=False)
         batch = (pooled.obs[idx], pooled.actions[idx], pooled.rewards[idx], pooled.next_obs[idx], pooled.dones[idx])
-        td = []
-        for net in nets:
-            probe_net.load_state_dict({k: torch.from_numpy(v) for k, v in net.items()})
-            td.append(network_td_error(probe_net, batch, config.gamma))
+        td = network_td_errors(probe_net, nets, batch, config.gamma)
         factors = td_trust_factors(td)
         combined = weights * factors
         combined = combined / combined.sum() if combined.sum() > 0 else np.full(clients, 1 / clients)

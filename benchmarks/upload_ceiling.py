@@ -19,7 +19,7 @@ import numpy as np
 
 from benchmarks.common import ROOT, benchmark_parser, command_line, fmt, write_table
 from fedrl_app.protocol.codecs import COMPRESSED_BYTES_PER_ENTRY
-from fedrl_app.systems.clock import client_time
+from fedrl_app.systems.clock import client_time, synchronous_round_s
 from fedrl_app.systems.profiles import SystemsModel
 
 OUT = ROOT / "benchmarks" / "results" / "upload_ceiling"
@@ -42,7 +42,7 @@ def mean_round_s(model: SystemsModel, clients: int, sample: int, rounds: int, de
         asked = rng.choice(clients, size=min(sample, clients), replace=False)
         times = [client_time(model.profile(int(p)), dense, samples, upload).total_s
                  for p in asked if model.available(int(p), server_round)]
-        total += max(times, default=0.0)
+        total += synchronous_round_s(times, late_or_failed=0, deadline_s=0.0)
     return total / rounds
 
 

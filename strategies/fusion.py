@@ -135,6 +135,16 @@ def network_td_error(net: torch.nn.Module, batch: tuple, gamma: float) -> float:
     return float((targets - q_sa).abs().median())
 
 
+def network_td_errors(scratch: torch.nn.Module, networks: list[dict[str, np.ndarray]], batch: tuple,
+                      gamma: float) -> list[float]:
+    """`network_td_error` of each network's parameters, loaded in turn into the `scratch` module."""
+    errors = []
+    for params in networks:
+        scratch.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in params.items()})
+        errors.append(network_td_error(scratch, batch, gamma))
+    return errors
+
+
 def td_trust_factors(td_errors: list[float]) -> np.ndarray:
     """min(1, median(e) / e_k): 1 for every client at or below the round's median TD error, shrinking with
     the ratio above it (a network with 4× the median error keeps a quarter of its weight)."""
@@ -309,11 +319,7 @@ class Fusion(RoundScheduleMixin, ReplyGuardMixin, FlowerFedAvg):
             return None
         idx = self.rng.choice(buffer.size, size=min(self.td_probe, buffer.size), replace=False)
         batch = (buffer.obs[idx], buffer.actions[idx], buffer.rewards[idx], buffer.next_obs[idx], buffer.dones[idx])
-        errors = []
-        for params in clients:
-            self._probe_net.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in params.items()})
-            errors.append(network_td_error(self._probe_net, batch, self.learner.config.gamma))
-        return errors
+        return network_td_errors(self._probe_net, clients, batch, self.learner.config.gamma)
 
     def batch_td_error(self, batch: tuple) -> float:
         """Median |TD error| of a client's shared transitions under the server's current networks."""
