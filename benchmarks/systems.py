@@ -54,6 +54,9 @@ METHODS: dict[str, dict] = {
     "fedbuff": {"strategy": "fedavg", "async-aggregation": True},
     "drl-compress": DRL,
     "drl-compress-async": {**DRL, "async-aggregation": True},
+    # one controller learned on the server from every client's transitions (issue 14: ~20 decisions per
+    # client-run are too few for a per-client DQN; shared, it sees ~10x as many)
+    "drl-compress-shared": {**DRL, "controller-sharing": "shared"},
     # partial work under the deadline (FedScale's deadline-aware training): needs --deadline
     "fedavg-partial": {"strategy": "fedavg", "local-work": "deadline"},
     "drl-compress-partial": {**DRL, "local-work": "deadline"},

@@ -31,7 +31,7 @@ import torch
 from benchmarks.common import ROOT, benchmark_parser, command_line, fmt, write_table
 from fedrl_app.agents.dqn import DQNAgent, DQNConfig, ReplayBuffer
 from fedrl_app.tasks.gym_rl import env_dims, run_steps
-from strategies.fusion import network_td_errors, td_trust_factors, update_trust
+from strategies.fusion import network_td_errors, normalise_weights, td_trust_factors, update_trust
 
 OUT = ROOT / "benchmarks" / "results" / "trust_signals"
 TASK = "lunarlander"
@@ -70,8 +70,7 @@ def run(faults: list[str], clients: int, rounds: int, steps_per_round: int, trai
         batch = (pooled.obs[idx], pooled.actions[idx], pooled.rewards[idx], pooled.next_obs[idx], pooled.dones[idx])
         td = network_td_errors(probe_net, nets, batch, config.gamma)
         factors = td_trust_factors(td)
-        combined = weights * factors
-        combined = combined / combined.sum() if combined.sum() > 0 else np.full(clients, 1 / clients)
+        combined, _ = normalise_weights(list(weights * factors))  # as Fusion combines them
         global_net = {k: sum(w * n[k].astype(np.float64) for w, n in zip(combined, nets)).astype(np.float32)
                       for k in names}
         history.append({"round": r, "similarity": [float(s) for s in sims], "cosine-weight": weights.tolist(),

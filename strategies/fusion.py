@@ -62,7 +62,8 @@ def _cosine(a: np.ndarray, b: np.ndarray) -> float:
     return float(a @ b / denom) if denom > 0 else 0.0
 
 
-def _normalise(sims: list[float]) -> tuple[np.ndarray, bool]:
+def normalise_weights(sims: list[float]) -> tuple[np.ndarray, bool]:
+    """(weights, fell_back): max(0, s_k) normalised to sum 1; uniform (fell_back True) if all are ≤ 0."""
     w = np.maximum(np.asarray(sims, np.float64), 0.0)
     if w.sum() <= 0:
         return np.full(len(sims), 1.0 / len(sims)), True
@@ -72,7 +73,7 @@ def _normalise(sims: list[float]) -> tuple[np.ndarray, bool]:
 def trust_weights(global_flat: np.ndarray, client_flats: list[np.ndarray]) -> tuple[np.ndarray, bool]:
     """`param-cosine`: (weights, fell_back), w_k = max(0, cos(θ_g, θ_k)) normalised; uniform if all are zero."""
     g = global_flat.astype(np.float64)
-    return _normalise([_cosine(g, c.astype(np.float64)) for c in client_flats])
+    return normalise_weights([_cosine(g, c.astype(np.float64)) for c in client_flats])
 
 
 def update_trust(global_flat: np.ndarray, client_flats: list[np.ndarray]
@@ -86,7 +87,7 @@ def update_trust(global_flat: np.ndarray, client_flats: list[np.ndarray]
     deltas = np.stack([c.astype(np.float64) - g for c in client_flats])
     reference = np.median(deltas, axis=0)
     sims = np.asarray([_cosine(d, reference) for d in deltas])
-    weights, fell_back = _normalise(list(sims))
+    weights, fell_back = normalise_weights(list(sims))
     ref_norm = float(np.linalg.norm(reference))
     norms = np.linalg.norm(deltas, axis=1)
     scales = np.where(norms > ref_norm, ref_norm / np.maximum(norms, 1e-300), 1.0)
@@ -278,7 +279,7 @@ class Fusion(RoundScheduleMixin, ReplyGuardMixin, FlowerFedAvg):
         network_outliers: set[int] = set()
         if td_errors is not None:
             factors = td_trust_factors(td_errors)
-            weights, fell_back = _normalise(list(weights * factors))
+            weights, fell_back = normalise_weights(list(weights * factors))
             network_outliers = outlier_batches(dict(zip(partitions, td_errors)))
             round_log.extra.update({"trust-td-errors": [float(e) for e in td_errors],
                                     "trust-td-factors": [float(f) for f in factors]})
