@@ -2,6 +2,7 @@
 
     python -m benchmarks.trust_signals                                   # LunarLander, N = 5, 30 rounds, seed 1
     python -m benchmarks.trust_signals --faults random-action reward-flip --seeds 1 2 3
+    python -m benchmarks.trust_signals --faults random-action --oracle --seeds 1 2 3   # honest-only mean: the bound
     python -m benchmarks.trust_signals --report-only
 
 A plain federation of N Double-DQN agents without Flower (the scores are pure functions of one
@@ -30,7 +31,7 @@ import torch
 
 from benchmarks.common import ROOT, benchmark_parser, command_line, fmt, write_table
 from fedrl_app.agents.dqn import DQNAgent, DQNConfig, ReplayBuffer
-from fedrl_app.tasks.gym_rl import env_dims, run_steps
+from fedrl_app.tasks.gym_rl import env_dims, evaluate_policy, run_steps
 from strategies.fusion import network_td_errors, normalise_weights, td_trust_factors, update_trust
 
 OUT = ROOT / "benchmarks" / "results" / "trust_signals"
@@ -38,10 +39,16 @@ TASK = "lunarlander"
 SHARED_PER_ROUND = 256   # transitions each agent adds to the pooled buffer per round (Fusion's experience-sample)
 PROBE = 512              # pooled transitions each network is scored on
 LAST_ROUNDS = 5          # rounds the final return is averaged over
+GREEDY_EPISODES = 3      # nominal-environment episodes each round's networks are scored on (a server-side score)
 
 
-def run(faults: list[str], clients: int, rounds: int, steps_per_round: int, train_frequency: int, seed: int) -> dict:
-    """One federation; per round and client: cosine similarity, update-cosine weight, TD error, TD factor, return."""
+def run(faults: list[str], clients: int, rounds: int, steps_per_round: int, train_frequency: int, seed: int,
+        oracle: bool = False) -> dict:
+    """One federation; per round and client: cosine similarity, update-cosine weight, TD error, TD factor, return.
+
+    `oracle`: the global network is the honest clients' plain mean (the faulty ones get weight 0), the bound
+    on what any trust score could give this federation; the scores are still computed and logged.
+    """
     torch.set_num_threads(1)
     kinds = [faults[i] if i < len(faults) else "" for i in range(clients)]
     obs_dim, n_actions = env_dims(TASK)
@@ -55,12 +62,14 @@ def run(faults: list[str], clients: int, rounds: int, steps_per_round: int, trai
     flat = lambda d: np.concatenate([d[k].ravel() for k in names])  # noqa: E731
     history = []
     for r in range(1, rounds + 1):
-        nets, returns = [], []
+        nets, returns, greedy = [], [], []
         for i, (agent, kind) in enumerate(zip(agents, kinds)):
             agent.q.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in global_net.items()})
             stats = run_steps(agent, TASK, key=("trust-signals", seed, i), seed=seed * 1_000 + i,
                               steps=steps_per_round, fault=kind)
             returns.append(float(np.mean(stats.episode_returns)) if stats.episode_returns else None)
+            # the same episodes (seeds) for every network of the round: differences are the networks'
+            greedy.append(float(np.mean(evaluate_policy(agent.q, TASK, GREEDY_EPISODES, seed=90_000 + 100 * seed + r))))
             nets.append({k: v.detach().numpy().copy() for k, v in agent.q.state_dict().items()})
             b = agent.buffer
             for j in rng.choice(b.size, min(SHARED_PER_ROUND, b.size), replace=False):
@@ -71,17 +80,25 @@ def run(faults: list[str], clients: int, rounds: int, steps_per_round: int, trai
         td = network_td_errors(probe_net, nets, batch, config.gamma)
         factors = td_trust_factors(td)
         combined, _ = normalise_weights(list(weights * factors))  # as Fusion combines them
+        if oracle:
+            combined, _ = normalise_weights([0.0 if kind else 1.0 for kind in kinds])
         global_net = {k: sum(w * n[k].astype(np.float64) for w, n in zip(combined, nets)).astype(np.float32)
                       for k in names}
         history.append({"round": r, "similarity": [float(s) for s in sims], "cosine-weight": weights.tolist(),
                         "td-error": td, "td-factor": factors.tolist(), "combined-weight": combined.tolist(),
-                        "return": returns})
+                        "return": returns, "greedy-return": greedy})
         print(f"round {r}: cosine weights {np.round(weights, 3)}, TD factors {np.round(factors, 2)}", flush=True)
     return {"faults": kinds, "seed": seed, "clients": clients, "rounds": rounds, "steps-per-round": steps_per_round,
-            "train-frequency": train_frequency, "history": history}
+            "train-frequency": train_frequency, "oracle": oracle, "history": history}
 
 
-def summarise(result: dict) -> dict[str, dict[str, float]]:
+def lowest_share(scores: list[float], members: list[int]) -> float:
+    """The share of the round's lowest score held by `members` (ties split it evenly)."""
+    lowest = [i for i, v in enumerate(scores) if v == min(scores)]
+    return sum(i in members for i in lowest) / len(lowest)
+
+
+def summarise(result: dict) -> dict[str, dict[str, float | None]]:
     """Per kind of client ('honest' pooled): mean over rounds and clients of each score; honest final return."""
     out: dict[str, dict[str, float]] = {}
     for kind in sorted(set(result["faults"])):
@@ -90,6 +107,11 @@ def summarise(result: dict) -> dict[str, dict[str, float]]:
                for key in ("cosine-weight", "td-factor", "combined-weight")}
         last = [h["return"][i] for h in result["history"][-LAST_ROUNDS:] for i in members if h["return"][i] is not None]
         row["return"] = float(np.mean(last)) if last else float("nan")
+        scored = [h for h in result["history"] if "greedy-return" in h]  # runs saved before this score lack it
+        row["greedy-return"] = (float(np.mean([h["greedy-return"][i] for h in scored[-LAST_ROUNDS:] for i in members]))
+                                if scored else None)
+        # how often one of this kind's networks scores the round's lowest greedy return (chance: 1/N each)
+        row["ranked-last"] = float(np.mean([lowest_share(h["greedy-return"], members) for h in scored])) if scored else None
         out[kind or "honest"] = row
     return out
 
@@ -98,20 +120,25 @@ def report(command: str, out: Path = OUT) -> str:
     results = [json.loads(p.read_text()) for p in sorted(out.glob("*.json"))]
     groups: dict[tuple, list[dict]] = {}
     for res in results:
-        groups.setdefault((tuple(res["faults"]), res["rounds"]), []).append(res)
+        groups.setdefault((tuple(res["faults"]), res["rounds"], res.get("oracle", False)), []).append(res)
     lines = [f"LunarLander-v3, Double DQN, N agents, plain federation weighted by Fusion's scores. Command: `{command}`",
              "", "| clients (partition order) | rounds | seeds | client | update-cosine weight | TD-probe factor "
-             "| combined weight | own-episode return, last 5 rounds |", "|---|---|---|---|---|---|---|---|"]
-    for (faults, rounds), runs in sorted(groups.items()):
+             "| combined weight | own-episode return, last 5 rounds | network's greedy return, last 5 rounds "
+             "| rounds its network scores lowest |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for (faults, rounds, oracle), runs in sorted(groups.items()):
         summaries = [summarise(r) for r in runs]
-        label = ", ".join(f or "honest" for f in faults)
+        label = ", ".join(f or "honest" for f in faults) + (" (oracle: faulty weight 0)" if oracle else "")
         for kind in summaries[0]:
             col = {k: [s[kind][k] for s in summaries] for k in summaries[0][kind]}
             lines.append(f"| {label} | {rounds} | {len(runs)} | {kind} | {fmt(col['cosine-weight'])} "
-                         f"| {fmt(col['td-factor'], '.2f')} | {fmt(col['combined-weight'])} | {fmt(col['return'], '.1f')} |")
+                         f"| {fmt(col['td-factor'], '.2f')} | {fmt(col['combined-weight'])} | {fmt(col['return'], '.1f')} "
+                         f"| {fmt(col['greedy-return'], '.1f', '-')} | {fmt(col['ranked-last'], '.2f', '-')} |")
     lines += ["", f"Weights are shares of the aggregation (1/N = {1 / runs[0]['clients']:.3f} is fair), mean over "
               "rounds and over the clients of a kind; factors are the TD probe's multiplier (1 = at or below the "
-              "round's median TD error). Mean ± std over seeds."]
+              "round's median TD error). Greedy return: each round's networks on the same "
+              f"{GREEDY_EPISODES} nominal episodes (a score the server could compute itself); rounds scoring lowest: "
+              "the share of rounds in which a network of that kind had the round's lowest greedy return (1/N by chance "
+              "for one client). Mean ± std over seeds."]
     return write_table(lines, out)
 
 
@@ -124,6 +151,8 @@ def main() -> None:
     parser.add_argument("--steps-per-round", type=int, default=1000)
     parser.add_argument("--train-frequency", type=int, default=4)
     parser.add_argument("--seeds", type=int, nargs="+", default=[1])
+    parser.add_argument("--oracle", action="store_true",
+                        help="aggregate the honest clients only (the bound on what trust can give)")
     parser.add_argument("--report-only", action="store_true")
     args = parser.parse_args()
     if 2 * len(args.faults) >= args.clients:
@@ -131,8 +160,9 @@ def main() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     if not args.report_only:
         for seed in args.seeds:
-            result = run(args.faults, args.clients, args.rounds, args.steps_per_round, args.train_frequency, seed)
-            name = "-".join(f or "honest" for f in result["faults"])
+            result = run(args.faults, args.clients, args.rounds, args.steps_per_round, args.train_frequency, seed,
+                         args.oracle)
+            name = "-".join(f or "honest" for f in result["faults"]) + ("-oracle" if args.oracle else "")
             (OUT / f"{name}-seed{seed}.json").write_text(json.dumps(result))
     print(report(command_line("benchmarks.trust_signals", args.command)))
 

@@ -151,3 +151,10 @@ def test_dynamics_finds_the_dip_and_the_td_loss_around_the_full_buffer():
     assert (d["worst-greedy"], d["worst-round"], d["buffer-full"]) == (-600.0, 24, 30)
     assert (d["td-before"], d["td-after"]) == (2.0, 1.0)
     assert d["td-late"] == 1.0  # rounds 15..60: 15 values of 2.0 and 31 of 1.0
+
+
+def test_trust_signals_lowest_share_splits_ties():
+    from benchmarks.trust_signals import lowest_share
+    assert lowest_share([-300.0, -100.0, -120.0], [0]) == 1.0
+    assert lowest_share([-300.0, -100.0, -120.0], [1, 2]) == 0.0
+    assert lowest_share([-5.0, -5.0, -5.0, 0.0], [0]) == 1 / 3  # identical networks: no one is singled out
