@@ -88,19 +88,46 @@ def test_checkpoint_state_restores_assignment_models_and_node_ids_exactly():
     assert sent[big] == s.models[s.assignment[big]]["w"].tolist()  # each node gets its restored cluster's model
 
 
-def test_a_good_split_is_kept_unless_a_better_one_is_found():
+def test_clusters_are_never_re_sorted_across_once_formed():
     s = Clustered(FedAvg(**Clustered.required_settings), cluster_every=1, max_clusters=3)
     grid = FakeGrid([1, 2, 3, 4])
     x0 = arrays(w=[0.0, 0.0])
     list(s.configure_train(1, x0, ConfigRecord({}), grid))
     ups = {1: [1.0, 0.0], 2: [1.1, 0.0], 3: [0.0, 2.0], 4: [0.0, 2.2]}
     s.aggregate_train(1, [reply(n, arrays(w=u), 10) for n, u in ups.items()])
-    assignment, models = dict(s.assignment), {c: m["w"].copy() for c, m in s.models.items()}
+    assignment = dict(s.assignment)
     strategies = dict(s.cluster_strategies)
-    # round 2: the same structure again; the best new split is no better than the current one: nothing churns
+    # round 2: measured from their own clusters' models, 1 and 3 now move alike, as do 2 and 4 (a global
+    # re-split would pair them across clusters); directions of different clusters do not compare: nothing churns
+    later = {1: [1.0, 0.0], 2: [0.0, 1.0], 3: [1.0, 0.0], 4: [0.0, 1.0]}
     list(s.configure_train(2, x0, ConfigRecord({}), grid))
-    s.aggregate_train(2, [reply(n, arrays(w=np.add(s.models[assignment[n]]["w"], u)), 10) for n, u in ups.items()])
+    s.aggregate_train(2, [reply(n, arrays(w=np.add(s.models[assignment[n]]["w"], u)), 10) for n, u in later.items()])
     assert s.assignment == assignment and s.history[-1]["kept"] is True
+    assert s.history[-1]["silhouette"] is None and "silhouette" not in s.rounds[2].extra  # no cluster had 3 clients
     assert all(s.cluster_strategies[c] is strategies[c] for c in strategies)  # not re-created from the template
-    assert s.history[-1]["kept-silhouette"] >= s.history[-1]["silhouette"]
-    assert set(models) == set(s.models)
+
+
+def test_a_cluster_splits_further_on_its_own_members_directions():
+    s = Clustered(FedAvg(**Clustered.required_settings), cluster_every=1, max_clusters=3)
+    grid = FakeGrid([1, 2, 3, 4, 5, 6])
+    list(s.configure_train(1, arrays(w=[0.0, 0.0, 0.0, 0.0]), ConfigRecord({}), grid))
+    first = {1: [1.0, 0, 0, 0], 2: [1.1, 0, 0, 0], 3: [0.9, 0, 0, 0], 4: [1.0, 0.05, 0, 0], 5: [0, 2.0, 0, 0],
+             6: [0, 2.1, 0, 0]}
+    s.aggregate_train(1, [reply(n, arrays(w=u), 10) for n, u in first.items()])
+    assert s.assignment[1] == s.assignment[2] == s.assignment[3] == s.assignment[4] != s.assignment[5] == s.assignment[6]
+    big, small = s.assignment[1], s.assignment[5]
+    parent = s.models[big]["w"].copy()
+    small_strategy = s.cluster_strategies[small]
+    # round 2: inside the big cluster, {1, 2} and {3, 4} now pull apart; the pair {5, 6} is too small to split
+    second = {1: [0, 0, 1.0, 0], 2: [0, 0, 1.2, 0], 3: [0, 0, 0, 1.0], 4: [0, 0, 0, 0.9], 5: [0, 1.0, 0, 0],
+              6: [0, 0, 1.0, 0]}
+    list(s.configure_train(2, arrays(w=[0.0, 0.0, 0.0, 0.0]), ConfigRecord({}), grid))
+    s.aggregate_train(2, [reply(n, arrays(w=np.add(s.models[s.assignment[n]]["w"], u)), 10) for n, u in second.items()])
+    assert s.assignment[1] == s.assignment[2] != s.assignment[3] == s.assignment[4]
+    assert {s.assignment[1], s.assignment[3]} & {small} == set() and s.assignment[5] == s.assignment[6] == small
+    assert s.cluster_strategies[small] is small_strategy
+    assert s.rounds[2].extra["clusters"] == 3 and s.history[-1]["kept"] is False
+    assert s.history[-1]["silhouette"] > 0.9
+    moved = s.assignment[3] if s.assignment[3] != big else s.assignment[1]
+    # the new cluster starts from its parent's aggregate of round 2 (the mean of 1-4 moved from `parent`)
+    np.testing.assert_allclose(s.models[moved]["w"], parent + np.array([0, 0, 0.55, 0.475]))
