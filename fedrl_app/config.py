@@ -162,6 +162,9 @@ class RunConfig:
     dqn_learning_rate: float = option(6.3e-4, "RL: the DQN agents' Adam learning rate (Fusion's server learner too)", group=DQN, gt=0)
     dqn_max_grad_norm: float = option(10.0, "RL: gradient-norm clipping of each DQN step", group=DQN, gt=0)
     dqn_buffer_size: int = option(50_000, "RL: each client agent's replay-buffer capacity (Fusion's server buffer: `server-buffer-size`)", group=DQN, ge=1)
+    dqn_n_step: int = option(
+        1, "RL: n-step returns, Σ_{k<n} γ^k r_{t+k} + γ^n Q(s_{t+n}), built at sampling time from consecutive stored transitions of one episode (the buffer and shared experience stay 1-step)",
+        group=DQN, interval=(1, 10, "[]"))
     fusion_mix: float = option(
         0.5, "Fusion: α kept on the global network, θ = α·θ_global + (1−α)·Σ w_k θ_k",
         group=FUSION, interval=(0.0, 1.0, "[)"))
@@ -349,7 +352,7 @@ class RunConfig:
             epsilon_decay_steps=self.dqn_epsilon_decay_steps, batch_size=self.dqn_batch_size,
             train_frequency=self.dqn_train_frequency, target_update_every=self.dqn_target_update_every,
             tau=self.dqn_tau, learning_rate=self.dqn_learning_rate, max_grad_norm=self.dqn_max_grad_norm,
-            buffer_size=self.dqn_buffer_size,
+            buffer_size=self.dqn_buffer_size, n_step=self.dqn_n_step,
         )
 
     def env_params(self, partition_id: int) -> dict[str, float]:

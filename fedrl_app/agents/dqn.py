@@ -40,6 +40,7 @@ class DQNConfig:
     epsilon_end: float = 0.05
     epsilon_decay_steps: int = 20_000  # env steps of linear decay
     max_grad_norm: float = 10.0
+    n_step: int = 1                   # n-step returns, built from consecutive replayed transitions
 
     @classmethod
     def for_agent(cls, agent: str, **overrides) -> DQNConfig:
@@ -95,6 +96,35 @@ class ReplayBuffer:
                 torch.from_numpy(self.rewards[idx]), torch.from_numpy(self.next_obs[idx]),
                 torch.from_numpy(self.dones[idx]))
 
+    def sample_n_step(self, batch_size: int, n: int, gamma: float) -> tuple[torch.Tensor, ...]:
+        """A minibatch of n-step transitions (s_t, a_t, Σ_k γ^k r_{t+k}, s_{t+m}, done, γ^m), m ≤ n.
+
+        The buffer keeps 1-step transitions (so shared experience and the server's buffer stay
+        1-step); a sampled transition is extended by the ones stored after it while they continue
+        its episode: the next slot was written after it (not past the write head), its state is this
+        transition's next state, and the episode has not terminated. A truncated episode or a batch
+        from another client breaks the chain, and the target bootstraps from where it stopped.
+        """
+        idx = self.rng.integers(0, self.size, size=batch_size)
+        returns = self.rewards[idx].astype(np.float64)
+        next_idx = idx.copy()
+        dones = self.dones[idx].copy()
+        steps = np.ones(batch_size, np.int64)
+        alive = dones == 0.0
+        for k in range(1, n):
+            j = (idx + k) % self.capacity
+            alive &= (j != self.pos) & (j < self.size)
+            alive &= np.all(self.obs[j] == self.next_obs[next_idx], axis=1)
+            returns += np.where(alive, gamma ** k * self.rewards[j], 0.0)
+            next_idx = np.where(alive, j, next_idx)
+            dones = np.where(alive, self.dones[j], dones)
+            steps += alive
+            alive &= self.dones[j] == 0.0
+        discounts = (gamma ** steps).astype(np.float32)
+        return (torch.from_numpy(self.obs[idx]), torch.from_numpy(self.actions[idx]),
+                torch.from_numpy(returns.astype(np.float32)), torch.from_numpy(self.next_obs[next_idx]),
+                torch.from_numpy(dones.astype(np.float32)), torch.from_numpy(discounts))
+
     def state(self) -> dict:
         n = self.size
         return {"obs": torch.from_numpy(self.obs[:n].copy()), "next_obs": torch.from_numpy(self.next_obs[:n].copy()),
@@ -110,8 +140,10 @@ class ReplayBuffer:
 
 
 def td_targets(online: nn.Module, target: nn.Module, rewards: torch.Tensor, next_obs: torch.Tensor,
-               dones: torch.Tensor, gamma: float, double: bool) -> torch.Tensor:
-    """r + γ (1 − done) Q_target(s', a*), a* = argmax Q_target (DQN) or argmax Q_online (Double DQN)."""
+               dones: torch.Tensor, gamma: float | torch.Tensor, double: bool) -> torch.Tensor:
+    """r + γ (1 − done) Q_target(s', a*), a* = argmax Q_target (DQN) or argmax Q_online (Double DQN).
+
+    `gamma` may be a per-transition tensor (γ^m for an m-step return)."""
     with torch.no_grad():
         next_q = target(next_obs)
         if double:
@@ -176,15 +208,19 @@ class DQNAgent:
     def train_step(self) -> float:
         """One gradient step on a replayed minibatch (forward + backward FLOPs counted)."""
         c = self.config
-        obs, actions, rewards, next_obs, dones = self.buffer.sample(c.batch_size)
+        if c.n_step > 1:
+            obs, actions, rewards, next_obs, dones, discounts = self.buffer.sample_n_step(c.batch_size, c.n_step, c.gamma)
+        else:
+            obs, actions, rewards, next_obs, dones = self.buffer.sample(c.batch_size)
+            discounts = c.gamma
         if self._train_flops_per_step is None:
             with FlopCounterMode(display=False) as counter:
-                loss = self._loss(obs, actions, rewards, next_obs, dones)
+                loss = self._loss(obs, actions, rewards, next_obs, dones, discounts)
                 self.optimizer.zero_grad()
                 loss.backward()
             self._train_flops_per_step = counter.get_total_flops()
         else:
-            loss = self._loss(obs, actions, rewards, next_obs, dones)
+            loss = self._loss(obs, actions, rewards, next_obs, dones, discounts)
             self.optimizer.zero_grad()
             loss.backward()
         nn.utils.clip_grad_norm_(self.q.parameters(), c.max_grad_norm)
@@ -195,8 +231,8 @@ class DQNAgent:
             self.update_target()
         return float(loss.item())
 
-    def _loss(self, obs, actions, rewards, next_obs, dones) -> torch.Tensor:
-        targets = td_targets(self.q, self.target, rewards, next_obs, dones, self.config.gamma, self.config.double)
+    def _loss(self, obs, actions, rewards, next_obs, dones, discounts) -> torch.Tensor:
+        targets = td_targets(self.q, self.target, rewards, next_obs, dones, discounts, self.config.double)
         q_sa = self.q(obs).gather(1, actions.unsqueeze(1)).squeeze(1)
         return F.smooth_l1_loss(q_sa, targets)
 
