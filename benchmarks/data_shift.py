@@ -8,19 +8,24 @@ group × 90° (`rotate`, rotated MNIST as in IFCA, Ghosh et al. 2020) or relabel
 (`permute-labels`). FedAvg trains one global model; `clustered` re-clusters clients by their update
 directions every 5 rounds (k ≤ 4 by silhouette) and trains one model per cluster. Every client
 evaluates the model it receives on its own held-out split (fraction-evaluate = 1). The table reports
-that own-data accuracy and the adjusted Rand index of the final clusters against the true groups.
-Results: benchmarks/results/data_shift/.
+that own-data accuracy and the adjusted Rand index of the final clusters against the true groups;
+own-data.png plots the own-data accuracy per round. Results: benchmarks/results/data_shift/.
 """
 
 from __future__ import annotations
 
 import time
 
-from sklearn.metrics import adjusted_rand_score
+import matplotlib
 
-from benchmarks.common import ROOT, benchmark_parser, command_line, fmt, run_and_save, write_table
-from fedrl_app.server.recorder import read_jsonl
-from fedrl_app.tasks.mnist import shift_group
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from sklearn.metrics import adjusted_rand_score  # noqa: E402
+
+from benchmarks.common import ROOT, benchmark_parser, command_line, fmt, run_and_save, save_figure, write_table  # noqa: E402
+from fedrl_app.server.recorder import read_jsonl  # noqa: E402
+from fedrl_app.tasks.mnist import shift_group  # noqa: E402
 
 OUT = ROOT / "benchmarks" / "results" / "data_shift"
 NUM_CLIENTS = 10
@@ -48,6 +53,30 @@ def summarise(rows: list[dict], clients: list[dict]) -> dict:
             "clusters": last.get("clusters")}
 
 
+def run_paths(shift: str, method: str) -> list:
+    return sorted(p for p in OUT.glob(f"{shift}-{method}-seed*.jsonl") if not p.name.endswith(".clients.jsonl"))
+
+
+def plot() -> None:
+    """Own-data accuracy per round: every seed's line, one colour per method, one panel per shift."""
+    shifts = [s for s in SHIFTS if any(run_paths(s, m) for m in METHODS)]
+    if not shifts:
+        return
+    fig, axes = plt.subplots(1, len(shifts), figsize=(6 * len(shifts), 4), squeeze=False)
+    for ax, shift in zip(axes[0], shifts):
+        for i, method in enumerate(METHODS):
+            for j, path in enumerate(run_paths(shift, method)):
+                rows = [r for r in read_jsonl(path) if r.get("client-eval-accuracy") is not None]
+                ax.plot([r["round"] for r in rows], [r["client-eval-accuracy"] for r in rows], color=f"C{i}",
+                        alpha=0.8, label=method if j == 0 else None)
+        ax.set_title(f"data-shift = {shift}")
+        ax.set_xlabel("round")
+        ax.set_ylabel("clients' own-data accuracy")
+        ax.set_ylim(bottom=max(0.0, float(np.floor(ax.get_ylim()[0] * 10) / 10)))
+        ax.legend()
+    save_figure(fig, OUT / "own-data.png")
+
+
 def report(command: str) -> str:
     lines = [f"MNIST, {NUM_CLIENTS} clients, Dirichlet α = 0.3, 4 shift groups (partition id mod 4). Command: "
              f"`{command}`", "",
@@ -55,7 +84,7 @@ def report(command: str) -> str:
              "ARI vs true groups |", "|---|---|---|---|---|---|---|"]
     for shift in SHIFTS:
         for method in METHODS:
-            paths = sorted(p for p in OUT.glob(f"{shift}-{method}-seed*.jsonl") if not p.name.endswith(".clients.jsonl"))
+            paths = run_paths(shift, method)
             if not paths:
                 continue
             sums = [summarise(read_jsonl(p), read_jsonl(p.with_suffix(".clients.jsonl"))) for p in paths]
@@ -87,6 +116,7 @@ def main() -> None:
                     s = summarise(rows, clients)
                     print(f"{name}: own-data {s['own']}, ARI {s['ari']}, {time.time() - t0:.0f}s", flush=True)
     print(report(command))
+    plot()
 
 
 if __name__ == "__main__":

@@ -10,7 +10,8 @@ cap must absorb; or malformed replies (a NaN in the model, an array of the wrong
 that names os.system, a 2 KB metadata pickle that renders to 12¹² numbers), which the server must
 refuse whatever the rule: those run with FedAvg only. drl-compress runs its controllers and
 aggregates the decoded updates by their mean, or (drl-compress-trimmed) by a 20%-trimmed mean. "Rounds lost" counts rounds that were not aggregated or not
-recorded (metrics.jsonl rows missing); it must be 0.
+recorded (metrics.jsonl rows missing); it must be 0. The RL counterpart (Fusion on LunarLander with one
+faulty agent of five, 3 seeds) is `benchmarks/rl_heterogeneity.py`.
 Results: benchmarks/results/robustness/ (<rule>-<attack>-seed<k>.jsonl, table.md).
 """
 
