@@ -1,7 +1,7 @@
 """One DQN agent alone on LunarLander-v3: which of n-step returns and soft target updates helps it solve within 1e5 steps.
 
     python -m benchmarks.dqn_variants                                  # every variant, seeds 1-3
-    python -m benchmarks.dqn_variants --variants base n3 --seeds 1
+    python -m benchmarks.dqn_variants --variants n1 n3 --seeds 1
     python -m benchmarks.dqn_variants --report-only
 
 The agent and rollout are the ClientApp's (`fedrl_app.agents.dqn`, `fedrl_app.tasks.gym_rl.run_steps`),
@@ -33,9 +33,9 @@ OUT = ROOT / "benchmarks" / "results" / "dqn_variants"
 TASK = "lunarlander"
 BASE = {"task": TASK, "agent": "double"}
 VARIANTS = {
-    "base": {},                                                        # the defaults: one gradient step per env step
-    "n3": {"dqn-n-step": 3},                                           # 3-step returns (Rainbow's n)
-    "soft": {"dqn-tau": 0.005, "dqn-target-update-every": 1},          # Polyak target, SB3/CleanRL-style τ
+    "n1": {"dqn-n-step": 1},                                           # 1-step targets (the default until 2026-12-03)
+    "n3": {"dqn-n-step": 3},                                           # 3-step returns (Rainbow's n; the default since)
+    "soft": {"dqn-n-step": 1, "dqn-tau": 0.005, "dqn-target-update-every": 1},  # Polyak target, SB3/CleanRL-style τ
     "n3-soft": {"dqn-n-step": 3, "dqn-tau": 0.005, "dqn-target-update-every": 1},
 }
 STEPS = 100_000

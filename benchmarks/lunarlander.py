@@ -43,8 +43,9 @@ from fedrl_app.tasks.gym_rl import (  # noqa: E402
 
 OUT = ROOT / "benchmarks" / "results" / "lunarlander"
 TASK = "lunarlander"
-# The table was measured before two defaults changed; these keep its runs reproducible:
-TF4 = {"dqn-train-frequency": 4}  # one gradient step per 4 env steps (the default is 1 now)
+# The table was measured before three defaults changed (train frequency, n-step, Fusion's trust and
+# filter); these keep its runs reproducible:
+TF4 = {"dqn-train-frequency": 4, "dqn-n-step": 1}  # one gradient step per 4 env steps (the default is 1 now)
 FIRST_FUSION = {"trust": "param-cosine", "diversity-space": "raw"}  # Fusion as first built (see rl_heterogeneity)
 METHODS = {
     "local-dqn": {**TF4, "agent": "dqn", "local": True},
@@ -66,9 +67,9 @@ METHODS = {
     # worse clients (README)
     "fusion-double-buf10k": {**TF4, "agent": "double", "strategy": "fusion", **FIRST_FUSION, "server-buffer-size": 10_000},
     # one gradient step per env step (the defaults take one per 4): 4× the updates and ~4× the compute
-    "local-double-tf1": {"agent": "double", "local": True, "dqn-train-frequency": 1},
-    "fedavg-double-tf1": {"agent": "double", "strategy": "fedavg", "dqn-train-frequency": 1},
-    "fusion-double-tf1": {"agent": "double", "strategy": "fusion", **FIRST_FUSION, "dqn-train-frequency": 1},
+    "local-double-tf1": {"agent": "double", "local": True, "dqn-train-frequency": 1, "dqn-n-step": 1},
+    "fedavg-double-tf1": {"agent": "double", "strategy": "fedavg", "dqn-train-frequency": 1, "dqn-n-step": 1},
+    "fusion-double-tf1": {"agent": "double", "strategy": "fusion", **FIRST_FUSION, "dqn-train-frequency": 1, "dqn-n-step": 1},
 }
 
 # the published comparison; every other method is a variant (an ablation of fusion-double, or -tf1), plotted apart

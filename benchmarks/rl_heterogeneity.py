@@ -135,21 +135,22 @@ def report(command: str, out: Path = OUT) -> str:
     groups: dict[tuple, list[dict]] = {}
     for run in runs:
         run.setdefault("train-frequency", 4)  # runs saved before the key existed: the default was 4 then
-        groups.setdefault((run["n"], run["condition"], run["method"]), []).append(run)
+        run.setdefault("n-step", 1)  # likewise: 1-step targets until 2026-12-03
+        key = (run["n"], run["condition"], run["method"], run["train-frequency"], run["n-step"])
+        groups.setdefault(key, []).append(run)
     lines = [f"LunarLander-v3, Double DQN clients, env reward, solved = 100-episode mean ≥ 200; one faulty client of N "
              f"(partition 0) under the attacks. Command: `{command}`", "",
-             "| N | condition | method | env steps per gradient step | seeds | honest clients' final 100-ep return (own env) | honest clients solved "
+             "| N | condition | method | env steps per gradient step | n-step | seeds | honest clients' final 100-ep return (own env) | honest clients solved "
              "| env steps to solve | global greedy return, nominal | global greedy return, clients' envs "
              "| faulty client's trust weight (1/N = fair) | its batches refused | shared transitions admitted "
-             "| FLOPs | uplink MB |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| FLOPs | uplink MB |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     order = {c: i for i, c in enumerate(CONDITIONS)}
-    for (n, condition, method), seed_runs in sorted(groups.items(), key=lambda kv: (kv[0][0], order.get(kv[0][1], 99),
-                                                                                     list(METHODS).index(kv[0][2]))):
+    for (n, condition, method, tf, n_step), seed_runs in sorted(
+            groups.items(), key=lambda kv: (kv[0][0], order.get(kv[0][1], 99), list(METHODS).index(kv[0][2]), *kv[0][3:])):
         s = [summarise(r) for r in seed_runs]
         col = {k: [x.get(k) for x in s] for k in s[0]}
         lines.append(
-            f"| {n} | {condition} | {method} | {'/'.join(sorted({str(r['train-frequency']) for r in seed_runs}))} "
-            f"| {len(s)} | {fmt(col['final-100'], '.1f', 'n/a')} "
+            f"| {n} | {condition} | {method} | {tf} | {n_step} | {len(s)} | {fmt(col['final-100'], '.1f', 'n/a')} "
             f"| {sum(col['solved'])} of {sum(col['honest'])} | {fmt(sum(col['solve-steps'], []), '.3g')} "
             f"| {fmt(col['global-nominal'], '.1f', 'n/a')} | {fmt(col['global-own-envs'], '.1f', 'n/a')} "
             f"| {fmt(col.get('faulty-weight', [None]), '.3f', '-')} | {fmt(col.get('batches-refused', [None]), '.0f', '-')} "
@@ -161,10 +162,12 @@ def report(command: str, out: Path = OUT) -> str:
               "share of the aggregation weight."]
     for n in sorted({k[0] for k in groups}):
         for condition in CONDITIONS:
-            at = {m: g for (nn, c, m), g in groups.items() if nn == n and c == condition}
+            here = {k: g for k, g in groups.items() if k[0] == n and k[1] == condition}
+            several = len({k[3:] for k in here}) > 1  # runs of other settings: say which in the legend
+            at = {(f"{k[2]} (tf {k[3]}, n-step {k[4]})" if several else k[2]): g for k, g in here.items()}
             if at:
                 plot_returns(at, n, out / f"returns-{condition}-n{n}.png", title=f"condition {condition}")
-        trust_runs = [g[0] for (nn, c, m), g in sorted(groups.items()) if nn == n and m.startswith("fusion") and faulty(c)]
+        trust_runs = [g[0] for (nn, c, m, *_), g in sorted(groups.items()) if nn == n and m.startswith("fusion") and faulty(c)]
         if trust_runs:
             plot_trust(trust_runs, out / f"trust-n{n}.png")
     return write_table(lines, out)
@@ -212,7 +215,8 @@ def main() -> None:
                     run.update({"method": method, "condition": condition, "n": n, "seed": seed,
                                 "wall-s": time.time() - t0, "steps-per-round": args.steps_per_round,
                                 "rounds": args.rounds, "overrides": overrides,
-                                "train-frequency": overrides.get("dqn-train-frequency", RunConfig().dqn_train_frequency)})
+                                "train-frequency": overrides.get("dqn-train-frequency", RunConfig().dqn_train_frequency),
+                                "n-step": overrides.get("dqn-n-step", RunConfig().dqn_n_step)})
                     (out / f"{name}.json").write_text(json.dumps(run))
                     print(f"{name}: {time.time() - t0:.0f}s, {summarise(run)['final-100']}", flush=True)
     print(report(command, out))

@@ -163,7 +163,7 @@ class RunConfig:
     dqn_max_grad_norm: float = option(10.0, "RL: gradient-norm clipping of each DQN step", group=DQN, gt=0)
     dqn_buffer_size: int = option(50_000, "RL: each client agent's replay-buffer capacity (Fusion's server buffer: `server-buffer-size`)", group=DQN, ge=1)
     dqn_n_step: int = option(
-        1, "RL: n-step returns, Σ_{k<n} γ^k r_{t+k} + γ^n Q(s_{t+n}), built at sampling time from consecutive stored transitions of one episode (the buffer and shared experience stay 1-step)",
+        3, "RL: n-step returns (3, the default since it was measured best for one agent alone on LunarLander: 171.8 ± 37.5 against 110.0 ± 31.7 with 1-step targets, better on each of 3 seeds), Σ_{k<n} γ^k r_{t+k} + γ^n Q(s_{t+n}), built at sampling time from consecutive stored transitions of one episode (the buffer and shared experience stay 1-step)",
         group=DQN, interval=(1, 10, "[]"))
     fusion_mix: float = option(
         0.5, "Fusion: α kept on the global network, θ = α·θ_global + (1−α)·Σ w_k θ_k",

@@ -130,7 +130,11 @@ def test_the_dqn_keys_reach_the_agent_and_default_to_its_own_defaults():
 
     cfg = RunConfig()
     diff = {k: v for k, v in asdict(cfg.dqn_config()).items() if v != asdict(DQNConfig.for_agent(cfg.agent))[k]}
-    assert diff == {"train_frequency": 1}  # the one default the run config changed (measured, issue 15)
+    assert diff == {"train_frequency": 1, "n_step": 3}  # the defaults the run config changed (measured, issue 15)
     tuned = RunConfig.from_run_config({"task": "lunarlander", "dqn-tau": 0.005, "dqn-learning-rate": 1e-3,
-                                       "dqn-max-grad-norm": 1.0, "dqn-buffer-size": 100_000}).dqn_config()
-    assert (tuned.tau, tuned.learning_rate, tuned.max_grad_norm, tuned.buffer_size) == (0.005, 1e-3, 1.0, 100_000)
+                                       "dqn-max-grad-norm": 1.0, "dqn-buffer-size": 100_000,
+                                       "dqn-n-step": 5}).dqn_config()
+    assert (tuned.tau, tuned.learning_rate, tuned.max_grad_norm, tuned.buffer_size, tuned.n_step) == (
+        0.005, 1e-3, 1.0, 100_000, 5)
+    with pytest.raises(ConfigError, match="dqn-n-step"):
+        RunConfig.from_run_config({"dqn-n-step": 0})
