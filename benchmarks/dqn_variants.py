@@ -47,17 +47,13 @@ def run(variant: str, seed: int) -> dict:
     cfg = RunConfig.from_run_config(BASE | VARIANTS[variant] | {"seed": seed})
     torch.set_num_threads(1)  # one client's share of a core, as in the federated runs
     agent = DQNAgent(*env_dims(TASK), cfg.dqn_config(), seed=seed * 1_000)
-    returns, ends = [], []
-    carried = 0  # steps the unfinished episode had taken before this chunk
+    returns, lengths = [], []
     start = time.perf_counter()
-    for done_steps in range(0, STEPS, CHUNK):
+    for _ in range(0, STEPS, CHUNK):
         stats = run_steps(agent, TASK, key=("variants", variant, seed), seed=seed * 1_000, steps=CHUNK)
-        at = done_steps - carried
-        for ret, length in zip(stats.episode_returns, stats.episode_lengths):
-            at += length  # the env step at which this episode ended
-            returns.append(ret)
-            ends.append(at)
-        carried = done_steps + CHUNK - (ends[-1] if stats.episode_returns else done_steps - carried)
+        returns += stats.episode_returns
+        lengths += stats.episode_lengths
+    ends = [int(x) for x in np.cumsum(lengths)]  # episodes run back to back from step 0: each one's last step
     wall = time.perf_counter() - start
     return {"variant": variant, "seed": seed, "overrides": VARIANTS[variant], "returns": returns,
             "end-steps": ends, "wall-s": wall, "steps-per-s": STEPS / wall}
