@@ -29,6 +29,7 @@ BYZANTINE_ATTACKS = ("sign-flip", "scale", "noise", "weight-inflation", "sparse-
                      *MALFORMED_REPLIES)
 TRUST_RULES = ("update-cosine", "param-cosine")
 DIVERSITY_SPACES = ("normalised", "raw")
+DIVERSITY_MEASURES = ("mean", "nearest")  # strategies/fusion.py keeps the same tuple
 SYNC_POLICIES = ("dqn", "compressed", "full", "bandwidth-rule")
 CONTROLLER_REWARDS = ("own-gain", "global-gain")  # see fedrl_app.agents.sync_controller
 DP_MODES = ("off", "server", "client")  # Flower's fixed-clipping DP wrappers: who clips the updates
@@ -172,7 +173,7 @@ class RunConfig:
         True, "Fusion: admit shared transitions only if diverse enough (false: the ablation)",
         group=FUSION)
     diversity_threshold: float = option(
-        0.15, "Fusion: θ, minimum mean L2 distance to sampled buffer states (0.15 admits every LunarLander transition; see Benchmarks)",
+        0.15, "Fusion: θ; with `diversity-measure = mean`, the minimum mean distance to sampled buffer states (0.15 admits every LunarLander state, fresh or already in the buffer: benchmarks/diversity_threshold.py), with `nearest`, the minimum distance to the nearest buffer state in units of the buffer's median spacing",
         group=FUSION, ge=0)
     filter_k: int = option(16, "Fusion: buffer states sampled per diversity test", group=FUSION, ge=1)
     server_updates_per_round: int = option(
@@ -291,6 +292,9 @@ class RunConfig:
     diversity_space: str = option(
         "normalised", "Fusion: where the diversity filter measures distance: `normalised` (per-dimension z-scores of the server buffer's states, divided by √(2·dim) so a typical pair of states is 1 apart on any environment) or `raw` (L2 on raw states, the earlier rule)",
         group=FUSION, choices=DIVERSITY_SPACES)
+    diversity_measure: str = option(
+        "mean", "Fusion: what the diversity filter compares with θ: `mean` (mean distance to `filter-k` sampled buffer states; measured to admit repeats as often as fresh states) or `nearest` (distance to the nearest buffer state, in units of the buffer's median nearest-neighbour spacing: repeats are refused, θ = 1 admits states as isolated as a typical buffer state)",
+        group=FUSION, choices=DIVERSITY_MEASURES)
     time_penalty: float = option(
         0.0, "drl-compress: μ in the controllers' reward, charging μ · (upload seconds of the message / upload seconds of a dense update on the median mobile link)",
         group=DRL_COMPRESS, ge=0)

@@ -13,6 +13,8 @@ from strategies import Fusion
 from strategies.fusion import (
     StateNormaliser,
     diversity_admit,
+    nearest_distances,
+    nearest_spacing,
     network_td_error,
     outlier_batches,
     td_trust_factors,
@@ -42,6 +44,39 @@ def test_diversity_filter_accepts_and_rejects_by_distance():
     assert not diversity_admit(np.array([0.1, 0.0]), buffer, k=4, threshold=0.15, rng=rng)
     assert diversity_admit(np.array([0.2, 0.0]), buffer, k=4, threshold=0.15, rng=rng)
     assert diversity_admit(np.array([0.0, 0.0]), np.zeros((0, 2)), k=4, threshold=0.15, rng=rng)  # empty buffer
+
+
+def test_nearest_distances_and_spacing_exact():
+    line = np.array([[0.0, 0.0], [1.0, 0.0], [3.0, 0.0], [6.0, 0.0]])
+    np.testing.assert_allclose(nearest_distances(np.array([[1.0, 0.0], [3.0, 4.0]]), line), [0.0, 4.0])
+    # each row's nearest *other* row: 1, 1, 2, 3; their median is 1.5 (all four sampled)
+    np.testing.assert_allclose(nearest_distances(line, line, skip_self=True), [1.0, 1.0, 2.0, 3.0])
+    assert nearest_spacing(line, np.random.default_rng(0), sample=4) == 1.5
+    many = np.random.default_rng(1).normal(size=(700, 3))  # more states than one 256-row chunk
+    brute = np.linalg.norm(many[:, None] - many[None], axis=2)
+    np.fill_diagonal(brute, np.inf)
+    np.testing.assert_allclose(nearest_distances(many, many, skip_self=True), brute.min(axis=1), rtol=1e-5)
+
+
+def test_nearest_filter_refuses_repeats_and_duplicates_within_a_round():
+    s = _fusion(mix=0.5, diversity_measure="nearest", diversity_space="raw", diversity_threshold=0.5)
+    grid = np.array([[x, y, 0.0] for x in range(20) for y in range(20)], dtype=float)  # spacing exactly 1
+    for o in grid:
+        s.learner.buffer.add(o, 0, 0.0, o, False)
+    g = _model(1.0, s)
+    list(s.configure_train(1, arrays(**g), ConfigRecord({}), FakeGrid([1, 2])))
+    # client 1: a repeat of a buffer state, a state 0.3 from one (under 0.5 × spacing), a new state 0.7 away;
+    # client 2: the same new state again (refused: admitted earlier this round) and a far one
+    obs1 = np.array([[3.0, 4.0, 0.0], [3.3, 4.0, 0.0], [5.0, 5.0, 0.7]])
+    obs2 = np.array([[5.0, 5.0, 0.7], [40.0, 0.0, 0.0]])
+    packed = [pack_experience(o, np.zeros(len(o)), np.zeros(len(o)), o, np.zeros(len(o)))[0] for o in (obs1, obs2)]
+    s.aggregate_train(1, [reply(n, arrays(**_model(2.0, s)), 10, extra={"experience": e})
+                          for n, e in zip((1, 2), packed)])
+    extra = s.rounds[1].extra
+    assert extra["experience-offered"] == 5 and extra["experience-admitted"] == 2
+    np.testing.assert_allclose(s.learner.buffer.obs[400:402], [[5.0, 5.0, 0.7], [40.0, 0.0, 0.0]])
+    with pytest.raises(ValueError, match="diversity_measure"):
+        _fusion(diversity_measure="closest")
 
 
 def _batch(n=5, d=3):

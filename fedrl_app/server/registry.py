@@ -130,7 +130,7 @@ def _fusion(cfg: RunConfig, settings: dict[str, Any]) -> Fusion:
                   diversity_filter=cfg.diversity_filter, diversity_threshold=cfg.diversity_threshold,
                   filter_k=cfg.filter_k, server_updates=cfg.server_updates_per_round, trust=cfg.trust,
                   diversity_space=cfg.diversity_space, max_shared_per_client=cfg.experience_sample, td_probe=cfg.trust_td_probe,
-                  learner_restart=cfg.server_learner_restart,
+                  learner_restart=cfg.server_learner_restart, diversity_measure=cfg.diversity_measure,
                   seed=cfg.seed)
 
 
