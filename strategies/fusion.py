@@ -255,8 +255,8 @@ class Fusion(RoundScheduleMixin, ReplyGuardMixin, FlowerFedAvg):
 
     def summary(self) -> None:
         """Log summary configuration of the strategy."""
-        log(INFO, "\t├──> Fusion: α=%s, diversity filter %s (θ=%s, k=%d), server updates %d", self.mix,
-            self.diversity_filter, self.diversity_threshold, self.filter_k, self.server_updates)
+        log(INFO, "\t├──> Fusion: α=%s, diversity filter %s (%s, θ=%s, k=%d), server updates %d", self.mix,
+            self.diversity_filter, self.diversity_measure, self.diversity_threshold, self.filter_k, self.server_updates)
         super().summary()
 
     def state_dict(self) -> dict[str, dict[str, np.ndarray]]:
