@@ -52,6 +52,9 @@ METHODS: dict[str, dict] = {
        for pct in (0.1, 0.3, 1, 3, 10)},
     "bandwidth-rule": {"strategy": "drl-compress", "sync-policy": "bandwidth-rule", "topk-ratio": 0.01},
     "fedbuff": {"strategy": "fedavg", "async-aggregation": True},
+    # the fixed rates on the async clock too, so drl-compress-async has a like-for-like baseline
+    **{f"topk-{pct:g}-async": {"strategy": "drl-compress", "sync-policy": "compressed", "topk-ratio": pct / 100,
+                               "async-aggregation": True} for pct in (1, 10)},
     "drl-compress": DRL,
     "drl-compress-async": {**DRL, "async-aggregation": True},
     # one controller learned on the server from every client's transitions (issue 14: ~20 decisions per
