@@ -40,8 +40,10 @@ def test_summary_reads_times_and_bytes_at_the_first_round_on_target():
 
 
 def test_the_methods_are_the_issues_baselines():
-    rates = sorted(m["topk-ratio"] for name, m in METHODS.items() if name.startswith("topk-"))
-    assert rates == [0.001, 0.003, 0.01, 0.03, 0.1]
+    sync = {name: m for name, m in METHODS.items() if name.startswith("topk-") and not name.endswith("-async")}
+    assert sorted(m["topk-ratio"] for m in sync.values()) == [0.001, 0.003, 0.01, 0.03, 0.1]
+    for name in ("topk-1-async", "topk-10-async"):  # the same fixed rate, on the async clock
+        assert METHODS[name] == {**sync[name.removesuffix("-async")], "async-aggregation": True}
     assert METHODS["bandwidth-rule"]["sync-policy"] == "bandwidth-rule"
     assert METHODS["fedbuff"] == {"strategy": "fedavg", "async-aggregation": True}
     assert METHODS["drl-compress-async"]["async-aggregation"] and METHODS["drl-compress"]["controller-features"] == "resources"
