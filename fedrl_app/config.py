@@ -29,7 +29,7 @@ BYZANTINE_ATTACKS = ("sign-flip", "scale", "noise", "weight-inflation", "sparse-
                      *MALFORMED_REPLIES)
 TRUST_RULES = ("update-cosine", "param-cosine")
 DIVERSITY_SPACES = ("normalised", "raw")
-DIVERSITY_MEASURES = ("mean", "nearest")  # strategies/fusion.py keeps the same tuple
+DIVERSITY_MEASURES = ("mean", "nearest")  # as TRUST_RULES: strategies/fusion.py keeps the same tuple (a test checks)
 SYNC_POLICIES = ("dqn", "compressed", "full", "bandwidth-rule")
 CONTROLLER_REWARDS = ("own-gain", "global-gain")  # see fedrl_app.agents.sync_controller
 DP_MODES = ("off", "server", "client")  # Flower's fixed-clipping DP wrappers: who clips the updates

@@ -136,20 +136,27 @@ def mean_distance(state: np.ndarray, buffer_states: np.ndarray, k: int, rng: np.
     return float(np.linalg.norm(sampled - state, axis=1).mean())
 
 
-def nearest_distances(states: np.ndarray, reference: np.ndarray, skip_self: bool = False) -> np.ndarray:
+def nearest_index(reference: np.ndarray) -> NearestNeighbors:
+    """A k-d tree (scikit-learn) over the rows of `reference`, to answer many nearest-row queries from one fit."""
+    return NearestNeighbors(n_neighbors=1).fit(np.asarray(reference, dtype=np.float64))
+
+
+def nearest_distances(states: np.ndarray, reference: np.ndarray, skip_self: bool = False,
+                      index: NearestNeighbors | None = None) -> np.ndarray:
     """Each state's exact L2 distance to its nearest row of `reference` (`skip_self`: the states are rows of
-    `reference`, so the nearest *other* row counts), with a k-d tree (scikit-learn): milliseconds for 1,280 states
-    against 50,000 in 8 dimensions."""
-    tree = NearestNeighbors(n_neighbors=2 if skip_self else 1).fit(np.asarray(reference, dtype=np.float64))
-    distances, _ = tree.kneighbors(np.asarray(states, dtype=np.float64))
+    `reference`, so the nearest *other* row counts): milliseconds for 1,280 states against 50,000 in 8
+    dimensions. `index`: `nearest_index(reference)`, when the caller already has it."""
+    index = index if index is not None else nearest_index(reference)
+    distances, _ = index.kneighbors(np.asarray(states, dtype=np.float64), n_neighbors=2 if skip_self else 1)
     return distances[:, -1]
 
 
-def nearest_spacing(buffer_states: np.ndarray, rng: np.random.Generator, sample: int = NEAREST_SPACING_SAMPLE) -> float:
+def nearest_spacing(buffer_states: np.ndarray, rng: np.random.Generator, sample: int = NEAREST_SPACING_SAMPLE,
+                    index: NearestNeighbors | None = None) -> float:
     """The buffer's typical spacing: the median distance from `sample` of its states to their nearest other state
     (the unit of θ with `diversity_measure = "nearest"`, so θ = 1 means "as isolated as a typical buffer state")."""
     idx = rng.choice(len(buffer_states), size=min(sample, len(buffer_states)), replace=False)
-    return float(np.median(nearest_distances(buffer_states[idx], buffer_states, skip_self=True)))
+    return float(np.median(nearest_distances(buffer_states[idx], buffer_states, skip_self=True, index=index)))
 
 
 def network_td_error(net: torch.nn.Module, batch: tuple, gamma: float) -> float:
@@ -423,12 +430,14 @@ class Fusion(RoundScheduleMixin, ReplyGuardMixin, FlowerFedAvg):
             return lambda pid, i: True
         transform = normalise or (lambda x: x)
         reference = transform(stored)
-        min_distance = self.diversity_threshold * nearest_spacing(reference, self.rng)
-        to_buffer = {pid: nearest_distances(transform(states), reference) for pid, states in candidates.items()}
+        index = nearest_index(reference)  # one fit serves the spacing and every candidate
+        min_distance = self.diversity_threshold * nearest_spacing(reference, self.rng, index=index)
+        points = {pid: transform(states) for pid, states in candidates.items()}
+        to_buffer = {pid: nearest_distances(p, reference, index=index) for pid, p in points.items()}
         accepted: list[np.ndarray] = []
 
         def admit(pid: int, i: int) -> bool:
-            point = transform(candidates[pid][i : i + 1])[0]
+            point = points[pid][i]
             if to_buffer[pid][i] < min_distance or (
                     accepted and np.linalg.norm(np.asarray(accepted) - point, axis=1).min() < min_distance):
                 return False

@@ -138,3 +138,11 @@ def test_the_dqn_keys_reach_the_agent_and_default_to_its_own_defaults():
         0.005, 1e-3, 1.0, 100_000, 5)
     with pytest.raises(ConfigError, match="dqn-n-step"):
         RunConfig.from_run_config({"dqn-n-step": 0})
+
+
+def test_the_fusion_choices_agree_with_the_strategy():
+    # the config sits below the strategies and cannot import their tuples, so each keeps its own copy
+    from fedrl_app import config
+    from strategies import fusion
+
+    assert (config.TRUST_RULES, config.DIVERSITY_MEASURES) == (fusion.TRUST_RULES, fusion.DIVERSITY_MEASURES)
