@@ -204,8 +204,8 @@ class Fusion(RoundScheduleMixin, ReplyGuardMixin, FlowerFedAvg):
         The environment's observation size and number of actions.
     agent_config : DQNConfig
         The server learner's hyperparameters (the clients' agent).
-    mix : float (default: 0.5)
-        α, the weight kept on the current global network.
+    mix : float (default: 0.0)
+        α, the weight kept on the current global network (0: the clients' weighted average replaces it).
     diversity_filter : bool (default: True)
         Admit shared transitions only if diverse enough (off: admit all, the ablation).
     diversity_threshold : float (default: 0.15)
@@ -235,7 +235,7 @@ class Fusion(RoundScheduleMixin, ReplyGuardMixin, FlowerFedAvg):
         Passed to :class:`flwr.serverapp.strategy.FedAvg`.
     """
 
-    def __init__(self, *, obs_dim: int, n_actions: int, agent_config: DQNConfig, mix: float = 0.5,
+    def __init__(self, *, obs_dim: int, n_actions: int, agent_config: DQNConfig, mix: float = 0.0,
                  diversity_filter: bool = True, diversity_threshold: float = 0.15, filter_k: int = 16,
                  server_updates: int = 100, trust: str = "update-cosine", diversity_space: str = "normalised",
                  max_shared_per_client: int = 256, td_probe: int = 0, learner_restart: bool = False,
