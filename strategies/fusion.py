@@ -141,12 +141,12 @@ def nearest_index(reference: np.ndarray) -> NearestNeighbors:
     return NearestNeighbors(n_neighbors=1).fit(np.asarray(reference, dtype=np.float64))
 
 
-def nearest_distances(states: np.ndarray, reference: np.ndarray, skip_self: bool = False,
-                      index: NearestNeighbors | None = None) -> np.ndarray:
+def nearest_distances(states: np.ndarray, reference: np.ndarray | NearestNeighbors,
+                      skip_self: bool = False) -> np.ndarray:
     """Each state's exact L2 distance to its nearest row of `reference` (`skip_self`: the states are rows of
     `reference`, so the nearest *other* row counts): milliseconds for 1,280 states against 50,000 in 8
-    dimensions. `index`: `nearest_index(reference)`, when the caller already has it."""
-    index = index if index is not None else nearest_index(reference)
+    dimensions. `reference` is the rows themselves or `nearest_index(rows)`, when the caller already has it."""
+    index = reference if isinstance(reference, NearestNeighbors) else nearest_index(reference)
     distances, _ = index.kneighbors(np.asarray(states, dtype=np.float64), n_neighbors=2 if skip_self else 1)
     return distances[:, -1]
 
@@ -156,7 +156,8 @@ def nearest_spacing(buffer_states: np.ndarray, rng: np.random.Generator, sample:
     """The buffer's typical spacing: the median distance from `sample` of its states to their nearest other state
     (the unit of θ with `diversity_measure = "nearest"`, so θ = 1 means "as isolated as a typical buffer state")."""
     idx = rng.choice(len(buffer_states), size=min(sample, len(buffer_states)), replace=False)
-    return float(np.median(nearest_distances(buffer_states[idx], buffer_states, skip_self=True, index=index)))
+    reference = index if index is not None else buffer_states
+    return float(np.median(nearest_distances(buffer_states[idx], reference, skip_self=True)))
 
 
 def network_td_error(net: torch.nn.Module, batch: tuple, gamma: float) -> float:
@@ -433,7 +434,7 @@ class Fusion(RoundScheduleMixin, ReplyGuardMixin, FlowerFedAvg):
         index = nearest_index(reference)  # one fit serves the spacing and every candidate
         min_distance = self.diversity_threshold * nearest_spacing(reference, self.rng, index=index)
         points = {pid: transform(states) for pid, states in candidates.items()}
-        to_buffer = {pid: nearest_distances(p, reference, index=index) for pid, p in points.items()}
+        to_buffer = {pid: nearest_distances(p, index) for pid, p in points.items()}
         accepted: list[np.ndarray] = []
 
         def admit(pid: int, i: int) -> bool:

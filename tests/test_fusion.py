@@ -14,6 +14,7 @@ from strategies.fusion import (
     StateNormaliser,
     diversity_admit,
     nearest_distances,
+    nearest_index,
     nearest_spacing,
     network_td_error,
     outlier_batches,
@@ -51,6 +52,9 @@ def test_nearest_distances_and_spacing_exact():
     np.testing.assert_allclose(nearest_distances(np.array([[1.0, 0.0], [3.0, 4.0]]), line), [0.0, 4.0])
     # each row's nearest *other* row: 1, 1, 2, 3; their median is 1.5 (all four sampled)
     np.testing.assert_allclose(nearest_distances(line, line, skip_self=True), [1.0, 1.0, 2.0, 3.0])
+    fitted = nearest_index(line)  # a fitted index answers exactly as the rows do
+    np.testing.assert_allclose(nearest_distances(line, fitted, skip_self=True), [1.0, 1.0, 2.0, 3.0])
+    assert nearest_spacing(line, np.random.default_rng(0), sample=4, index=fitted) == 1.5
     assert nearest_spacing(line, np.random.default_rng(0), sample=4) == 1.5
     many = np.random.default_rng(1).normal(size=(700, 3))  # more states than one 256-row chunk
     brute = np.linalg.norm(many[:, None] - many[None], axis=2)
