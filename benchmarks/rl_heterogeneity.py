@@ -130,8 +130,18 @@ def plot_trust(runs: list[dict], path: Path) -> None:
     save_figure(fig, path)
 
 
-def report(command: str, out: Path = OUT) -> str:
-    runs = [json.loads(p.read_text()) for p in sorted(out.glob("*.json"))]
+def report(command: str, out: Path = OUT, include: list[Path] = ()) -> str:
+    """Table and plots from the runs saved in `out`, plus the saved runs named in `include` (e.g. a clean row
+    that another sweep measured), written to `out`."""
+    runs, seen = [], {}
+    for path in [*sorted(out.glob("*.json")), *include]:
+        run = json.loads(path.read_text())
+        key = (run["method"], run["condition"], run["n"], run["seed"], json.dumps(run.get("overrides"), sort_keys=True))
+        if key in seen:
+            raise SystemExit(f"{path} is the same run as {seen[key]} ({run['method']}, {run['condition']}, "
+                             f"N = {run['n']}, seed {run['seed']}): report it once")
+        seen[key] = path
+        runs.append(run)
     groups: dict[tuple, list[dict]] = {}
     for run in runs:
         run.setdefault("train-frequency", 4)  # runs saved before the key existed: the default was 4 then
@@ -184,6 +194,8 @@ def main() -> None:
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                         help="extra run-config overrides for every run (e.g. dqn-train-frequency=1)")
     parser.add_argument("--report-only", action="store_true")
+    parser.add_argument("--include", nargs="*", type=Path, default=[], metavar="RUN.json",
+                        help="saved runs from other folders to report beside this folder's (e.g. the clean row)")
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args()
     out = args.out
@@ -219,7 +231,7 @@ def main() -> None:
                                 "n-step": overrides.get("dqn-n-step", RunConfig().dqn_n_step)})
                     (out / f"{name}.json").write_text(json.dumps(run))
                     print(f"{name}: {time.time() - t0:.0f}s, {summarise(run)['final-100']}", flush=True)
-    print(report(command, out))
+    print(report(command, out, args.include))
 
 
 if __name__ == "__main__":

@@ -35,3 +35,29 @@ def test_every_relative_link_and_anchor_resolves(name):
             assert (path.parent / file_part).exists(), f"{name}: broken link {target}"
         elif fragment:
             assert fragment in headings, f"{name}: broken anchor #{fragment}"
+
+
+def test_every_pasted_benchmark_table_matches_its_results_file():
+    from benchmarks.readme_tables import stale_tables, table_blocks
+
+    text = (ROOT / "benchmarks" / "README.md").read_text()
+    assert len(table_blocks(text)) >= 8
+    assert stale_tables(text, ROOT / "benchmarks") == []
+
+
+def test_embed_tables_replaces_each_block_body_and_names_what_is_wrong(tmp_path):
+    from benchmarks.readme_tables import embed_tables, stale_tables
+
+    (tmp_path / "a.md").write_text("| new |\n|---|\n\n")
+    text = "intro\n<!-- table: a.md -->\n| old |\n<!-- /table -->\noutro\n"
+    assert stale_tables(text, tmp_path) == ["a.md"]
+    new = embed_tables(text, tmp_path)
+    assert new == "intro\n<!-- table: a.md -->\n| new |\n|---|\n<!-- /table -->\noutro\n"
+    assert stale_tables(new, tmp_path) == []
+    assert embed_tables(new, tmp_path) == new
+    with pytest.raises(FileNotFoundError, match="missing.md"):
+        embed_tables("<!-- table: missing.md -->\nx\n<!-- /table -->\n", tmp_path)
+    with pytest.raises(ValueError, match="a.md.*line 2.*no closing"):
+        embed_tables("x\n<!-- table: a.md -->\nbody\n", tmp_path)
+    with pytest.raises(ValueError, match="a.md is not closed before the one for b.md"):
+        embed_tables("<!-- table: a.md -->\n<!-- table: b.md -->\n<!-- /table -->\n", tmp_path)
