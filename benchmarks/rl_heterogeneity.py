@@ -82,19 +82,35 @@ def faulty(condition: str) -> set[int]:
     return set() if condition in ("none", "varied") else {0}
 
 
+def own_env_final(run: dict, exclude: set[int]) -> float | None:
+    """Mean over the partitions not in `exclude` of each one's last-100-episode return on its own environment."""
+    finals = [float(np.mean(c["returns"][-100:])) for pid, c in client_curves(run["clients"]).items()
+              if pid not in exclude and c["returns"]]
+    return float(np.mean(finals)) if finals else None
+
+
+def share_of_clean(run: dict, clean: dict | None) -> float | None:
+    """The honest clients' final return under attack as a share of the same partitions' return in the clean run
+    of the same method, seed and settings (the issue's "keeps ≥ 90% of its clean final return"). None without a
+    clean run, or where the clean return is ≤ 0: a share of a negative return means nothing."""
+    if clean is None:
+        return None
+    attacked, baseline = own_env_final(run, faulty(run["condition"])), own_env_final(clean, faulty(run["condition"]))
+    return attacked / baseline if attacked is not None and baseline is not None and baseline > 0 else None
+
+
 def summarise(run: dict) -> dict:
     """Honest clients' own-environment results, the global network's, cost, and Fusion's trust in the faulty."""
     bad = faulty(run["condition"])
     all_curves = client_curves(run["clients"])
     curves = {pid: c for pid, c in all_curves.items() if pid not in bad}
-    final, solve_steps = [], []
+    solve_steps = []
     for c in curves.values():
         hit = moving_average_solved(c["returns"], SOLVED_RETURN[TASK])
         solve_steps.append(c["end-steps"][hit] if hit is not None else None)
-        final.append(float(np.mean(c["returns"][-100:])) if c["returns"] else float("nan"))
     rows = run["metrics"]
     out = {
-        "final-100": float(np.mean(final)) if final else None,
+        "final-100": own_env_final(run, bad),
         "solved": sum(s is not None for s in solve_steps), "honest": len(curves), "solve-steps": solve_steps,
         "flops": sum(c["act-flops"] + c["train-flops"] for c in all_curves.values())
         + (rows[-1].get("server-train-flops", 0) if rows else 0),
@@ -148,25 +164,36 @@ def report(command: str, out: Path = OUT, include: list[Path] = ()) -> str:
         run.setdefault("n-step", 1)  # likewise: 1-step targets until 2026-12-03
         key = (run["n"], run["condition"], run["method"], run["train-frequency"], run["n-step"])
         groups.setdefault(key, []).append(run)
+    attacks = any(faulty(k[1]) for k in groups)  # the share-of-clean column only where there is an attack
     lines = [f"LunarLander-v3, Double DQN clients, env reward, solved = 100-episode mean ≥ 200; one faulty client of N "
              f"(partition 0) under the attacks. Command: `{command}`", "",
-             "| N | condition | method | env steps per gradient step | n-step | seeds | honest clients' final 100-ep return (own env) | honest clients solved "
+             "| N | condition | method | env steps per gradient step | n-step | seeds | honest clients' final 100-ep return (own env) "
+             + ("| of the clean run's (same partitions and seed) " if attacks else "") + "| honest clients solved "
              "| env steps to solve | global greedy return, nominal | global greedy return, clients' envs "
              "| faulty client's trust weight (1/N = fair) | its batches refused | shared transitions admitted "
-             "| FLOPs | uplink MB |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| FLOPs | uplink MB |", "|---" * (16 + attacks) + "|"]
     order = {c: i for i, c in enumerate(CONDITIONS)}
+    clean = {(r["n"], r["method"], r["seed"], r["train-frequency"], r["n-step"]): r for r in runs if r["condition"] == "none"}
     for (n, condition, method, tf, n_step), seed_runs in sorted(
             groups.items(), key=lambda kv: (kv[0][0], order.get(kv[0][1], 99), list(METHODS).index(kv[0][2]), *kv[0][3:])):
         s = [summarise(r) for r in seed_runs]
         col = {k: [x.get(k) for x in s] for k in s[0]}
+        kept = [share_of_clean(r, clean.get((n, method, r["seed"], tf, n_step))) for r in seed_runs] if faulty(condition) else []
+        kept = [k for k in kept if k is not None]
+        share = f"| {fmt(kept, '.1%', '-')}{f' ({len(kept)} of {len(s)} seeds)' if 0 < len(kept) < len(s) else ''} "
         lines.append(
             f"| {n} | {condition} | {method} | {tf} | {n_step} | {len(s)} | {fmt(col['final-100'], '.1f', 'n/a')} "
+            + (share if attacks else "") +
             f"| {sum(col['solved'])} of {sum(col['honest'])} | {fmt(sum(col['solve-steps'], []), '.3g')} "
             f"| {fmt(col['global-nominal'], '.1f', 'n/a')} | {fmt(col['global-own-envs'], '.1f', 'n/a')} "
             f"| {fmt(col.get('faulty-weight', [None]), '.3f', '-')} | {fmt(col.get('batches-refused', [None]), '.0f', '-')} "
             f"| {fmt(col.get('admitted', [None]), '.1%', '-')} | {fmt(col['flops'], '.3g')} | {fmt(col['uplink-mb'], '.1f')} |")
     lines += ["", "Final return: the honest clients' own episodes (each on its own environment), last 100 per client, "
-              "mean over clients, then mean ± std over seeds. Global greedy return: the server's evaluation of the "
+              "mean over clients, then mean ± std over seeds. "
+              + ("Of the clean run's: per seed, that return over the same partitions' return in the clean run of the "
+                 "same method and seed, then mean ± std over seeds ('-' where that clean run is missing or ends ≤ 0). "
+                 if attacks else "")
+              + "Global greedy return: the server's evaluation of the "
               "global network (5 episodes) on the nominal environment, and the mean over the clients' variants "
               "(same as nominal when every client is nominal). Trust weight: mean over rounds of partition 0's "
               "share of the aggregation weight."]

@@ -1,11 +1,12 @@
-"""The RL heterogeneity benchmark's report: runs from other folders join the table once, never twice."""
+"""The RL heterogeneity benchmark's report: runs from other folders join once, attacks are measured against clean."""
 
+import json
 import shutil
 from pathlib import Path
 
 import pytest
 
-from benchmarks.rl_heterogeneity import report
+from benchmarks.rl_heterogeneity import own_env_final, report, share_of_clean
 
 RESULTS = Path(__file__).resolve().parent.parent / "benchmarks" / "results"
 CLEAN = RESULTS / "rl_fusion_mix0" / "fusion-none-n3-seed1.json"
@@ -20,3 +21,34 @@ def test_report_includes_runs_from_another_folder_and_refuses_a_run_twice(tmp_pa
     assert (tmp_path / "returns-none-n3.png").is_file() and (tmp_path / "table.md").read_text() == table
     with pytest.raises(SystemExit, match="fusion-varied-n3-seed1.json is the same run"):
         report("cmd", tmp_path, [VARIED])
+
+
+def _run(condition: str, finals: dict[int, float], seed: int = 1) -> dict:
+    """A saved run of 3 clients whose every episode returns its partition's value (one round, 150 episodes)."""
+    clients = [{"round": 1, "partition_id": pid, "episode_returns": [ret] * 150, "episode_lengths": [10] * 150,
+                "env_steps": 1500, "act_flops": 1, "train_flops": 2} for pid, ret in finals.items()]
+    return {"method": "fusion", "condition": condition, "n": 3, "seed": seed, "metrics": [], "clients": clients,
+            "train-frequency": 1, "n-step": 3, "overrides": {"seed": seed}}
+
+
+def test_share_of_clean_compares_the_same_honest_partitions_of_the_same_seed():
+    clean = _run("none", {0: 100.0, 1: 200.0, 2: 300.0})
+    attacked = _run("noise", {0: -500.0, 1: 180.0, 2: 270.0})
+    # partition 0 is the faulty one: (180 + 270) / 2 against (200 + 300) / 2, not against all three (200)
+    assert share_of_clean(attacked, clean) == pytest.approx(225.0 / 250.0)
+    assert own_env_final(attacked, {0}) == pytest.approx(225.0)
+    assert share_of_clean(attacked, None) is None
+    # a clean run that never learned: no share (−10 / −20 would read as "200% kept")
+    assert share_of_clean(_run("noise", {0: 0.0, 1: -10.0, 2: -10.0}), _run("none", {0: 0.0, 1: -20.0, 2: -20.0})) is None
+
+
+def test_report_puts_the_share_of_clean_beside_each_attack_and_says_when_a_seed_has_no_clean_run(tmp_path):
+    runs = {"clean-1": _run("none", {0: 100.0, 1: 200.0, 2: 300.0}),
+            "noise-1": _run("noise", {0: 0.0, 1: 200.0, 2: 250.0}),
+            "noise-2": _run("noise", {0: 0.0, 1: 250.0, 2: 300.0}, seed=2)}
+    for name, run in runs.items():
+        (tmp_path / f"{name}.json").write_text(json.dumps(run))
+    rows = {line.split(" | ")[1]: line.split(" | ") for line in report("cmd", tmp_path).splitlines()
+            if line.startswith("| 3 |")}
+    assert rows["none"][7] == "-"  # a clean row has nothing to compare with
+    assert rows["noise"][7] == "90.0% (1 of 2 seeds)"  # seed 2 has no clean run: left out, and said so
