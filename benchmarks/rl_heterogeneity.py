@@ -82,10 +82,10 @@ def faulty(condition: str) -> set[int]:
     return set() if condition in ("none", "varied") else {0}
 
 
-def own_env_final(run: dict, exclude: set[int]) -> float | None:
-    """Mean over the partitions not in `exclude` of each one's last-100-episode return on its own environment."""
-    finals = [float(np.mean(c["returns"][-100:])) for pid, c in client_curves(run["clients"]).items()
-              if pid not in exclude and c["returns"]]
+def own_env_final(curves: dict[int, dict], exclude: set[int]) -> float | None:
+    """Mean over the partitions not in `exclude` of each one's last-100-episode return on its own environment
+    (`curves`: `client_curves` of a run)."""
+    finals = [float(np.mean(c["returns"][-100:])) for pid, c in curves.items() if pid not in exclude and c["returns"]]
     return float(np.mean(finals)) if finals else None
 
 
@@ -95,7 +95,9 @@ def share_of_clean(run: dict, clean: dict | None) -> float | None:
     clean run, or where the clean return is ≤ 0: a share of a negative return means nothing."""
     if clean is None:
         return None
-    attacked, baseline = own_env_final(run, faulty(run["condition"])), own_env_final(clean, faulty(run["condition"]))
+    bad = faulty(run["condition"])
+    attacked = own_env_final(client_curves(run["clients"]), bad)
+    baseline = own_env_final(client_curves(clean["clients"]), bad)
     return attacked / baseline if attacked is not None and baseline is not None and baseline > 0 else None
 
 
@@ -110,7 +112,7 @@ def summarise(run: dict) -> dict:
         solve_steps.append(c["end-steps"][hit] if hit is not None else None)
     rows = run["metrics"]
     out = {
-        "final-100": own_env_final(run, bad),
+        "final-100": own_env_final(all_curves, bad),
         "solved": sum(s is not None for s in solve_steps), "honest": len(curves), "solve-steps": solve_steps,
         "flops": sum(c["act-flops"] + c["train-flops"] for c in all_curves.values())
         + (rows[-1].get("server-train-flops", 0) if rows else 0),

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.lunarlander import client_curves
 from benchmarks.rl_heterogeneity import own_env_final, report, share_of_clean
 
 RESULTS = Path(__file__).resolve().parent.parent / "benchmarks" / "results"
@@ -36,7 +37,7 @@ def test_share_of_clean_compares_the_same_honest_partitions_of_the_same_seed():
     attacked = _run("noise", {0: -500.0, 1: 180.0, 2: 270.0})
     # partition 0 is the faulty one: (180 + 270) / 2 against (200 + 300) / 2, not against all three (200)
     assert share_of_clean(attacked, clean) == pytest.approx(225.0 / 250.0)
-    assert own_env_final(attacked, {0}) == pytest.approx(225.0)
+    assert own_env_final(client_curves(attacked["clients"]), {0}) == pytest.approx(225.0)
     assert share_of_clean(attacked, None) is None
     # a clean run that never learned: no share (−10 / −20 would read as "200% kept")
     assert share_of_clean(_run("noise", {0: 0.0, 1: -10.0, 2: -10.0}), _run("none", {0: 0.0, 1: -20.0, 2: -20.0})) is None
