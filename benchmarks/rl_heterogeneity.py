@@ -101,6 +101,59 @@ def share_of_clean(run: dict, clean: dict | None) -> float | None:
     return attacked / baseline if attacked is not None and baseline is not None and baseline > 0 else None
 
 
+PROGRESS_STEPS = (20_000, 40_000, 60_000, 80_000, 100_000)  # env steps per client where the gap table looks
+WEIGHT_BLOCKS = 5  # the faulty client's weight is averaged over this many equal blocks of rounds
+
+
+def own_env_return_at(curves: dict[int, dict], exclude: set[int], steps: int) -> float | None:
+    """Mean over the partitions not in `exclude` of each one's 100-episode mean return over its episodes that
+    ended by env step `steps` (None if one of them has no such episode yet)."""
+    means = []
+    for pid, c in curves.items():
+        if pid in exclude:
+            continue
+        k = int(np.searchsorted(np.asarray(c["end-steps"]), steps, side="right"))
+        if k == 0:
+            return None
+        means.append(float(np.mean(c["returns"][max(0, k - 100):k])))
+    return float(np.mean(means)) if means else None
+
+
+def faulty_weight_blocks(run: dict, blocks: int = WEIGHT_BLOCKS) -> list[float | None]:
+    """The faulty partitions' mean trust weight in each of `blocks` equal runs of rounds (None where absent)."""
+    bad = faulty(run["condition"])
+    rows = [r for r in run["metrics"] if "trust-weights" in r]
+    per_round = [sum(w for w, p in zip(r["trust-weights"], r["trust-partitions"]) if p in bad) for r in rows]
+    return [float(np.mean(chunk)) if len(chunk) else None for chunk in np.array_split(np.asarray(per_round), blocks)]
+
+
+def gap_lines(runs: list[dict], clean: dict[tuple, dict]) -> list[str]:
+    """When the honest clients fall behind the clean run, and how much weight the faulty client had then: one row
+    per attacked run, beside the clean run of the same method, seed and settings (its same partitions)."""
+    attacked = sorted((r for r in runs if faulty(r["condition"]) and r["method"].startswith("fusion")),
+                      key=lambda r: (r["n"], list(CONDITIONS).index(r["condition"]), r["method"], r["seed"]))
+    if not attacked:
+        return []
+    steps = " / ".join(f"{s // 1000}k" for s in PROGRESS_STEPS)
+    lines = ["", f"How the gap forms: the honest clients' 100-episode return (own env) by {steps} env steps per "
+             "client, attacked / clean (same partitions, seed and settings), and the faulty client's mean trust "
+             f"weight in each fifth of the rounds (1/N = fair).", "",
+             "| N | condition | method | seed | honest return, attacked | same partitions, clean run "
+             "| faulty client's weight by fifth of the run |", "|---" * 7 + "|"]
+    for run in attacked:
+        bad = faulty(run["condition"])
+        ref = clean.get((run["n"], run["method"], run["seed"], run["train-frequency"], run["n-step"]))
+
+        def at(r: dict) -> str:
+            curves = client_curves(r["clients"])
+            return " / ".join(fmt([own_env_return_at(curves, bad, s)], ".0f", "-") for s in PROGRESS_STEPS)
+
+        weights = " / ".join("-" if w is None else f"{w:.3f}" for w in faulty_weight_blocks(run))
+        lines.append(f"| {run['n']} | {run['condition']} | {run['method']} | {run['seed']} | {at(run)} "
+                     f"| {at(ref) if ref else '-'} | {weights} |")
+    return lines
+
+
 def summarise(run: dict) -> dict:
     """Honest clients' own-environment results, the global network's, cost, and Fusion's trust in the faulty."""
     bad = faulty(run["condition"])
@@ -199,6 +252,7 @@ def report(command: str, out: Path = OUT, include: list[Path] = ()) -> str:
               "global network (5 episodes) on the nominal environment, and the mean over the clients' variants "
               "(same as nominal when every client is nominal). Trust weight: mean over rounds of partition 0's "
               "share of the aggregation weight."]
+    lines += gap_lines(runs, clean)
     for n in sorted({k[0] for k in groups}):
         for condition in CONDITIONS:
             here = {k: g for k, g in groups.items() if k[0] == n and k[1] == condition}

@@ -7,7 +7,13 @@ from pathlib import Path
 import pytest
 
 from benchmarks.lunarlander import client_curves
-from benchmarks.rl_heterogeneity import own_env_final, report, share_of_clean
+from benchmarks.rl_heterogeneity import (
+    faulty_weight_blocks,
+    own_env_final,
+    own_env_return_at,
+    report,
+    share_of_clean,
+)
 
 RESULTS = Path(__file__).resolve().parent.parent / "benchmarks" / "results"
 CLEAN = RESULTS / "rl_fusion_mix0" / "fusion-none-n3-seed1.json"
@@ -49,7 +55,27 @@ def test_report_puts_the_share_of_clean_beside_each_attack_and_says_when_a_seed_
             "noise-2": _run("noise", {0: 0.0, 1: 250.0, 2: 300.0}, seed=2)}
     for name, run in runs.items():
         (tmp_path / f"{name}.json").write_text(json.dumps(run))
-    rows = {line.split(" | ")[1]: line.split(" | ") for line in report("cmd", tmp_path).splitlines()
-            if line.startswith("| 3 |")}
+    main_table, gap_table = report("cmd", tmp_path).split("How the gap forms")
+    rows = {line.split(" | ")[1]: line.split(" | ") for line in main_table.splitlines() if line.startswith("| 3 |")}
     assert rows["none"][7] == "-"  # a clean row has nothing to compare with
     assert rows["noise"][7] == "90.0% (1 of 2 seeds)"  # seed 2 has no clean run: left out, and said so
+    # the gap table: one row per attacked run, its honest return by each checkpoint beside the clean run's
+    gap = [line.split(" | ") for line in gap_table.splitlines() if line.startswith("| 3 |")]
+    assert [(g[1], g[3]) for g in gap] == [("noise", "1"), ("noise", "2")]
+    assert gap[0][4:6] == ["225 / 225 / 225 / 225 / 225", "250 / 250 / 250 / 250 / 250"]
+    assert gap[1][5] == "-"  # seed 2 has no clean run
+
+
+def test_return_at_a_step_uses_the_episodes_that_ended_by_then_and_weights_come_in_fifths():
+    # partition 1: 300 episodes of 100 steps returning 0, 1, 2, ...; partition 2 ends its first episode at step 500
+    curves = {1: {"returns": [float(i) for i in range(300)], "end-steps": [100 * (i + 1) for i in range(300)]},
+              2: {"returns": [50.0], "end-steps": [500]},
+              0: {"returns": [-999.0], "end-steps": [1]}}
+    # by step 20,000: partition 1's episodes 100..199 (mean 149.5), partition 2's one episode (50); 0 is excluded
+    assert own_env_return_at(curves, {0}, 20_000) == pytest.approx((149.5 + 50.0) / 2)
+    assert own_env_return_at(curves, {0}, 10_050) == pytest.approx((49.5 + 50.0) / 2)  # episode 100 ends at 10,100
+    assert own_env_return_at(curves, {0}, 400) is None  # partition 2 has no finished episode yet
+    rows = [{"trust-weights": [w, 1 - w], "trust-partitions": [0, 1]} for w in (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6,
+                                                                                   0.7, 0.8, 0.9)]
+    run = {"condition": "noise", "metrics": [{"round": 0}, *rows]}
+    assert faulty_weight_blocks(run) == pytest.approx([0.05, 0.25, 0.45, 0.65, 0.85])
