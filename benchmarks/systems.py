@@ -13,7 +13,9 @@ labelled `<profile>-d<S>`; the `-partial` methods train only what fits before it
 `--width 4 --local-samples 400` is the setting where uploads cost time (a 13.7 MB CNN, FedScale's 400
 samples a round: `benchmarks/upload_ceiling.py`), labelled `<profile>-w4-s400`. Async runs make
 `async-rounds-factor` × rounds aggregations of K = 5 updates (about as many client updates as the
-synchronous runs) with the lr decayed per client update. Results: benchmarks/results/systems/
+synchronous runs) with the lr decayed per client update. Below the table, per setting: FedAvg's rounds to 97% at
+free-upload round times (the floor of any upload policy) against the best fixed rate, i.e. the most that choosing
+what to upload could gain there, and what drl-compress gained. Results: benchmarks/results/systems/
 (<profile>-<method>-seed<k>.jsonl, table.md, accuracy_vs_sim_time.png).
 """
 
@@ -92,6 +94,25 @@ def upload_ceiling(rows: list[dict]) -> float:
     return 1.0 - without_upload / total if total > 0 else 0.0
 
 
+def free_upload_floor_h(rows: list[dict], target: float) -> float | None:
+    """Simulated hours to `target` had this run's uploads been free: Σ over the rounds up to the first that reaches
+    it of min(T_r, max over its clients of download + compute). Of a dense run (FedAvg) this is the floor of any
+    upload policy that needs as many rounds as dense updates do (compression does not make a round teach more)."""
+    hit = first_round_reaching(rows, "accuracy", target)
+    if hit is None:
+        return None
+    floor = 0.0
+    for r in rows:
+        if r["round"] > hit["round"]:
+            break
+        t = r.get("round-sim-time-s", 0.0)
+        floor += min(t, max((d + c for d, c, _ in (r.get("client-times-s") or {}).values()), default=t))
+    return floor / 3600
+
+
+FIXED_RATES = ("fedavg", *(m for m in METHODS if re.fullmatch(r"topk-[0-9.]+", m)))  # dense is a fixed rate too
+
+
 def summarise(rows: list[dict]) -> dict:
     """One run's numbers for the table."""
     out = {"final": rows[-1]["accuracy"], "sim-h": rows[-1].get("sim-time-s", 0.0) / 3600,
@@ -145,9 +166,56 @@ def report(command: str) -> str:
                 f"| {fmt(col['mb-to-0.97'], '.2f')} | {fmt(col['final'], '.4f')} | {fmt(col['sim-h'], '.2f')} "
                 f"| {fmt(col['late'], '.0f')} | {fmt(col['unavailable'], '.0f')} | {split} "
                 f"| {'n/a (deadline)' if re.search(r'-d[0-9]', profile) else fmt([100 * x for x in col['upload-ceiling']], '.1f') + '%'} |")
+    lines += headroom_lines()
     table = write_table(lines, OUT)
     _plot(curves)
     return table
+
+
+def runs_by_seed(setting: str, method: str) -> dict[int, list[dict]]:
+    """A setting's saved runs of one method, keyed by seed."""
+    return {int(p.name[p.name.rindex("-seed") + 5: -len(".jsonl")]): read_jsonl(p)
+            for p in OUT.glob(f"{setting}-{method}-seed*.jsonl") if not p.name.endswith(".clients.jsonl")}
+
+
+def headroom_lines(target: float = TARGETS[0]) -> list[str]:
+    """Per setting and seed with a FedAvg run that reaches `target`: how much time any upload policy could gain over
+    the best fixed rate. The floor is FedAvg's rounds to `target` at free-upload round times (`free_upload_floor_h`);
+    the best fixed rate is the fastest of FedAvg and the synchronous top-k runs of that seed."""
+    lines = ["", f"What choosing what to upload could buy, to {target:.0%}: the floor is FedAvg's rounds to {target:.0%} "
+             "with every upload free (no upload policy is faster unless its rounds teach more than dense ones); the "
+             "best fixed rate is the fastest of FedAvg and the fixed top-k runs of the same seed. Mean ± std over "
+             "seeds.", "",
+             "| setting | seeds | FedAvg, rounds to target | FedAvg, sim hours | floor: the same rounds, uploads free "
+             "| best fixed rate, sim hours (which) | best fixed ÷ floor: the most any policy could gain "
+             "| drl-compress, sim hours | drl-compress ÷ best fixed |", "|---" * 9 + "|"]
+    for setting in settings():
+        if re.search(r"-d[0-9]", setting):
+            continue  # with a deadline, the deadline sets the round (see `upload_ceiling`)
+        fixed = {m: runs_by_seed(setting, m) for m in FIXED_RATES}
+        drl = runs_by_seed(setting, "drl-compress")
+        seeds = []
+        for seed, fedavg in sorted(fixed["fedavg"].items()):
+            hit = first_round_reaching(fedavg, "accuracy", target)
+            if hit is None:
+                continue
+            times = {m: summarise(runs[seed])[f"h-to-{target}"] for m, runs in fixed.items() if seed in runs}
+            best = min((m for m in times if times[m] is not None), key=times.get)
+            seeds.append({"rounds": hit["round"], "fedavg": times["fedavg"], "floor": free_upload_floor_h(fedavg, target),
+                          "best": times[best], "which": best,
+                          "drl": summarise(drl[seed])[f"h-to-{target}"] if seed in drl else None, "ran-drl": seed in drl})
+        if not seeds:
+            continue
+        col = {k: [x[k] for x in seeds] for k in seeds[0]}
+        gain = [x["best"] / x["floor"] for x in seeds]
+        ran = [x for x in seeds if x["ran-drl"]]
+        drl_h = fmt([x["drl"] for x in ran], ".2f") if ran else "not run"
+        drl_vs = (fmt([x["drl"] / x["best"] if x["drl"] is not None else None for x in ran], ".2f") + "×"
+                  if any(x["drl"] is not None for x in ran) else ("not reached" if ran else "not run"))
+        lines.append(f"| {setting} | {len(seeds)} | {fmt(col['rounds'], '.1f')} | {fmt(col['fedavg'], '.2f')} "
+                     f"| {fmt(col['floor'], '.2f')} | {fmt(col['best'], '.2f')} ({', '.join(sorted(set(col['which'])))}) "
+                     f"| {fmt(gain, '.2f')}× | {drl_h} | {drl_vs} |")
+    return lines
 
 
 def _plot(curves: dict[str, dict[str, list[list[dict]]]]) -> None:

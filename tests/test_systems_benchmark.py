@@ -2,7 +2,9 @@
 
 import pytest
 
-from benchmarks.systems import METHODS, summarise, time_split, upload_ceiling
+from benchmarks import systems
+from benchmarks.common import write_jsonl
+from benchmarks.systems import METHODS, free_upload_floor_h, summarise, time_split, upload_ceiling
 
 
 def _rows():
@@ -98,3 +100,31 @@ def test_run_labels_and_overrides():
         "local-test-fraction": 0.05, "trust": "param-cosine", "clustering": True}
     with pytest.raises(SystemExit, match="KEY=VALUE"):
         run_config_overrides(["oops"])
+
+
+def _timed(accuracies: list[float], round_s: float, compute_s: float) -> list[dict]:
+    """Rounds of `round_s` each whose one client downloads 0 s, computes `compute_s` and uploads the rest."""
+    rows, t = [{"round": 0, "accuracy": 0.1, "uplink-bytes-total": 0, "sim-time-s": 0.0}], 0.0
+    for r, acc in enumerate(accuracies, start=1):
+        t += round_s
+        rows.append({"round": r, "accuracy": acc, "uplink-bytes-total": r, "sim-time-s": t, "round-sim-time-s": round_s,
+                     "client-times-s": {"0": [0.0, compute_s, round_s - compute_s]}})
+    return rows
+
+
+def test_free_upload_floor_counts_the_rounds_to_target_at_their_download_plus_compute_time():
+    rows = _timed([0.9, 0.96, 0.971, 0.99], round_s=1800.0, compute_s=600.0)
+    assert free_upload_floor_h(rows, 0.97) == pytest.approx(3 * 600.0 / 3600)  # rounds 1-3, 600 s each
+    assert free_upload_floor_h(rows, 0.995) is None
+
+
+def test_headroom_compares_the_best_fixed_rate_with_fedavgs_free_upload_floor(tmp_path, monkeypatch):
+    monkeypatch.setattr(systems, "OUT", tmp_path)
+    # seed 1: FedAvg reaches 97% in round 3 (1,800 s rounds, 600 s of them compute): 1.5 h, floor 0.5 h;
+    # top-10% needs 4 rounds of 900 s (1.0 h), so it is the best fixed rate; drl-compress 5 of 900 s (1.25 h)
+    write_jsonl(tmp_path / "mobile-fedavg-seed1.jsonl", _timed([0.9, 0.96, 0.971], 1800.0, 600.0))
+    write_jsonl(tmp_path / "mobile-topk-10-seed1.jsonl", _timed([0.9, 0.95, 0.96, 0.972], 900.0, 600.0))
+    write_jsonl(tmp_path / "mobile-topk-1-seed1.jsonl", _timed([0.9, 0.95, 0.96, 0.965], 700.0, 600.0))  # never 97%
+    write_jsonl(tmp_path / "mobile-drl-compress-seed1.jsonl", _timed([0.9, 0.95, 0.96, 0.965, 0.975], 900.0, 600.0))
+    row = [line for line in systems.headroom_lines() if line.startswith("| mobile |")]
+    assert row == ["| mobile | 1 | 3.0 | 1.50 | 0.50 | 1.00 (topk-10) | 2.00× | 1.25 | 1.25× |"]
