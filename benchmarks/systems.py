@@ -178,22 +178,26 @@ def runs_by_seed(setting: str, method: str) -> dict[int, list[dict]]:
             for p in OUT.glob(f"{setting}-{method}-seed*.jsonl") if not p.name.endswith(".clients.jsonl")}
 
 
+LEARNED = ("drl-compress", "drl-compress-shared")  # the synchronous learned controllers, per client and shared
+
+
 def headroom_lines(target: float = TARGETS[0]) -> list[str]:
     """Per setting and seed with a FedAvg run that reaches `target`: how much time any upload policy could gain over
-    the best fixed rate. The floor is FedAvg's rounds to `target` at free-upload round times (`free_upload_floor_h`);
-    the best fixed rate is the fastest of FedAvg and the synchronous top-k runs of that seed."""
+    the best fixed rate, and what the learned controllers gained. The floor is FedAvg's rounds to `target` at
+    free-upload round times (`free_upload_floor_h`); the best fixed rate is the fastest of FedAvg and the synchronous
+    top-k runs of that seed."""
     lines = ["", f"What choosing what to upload could buy, to {target:.0%}: the floor is FedAvg's rounds to {target:.0%} "
              "with every upload free (no upload policy is faster unless its rounds teach more than dense ones); the "
              "best fixed rate is the fastest of FedAvg and the fixed top-k runs of the same seed. Mean ± std over "
              "seeds.", "",
              "| setting | seeds | FedAvg, rounds to target | FedAvg, sim hours | floor: the same rounds, uploads free "
              "| best fixed rate, sim hours (which) | best fixed ÷ floor: the most any policy could gain "
-             "| drl-compress, sim hours | drl-compress ÷ best fixed |", "|---" * 9 + "|"]
+             + "".join(f"| {m}, sim hours (÷ best fixed) " for m in LEARNED) + "|", "|---" * (7 + len(LEARNED)) + "|"]
     for setting in settings():
         if re.search(r"-d[0-9]", setting):
             continue  # with a deadline, the deadline sets the round (see `upload_ceiling`)
         fixed = {m: runs_by_seed(setting, m) for m in FIXED_RATES}
-        drl = runs_by_seed(setting, "drl-compress")
+        learned = {m: runs_by_seed(setting, m) for m in LEARNED}
         seeds = []
         for seed, fedavg in sorted(fixed["fedavg"].items()):
             hit = first_round_reaching(fedavg, "accuracy", target)
@@ -203,18 +207,22 @@ def headroom_lines(target: float = TARGETS[0]) -> list[str]:
             best = min((m for m in times if times[m] is not None), key=times.get)
             seeds.append({"rounds": hit["round"], "fedavg": times["fedavg"], "floor": free_upload_floor_h(fedavg, target),
                           "best": times[best], "which": best,
-                          "drl": summarise(drl[seed])[f"h-to-{target}"] if seed in drl else None, "ran-drl": seed in drl})
+                          **{m: summarise(runs[seed])[f"h-to-{target}"] for m, runs in learned.items() if seed in runs}})
         if not seeds:
             continue
-        col = {k: [x[k] for x in seeds] for k in seeds[0]}
-        gain = [x["best"] / x["floor"] for x in seeds]
-        ran = [x for x in seeds if x["ran-drl"]]
-        drl_h = fmt([x["drl"] for x in ran], ".2f") if ran else "not run"
-        drl_vs = (fmt([x["drl"] / x["best"] if x["drl"] is not None else None for x in ran], ".2f") + "×"
-                  if any(x["drl"] is not None for x in ran) else ("not reached" if ran else "not run"))
+        col = {k: [x[k] for x in seeds] for k in ("rounds", "fedavg", "floor", "best", "which")}
+        cells = []
+        for m in LEARNED:
+            ran = [x for x in seeds if m in x]
+            if not ran:
+                cells.append("not run")
+                continue
+            ratio = [x[m] / x["best"] if x[m] is not None else None for x in ran]
+            cells.append(fmt([x[m] for x in ran], ".2f")
+                         + (f" ({fmt(ratio, '.2f')}×)" if any(r is not None for r in ratio) else ""))
         lines.append(f"| {setting} | {len(seeds)} | {fmt(col['rounds'], '.1f')} | {fmt(col['fedavg'], '.2f')} "
                      f"| {fmt(col['floor'], '.2f')} | {fmt(col['best'], '.2f')} ({', '.join(sorted(set(col['which'])))}) "
-                     f"| {fmt(gain, '.2f')}× | {drl_h} | {drl_vs} |")
+                     f"| {fmt([x['best'] / x['floor'] for x in seeds], '.2f')}× | " + " | ".join(cells) + " |")
     return lines
 
 
