@@ -3,7 +3,9 @@
     python -m benchmarks.systems --profiles mobile uniform --seeds 1 2 3       # the sweep
     python -m benchmarks.systems --report-only                                  # table + plot from saved runs
     python -m benchmarks.systems --methods fedavg topk-1 --profiles mobile --seeds 1 --rounds 10
-    python -m benchmarks.systems --profiles mobile --width 4 --local-samples 400 --rounds 60   # uploads that cost
+    python -m benchmarks.systems --profiles mobile --width 4 --local-samples 400 --rounds 40 --set lr-decay-every=40
+                                                            # uploads that cost; a 400-sample round is 1/15 of an
+                                                            # epoch, so the default halving every 5 rounds is off
 
 10 clients, Dirichlet α = 0.3, each run through the real Flower path with `systems-profile` set
 (`fedrl_app/systems/profiles.py` documents the profiles and their sources). Time is the virtual
