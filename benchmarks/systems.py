@@ -87,13 +87,16 @@ def upload_ceiling(rows: list[dict]) -> float:
     messages, however clever, could save more: an upper bound on what choosing what to send can buy. Without a round
     deadline only: with one, the deadline sets the round (late clients' times are not recorded, and partial work
     fills the time a smaller upload frees)."""
-    total = without_upload = 0.0
-    for r in rows:
-        t = r.get("round-sim-time-s", 0.0)
-        splits = (r.get("client-times-s") or {}).values()
-        total += t
-        without_upload += min(t, max((d + c for d, c, _ in splits), default=t))
+    total = sum(r.get("round-sim-time-s", 0.0) for r in rows)
+    without_upload = sum(free_upload_round_s(r) for r in rows)
     return 1.0 - without_upload / total if total > 0 else 0.0
+
+
+def free_upload_round_s(row: dict) -> float:
+    """A round's time had its uploads been free: min(T_r, max over its clients of download + compute); T_r itself
+    when nobody replied."""
+    t = row.get("round-sim-time-s", 0.0)
+    return min(t, max((d + c for d, c, _ in (row.get("client-times-s") or {}).values()), default=t))
 
 
 def free_upload_floor_h(rows: list[dict], target: float) -> float | None:
@@ -103,13 +106,7 @@ def free_upload_floor_h(rows: list[dict], target: float) -> float | None:
     hit = first_round_reaching(rows, "accuracy", target)
     if hit is None:
         return None
-    floor = 0.0
-    for r in rows:
-        if r["round"] > hit["round"]:
-            break
-        t = r.get("round-sim-time-s", 0.0)
-        floor += min(t, max((d + c for d, c, _ in (r.get("client-times-s") or {}).values()), default=t))
-    return floor / 3600
+    return sum(free_upload_round_s(r) for r in rows if r["round"] <= hit["round"]) / 3600
 
 
 FIXED_RATES = ("fedavg", *(m for m in METHODS if re.fullmatch(r"topk-[0-9.]+", m)))  # dense is a fixed rate too
@@ -143,8 +140,13 @@ def settings() -> list[str]:
 
 
 def load_runs(setting: str, method: str) -> list[list[dict]]:
-    return [read_jsonl(p) for p in sorted(OUT.glob(f"{setting}-{method}-seed*.jsonl"))
-            if not p.name.endswith(".clients.jsonl")]
+    """A setting's saved runs of one method, in seed order."""
+    return [rows for _, rows in sorted(runs_by_seed(setting, method).items())]
+
+
+def has_deadline(setting: str) -> bool:
+    """Whether a setting's label names a round deadline (`mobile-d400`): the deadline then sets the round."""
+    return re.search(r"-d[0-9]", setting) is not None
 
 
 def report(command: str) -> str:
@@ -167,7 +169,7 @@ def report(command: str) -> str:
                 f"| {profile} | {method} | {len(sums)} | {fmt(col['h-to-0.97'], '.2f')} | {fmt(col['h-to-0.98'], '.2f')} "
                 f"| {fmt(col['mb-to-0.97'], '.2f')} | {fmt(col['final'], '.4f')} | {fmt(col['sim-h'], '.2f')} "
                 f"| {fmt(col['late'], '.0f')} | {fmt(col['unavailable'], '.0f')} | {split} "
-                f"| {'n/a (deadline)' if re.search(r'-d[0-9]', profile) else fmt([100 * x for x in col['upload-ceiling']], '.1f') + '%'} |")
+                f"| {'n/a (deadline)' if has_deadline(profile) else fmt([100 * x for x in col['upload-ceiling']], '.1f') + '%'} |")
     lines += headroom_lines()
     table = write_table(lines, OUT)
     _plot(curves)
@@ -196,8 +198,8 @@ def headroom_lines(target: float = TARGETS[0]) -> list[str]:
              "| best fixed rate, sim hours (which) | best fixed ÷ floor: the most any policy could gain "
              + "".join(f"| {m}, sim hours (÷ best fixed) " for m in LEARNED) + "|", "|---" * (7 + len(LEARNED)) + "|"]
     for setting in settings():
-        if re.search(r"-d[0-9]", setting):
-            continue  # with a deadline, the deadline sets the round (see `upload_ceiling`)
+        if has_deadline(setting):
+            continue  # the deadline sets the round (see `upload_ceiling`)
         fixed = {m: runs_by_seed(setting, m) for m in FIXED_RATES}
         learned = {m: runs_by_seed(setting, m) for m in LEARNED}
         seeds = []
