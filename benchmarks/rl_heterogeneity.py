@@ -119,12 +119,27 @@ def own_env_return_at(curves: dict[int, dict], exclude: set[int], steps: int) ->
     return float(np.mean(means)) if means else None
 
 
-def faulty_weight_blocks(run: dict, blocks: int = WEIGHT_BLOCKS) -> list[float | None]:
-    """The faulty partitions' mean trust weight in each of `blocks` equal runs of rounds (None where absent)."""
+def faulty_weight_per_round(run: dict) -> tuple[list[int], list[float]]:
+    """Each trust-weighted round and the faulty partitions' summed weight in it (NaN where none took part).
+
+    The one reading of a faulty client's weight that the table, the gap table and the trust plot share."""
     bad = faulty(run["condition"])
     rows = [r for r in run["metrics"] if "trust-weights" in r]
-    per_round = [sum(w for w, p in zip(r["trust-weights"], r["trust-partitions"]) if p in bad) for r in rows]
-    return [float(np.mean(chunk)) if len(chunk) else None for chunk in np.array_split(np.asarray(per_round), blocks)]
+    weights = []
+    for r in rows:
+        mine = [w for w, p in zip(r["trust-weights"], r["trust-partitions"]) if p in bad]
+        weights.append(float(sum(mine)) if mine else float("nan"))
+    return [r["round"] for r in rows], weights
+
+
+def faulty_weight_blocks(run: dict, blocks: int = WEIGHT_BLOCKS) -> list[float | None]:
+    """The faulty partitions' mean trust weight in each of `blocks` equal runs of rounds (None where absent)."""
+    _, per_round = faulty_weight_per_round(run)
+    means = []
+    for chunk in np.array_split(np.asarray(per_round), blocks):
+        present = chunk[~np.isnan(chunk)]
+        means.append(float(present.mean()) if present.size else None)
+    return means
 
 
 def gap_lines(runs: list[dict], clean: dict[tuple, dict]) -> list[str]:
@@ -175,7 +190,7 @@ def summarise(run: dict) -> dict:
     }
     trusted = [r for r in rows if "trust-weights" in r]
     if trusted and bad:
-        shares = [w for r in trusted for w, pid in zip(r["trust-weights"], r["trust-partitions"]) if pid in bad]
+        shares = [w for w in faulty_weight_per_round(run)[1] if not np.isnan(w)]
         out["faulty-weight"] = float(np.mean(shares)) if shares else None
         out["batches-refused"] = sum(len(set(r.get("experience-refused-partitions", [])) & bad) for r in trusted)
     if trusted:
@@ -185,12 +200,11 @@ def summarise(run: dict) -> dict:
 
 
 def plot_trust(runs: list[dict], path: Path) -> None:
-    """The faulty client's trust weight per round (against 1/N), one line per condition and Fusion variant."""
+    """The faulty clients' trust weight per round (against 1/N), one line per condition and Fusion variant."""
     fig, ax = plt.subplots(figsize=(8, 4.5))
     for i, run in enumerate(runs):
-        rows = [r for r in run["metrics"] if "trust-weights" in r]
-        weight = [next((w for w, p in zip(r["trust-weights"], r["trust-partitions"]) if p == 0), np.nan) for r in rows]
-        ax.plot([r["round"] for r in rows], weight, lw=0.9, color=f"C{i % 10}",
+        rounds, weight = faulty_weight_per_round(run)
+        ax.plot(rounds, weight, lw=0.9, color=f"C{i % 10}",
                 ls="-" if run["method"] == "fusion" else ":", label=f"{run['method']}, {run['condition']}")
     n = runs[0]["n"]
     ax.axhline(1 / n, color="grey", ls="--", lw=0.8, label="1/N")

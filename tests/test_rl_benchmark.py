@@ -4,15 +4,18 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from benchmarks.lunarlander import client_curves
 from benchmarks.rl_heterogeneity import (
     faulty_weight_blocks,
+    faulty_weight_per_round,
     own_env_final,
     own_env_return_at,
     report,
     share_of_clean,
+    summarise,
 )
 
 RESULTS = Path(__file__).resolve().parent.parent / "benchmarks" / "results"
@@ -75,7 +78,19 @@ def test_return_at_a_step_uses_the_episodes_that_ended_by_then_and_weights_come_
     assert own_env_return_at(curves, {0}, 20_000) == pytest.approx((149.5 + 50.0) / 2)
     assert own_env_return_at(curves, {0}, 10_050) == pytest.approx((49.5 + 50.0) / 2)  # episode 100 ends at 10,100
     assert own_env_return_at(curves, {0}, 400) is None  # partition 2 has no finished episode yet
-    rows = [{"trust-weights": [w, 1 - w], "trust-partitions": [0, 1]} for w in (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6,
-                                                                                   0.7, 0.8, 0.9)]
+    rows = [{"round": i + 1, "trust-weights": [w, 1 - w], "trust-partitions": [0, 1]}
+            for i, w in enumerate((0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9))]
     run = {"condition": "noise", "metrics": [{"round": 0}, *rows]}
     assert faulty_weight_blocks(run) == pytest.approx([0.05, 0.25, 0.45, 0.65, 0.85])
+    # a round without the faulty client counts as absent (NaN), not as weight 0: its fifth averages the other round
+    run["metrics"][2] = {"round": 2, "trust-weights": [1.0], "trust-partitions": [1]}
+    rounds, weights = faulty_weight_per_round(run)
+    assert rounds == list(range(1, 11)) and np.isnan(weights[1]) and weights[2] == pytest.approx(0.2)
+    assert faulty_weight_blocks(run)[0] == pytest.approx(0.0)
+    # every round absent from a fifth: None there
+    run["metrics"][1] = {"round": 1, "trust-weights": [1.0], "trust-partitions": [1]}
+    assert faulty_weight_blocks(run)[0] is None
+    # the table's column: the mean over the rounds the faulty client took part in
+    for row in run["metrics"]:
+        row.update({"experience-admitted": 0, "experience-offered": 0, "uplink-bytes-total": 0})
+    assert summarise({**run, "clients": []})["faulty-weight"] == pytest.approx(0.55)
