@@ -64,6 +64,10 @@ METHODS: dict[str, dict] = {
     # one controller learned on the server from every client's transitions (issue 14: ~20 decisions per
     # client-run are too few for a per-client DQN; shared, it sees ~10x as many)
     "drl-compress-shared": {**DRL, "controller-sharing": "shared"},
+    # the time objective: no byte cost, and a message is charged only the delay it adds to the round (its
+    # download + compute + upload past the slowest download + compute, which the server broadcasts)
+    "drl-compress-shared-delay": {**DRL, "controller-sharing": "shared", "time-cost": "added-delay",
+                                  "bytes-penalty": 0.0},
     # partial work under the deadline (FedScale's deadline-aware training): needs --deadline
     "fedavg-partial": {"strategy": "fedavg", "local-work": "deadline"},
     "drl-compress-partial": {**DRL, "local-work": "deadline"},
@@ -182,7 +186,7 @@ def runs_by_seed(setting: str, method: str) -> dict[int, list[dict]]:
             for p in OUT.glob(f"{setting}-{method}-seed*.jsonl") if not p.name.endswith(".clients.jsonl")}
 
 
-LEARNED = ("drl-compress", "drl-compress-shared")  # the synchronous learned controllers, per client and shared
+LEARNED = ("drl-compress", "drl-compress-shared", "drl-compress-shared-delay")  # the synchronous learned controllers
 
 
 def headroom_lines(target: float = TARGETS[0]) -> list[str]:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from fedrl_app.agents.dqn import AGENTS, DQNConfig
-from fedrl_app.agents.sync_controller import FEATURE_SETS, ControllerConfig
+from fedrl_app.agents.sync_controller import FEATURE_SETS, TIME_COSTS, ControllerConfig
 from fedrl_app.systems.profiles import ProfileError, check_profile_name
 from fedrl_app.tasks.env_variation import EnvVariationError, env_params, parse_variation
 from fedrl_app.tasks.mnist import DATA_SHIFTS
@@ -298,6 +298,9 @@ class RunConfig:
     time_penalty: float = option(
         0.0, "drl-compress: μ in the controllers' reward, charging μ · (upload seconds of the message / upload seconds of a dense update on the median mobile link)",
         group=DRL_COMPRESS, ge=0)
+    time_cost: str = option(
+        "upload", "drl-compress: what a message's time is, in the controllers' reward and resource features: `upload` (its upload seconds) or `added-delay` (the seconds it adds to a synchronous round: its download + compute + upload beyond the slowest download + compute of the last round, which the server then broadcasts; its upload on the async clock)",
+        group=DRL_COMPRESS, choices=TIME_COSTS)
 
     @classmethod
     def from_run_config(cls, run_config: Mapping[str, Any]) -> RunConfig:
@@ -366,7 +369,8 @@ class RunConfig:
     def controller_config(self) -> ControllerConfig:
         """drl-compress: the sync controller's settings (each client's, or the shared one's)."""
         return ControllerConfig(bytes_penalty=self.bytes_penalty, initial_rate=self.topk_ratio,
-                                features=self.controller_features, time_penalty=self.time_penalty)
+                                features=self.controller_features, time_penalty=self.time_penalty,
+                                time_cost=self.time_cost)
 
     def as_dict(self) -> dict[str, Any]:
         """Kebab-case dict, as in pyproject.toml (for JSON and W&B)."""

@@ -95,6 +95,7 @@ class ReplyGuardMixin:
         self._expected_replies: int | None = None
         self.systems: SystemsModel | None = None  # the virtual clock is off until `configure_clock`
         self.deadline_s, self.local_epochs = 0.0, 1
+        self.broadcast_pace, self.round_pace_s = False, 0.0  # `configure_clock`; the pace: see `configure_train`
         self._download_bytes: dict[int, int] = {}     # node -> bytes of the train message it was sent
         self.max_abs, self.max_update_norm = MAX_ABS, 0.0  # the magnitude policy (`configure_update_bounds`)
         self._sent_arrays: dict[int, dict[str, np.ndarray]] = {}  # node -> the model it was sent (norm bounding)
@@ -142,9 +143,13 @@ class ReplyGuardMixin:
         median = float(np.median(pool))
         return self.claims_median_factor * median, f"{self.claims_median_factor:g} × the median claim {median:.0f}"
 
-    def configure_clock(self, systems: SystemsModel, deadline_s: float = 0.0, local_epochs: int = 1) -> None:
-        """Time every reply on the virtual clock (`fedrl_app.systems`); drop replies later than `deadline_s` (> 0)."""
+    def configure_clock(self, systems: SystemsModel, deadline_s: float = 0.0, local_epochs: int = 1,
+                        broadcast_pace: bool = False) -> None:
+        """Time every reply on the virtual clock (`fedrl_app.systems`); drop replies later than `deadline_s` (> 0).
+        `broadcast_pace` (synchronous rounds only): tell the clients each round how long the last one would have
+        lasted with free uploads (`keys.ROUND_PACE_S`), so that a client can tell what its upload adds."""
         self.systems, self.deadline_s, self.local_epochs = systems, deadline_s, local_epochs
+        self.broadcast_pace = broadcast_pace
 
     def configure_reply_sizes(self, reply_nbytes: Callable[[Message], int]) -> None:
         """Where the clock reads a reply's size: the grid that already measured it (`MeteredGrid.reply_nbytes`),
@@ -156,6 +161,8 @@ class ReplyGuardMixin:
     ) -> Iterable[Message]:
         """Remember the spec of the arrays sent out (replies are checked against it) and each message's size."""
         self._sent_spec = array_spec(arrays)
+        if self.broadcast_pace and self.round_pace_s > 0:
+            config = ConfigRecord({**config, keys.ROUND_PACE_S: self.round_pace_s})
         messages = list(super().configure_train(server_round, arrays, config, grid))  # type: ignore[misc]  # Flower's
         self._expected_replies = len(messages)
         if self.max_update_norm > 0:  # (async dispatches one node at a time, each from its own model version)
@@ -249,6 +256,8 @@ class ReplyGuardMixin:
             failed = late + unavailable + extra.get("clients-no-reply", 0)
             extra["round-sim-time-s"] = synchronous_round_s([t.total_s for t in times.values()], failed,
                                                             self.deadline_s)
+            if times:  # the round's length had every upload been free: what the next round's clients are told
+                self.round_pace_s = max(t.download_s + t.compute_s for t in times.values())
         log(INFO, "round %d: %d replies accepted, %d dropped", server_round, len(kept), len(round_log.dropped))
         return kept
 

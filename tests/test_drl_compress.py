@@ -215,3 +215,30 @@ def test_trimmed_mean_and_median_exact():
     assert trimmed_mean(half, 0.4)["a"].tolist() == [pytest.approx(4.0 * 3 / 5)]   # cut ⌊0.4·3⌋ = 1 each end
     with pytest.raises(ValueError, match="update_aggregation"):
         DrlCompress(update_aggregation="krum")
+
+
+@pytest.mark.parametrize("time_cost", ["upload", "added-delay"])
+def test_the_reward_charges_the_time_the_message_costs(time_cost):
+    from flwr.app import Context, RecordDict
+
+    from fedrl_app.agents.sync_controller import ControllerConfig
+    from fedrl_app.client.sync import ClientSystem, decide_and_encode
+    from fedrl_app.protocol.records import recorddict_nbytes
+    from fedrl_app.systems.profiles import ClientProfile
+
+    context = Context(run_id=1, node_id=1, node_config={}, state=RecordDict(), run_config={})
+    g = {"w": np.zeros(100, np.float32)}
+    # a 1 kbit/s uplink and 1 s of compute, told that the round's pace is 2 s
+    system = ClientSystem(ClientProfile(1.0, 1e6, 1.0, 1.0, 0.0), download_bytes=0, train_samples=1000, pace_s=2.0)
+    config = ControllerConfig(bytes_penalty=0.0, time_penalty=1.0, time_cost=time_cost)
+
+    def step(server_round):
+        return decide_and_encode(context, g, {"w": np.ones(100, np.float32)}, 0.5, server_round, 10, 0.0, 0.0, seed=0,
+                                 policy="full", reward_kind="own-gain", accuracy_of=lambda w: 0.5,
+                                 controller_config=config, system=system)
+
+    dense = recorddict_nbytes(RecordDict(step(1).records))
+    upload = system.profile.upload_s(dense)  # ~3.3 s
+    seconds = upload if time_cost == "upload" else 1.0 + upload - 2.0  # compute + upload, past the 2 s pace
+    # the own gain is 0 (a flat accuracy): the reward is minus the time over a dense upload on the median link
+    assert step(2).reward == pytest.approx(-seconds / system.reference_s(dense))

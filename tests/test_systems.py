@@ -9,11 +9,14 @@ from flwr.app import ConfigRecord, Context, Error, Message, RecordDict
 from fedrl_app import client_app
 from fedrl_app.agents.sync_controller import ControllerConfig, SyncController
 from fedrl_app.client.sync import ClientSystem
+from fedrl_app.config import RunConfig
 from fedrl_app.protocol import keys
+from fedrl_app.server.registry import build_strategy
 from fedrl_app.systems.clock import client_time, samples_within_deadline, synchronous_round_s
 from fedrl_app.systems.profiles import ClientProfile, ProfileError, SystemsModel, median_mobile_profile, mobile_profile
 from fedrl_app.tasks import mnist
 from strategies import AsyncBuffer, FedAvg
+from strategies.wrapper import innermost
 from tests.helpers import FakeGrid, InstantGrid, arrays, reply
 
 HEADER = "partition_id,uplink_kbps,downlink_kbps,ms_per_sample,availability,latency_ms\n"
@@ -244,3 +247,52 @@ def test_the_cnn_width_sets_the_upload_size():
     assert count(1) == 215_370 and count(4) == 3_423_498
     with pytest.raises(ValueError, match="width must be ≥ 1"):
         mnist.Net(0)
+
+
+# --- what a message's time costs: its upload, or the delay it adds to the round ------------------------------
+def test_added_delay_is_what_runs_past_the_pace_or_the_whole_upload_of_the_slowest():
+    # 1 Mbps up: a dense 800 kB update takes 6.4 s; download + compute take 1.0 s
+    profile = ClientProfile(1000.0, 5000.0, 1.0, 0.9, 0.0)
+    dense = 800_000
+
+    def system(pace_s: float) -> ClientSystem:
+        return ClientSystem(profile, download_bytes=0, train_samples=1000, pace_s=pace_s)
+
+    assert system(10.0).added_delay_s(dense) == 0.0                      # done at 7.4 s; the round lasts 10 s anyway
+    assert system(5.0).added_delay_s(dense) == pytest.approx(7.4 - 5.0)  # runs 2.4 s past the pace
+    assert system(0.5).added_delay_s(dense) == pytest.approx(6.4)        # the slowest itself: its whole upload
+    assert system(0.0).added_delay_s(dense) == pytest.approx(6.4)        # no pace known: the upload's own time
+    assert system(5.0).time_cost_s(dense, "upload") == pytest.approx(6.4)
+    with pytest.raises(ValueError, match="time cost must be one of"):
+        system(5.0).time_cost_s(dense, "energy")
+    # the resource features carry the chosen cost: here a full update costs 2.4 s of a 10 s reference, top-1% nothing
+    with_deadline = ClientSystem(profile, 0, 1000, deadline_s=10.0, pace_s=5.0)
+    r = with_deadline.resources(0.01, dense, "added-delay")
+    assert (r.full_cost_s, r.compressed_cost_s) == (pytest.approx(2.4), 0.0)
+    c = SyncController(ControllerConfig(features="resources", time_penalty=1.0, time_cost="added-delay"), seed=0)
+    assert SyncController.from_bytes(c.to_bytes()).config.time_cost == "added-delay"
+
+
+def test_the_server_tells_the_next_round_its_pace_when_asked(tmp_path):
+    s = FedAvg()
+    s.configure_clock(SystemsModel(compute_bound_trace(tmp_path, {1: 100, 2: 250}), seed=0), broadcast_pace=True)
+    first = list(s.configure_train(1, arrays(w=[0.0]), ConfigRecord({}), FakeGrid([1, 2])))
+    assert all(keys.ROUND_PACE_S not in m.content["config"] for m in first)  # nothing measured yet
+    s.filter_train_replies(1, [reply(m.metadata.dst_node_id, arrays(w=[1.0]), 10, to=m) for m in first])
+    second = list(s.configure_train(2, arrays(w=[0.0]), ConfigRecord({}), FakeGrid([1, 2])))
+    # the slowest download + compute of round 1: node 2's 10 samples × 250 ms (downloads on 1e9 kbit/s are ~0)
+    assert [m.content["config"][keys.ROUND_PACE_S] for m in second] == [pytest.approx(2.5, abs=1e-3)] * 2
+    quiet = FedAvg()
+    quiet.configure_clock(SystemsModel(compute_bound_trace(tmp_path, {1: 100, 2: 250}), seed=0))
+    msgs = list(quiet.configure_train(1, arrays(w=[0.0]), ConfigRecord({}), FakeGrid([1, 2])))
+    quiet.filter_train_replies(1, [reply(m.metadata.dst_node_id, arrays(w=[1.0]), 10, to=m) for m in msgs])
+    assert all(keys.ROUND_PACE_S not in m.content["config"]
+               for m in quiet.configure_train(2, arrays(w=[0.0]), ConfigRecord({}), FakeGrid([1, 2])))
+
+
+@pytest.mark.parametrize("asynchronous", [False, True])
+def test_the_pace_is_broadcast_for_added_delay_on_synchronous_rounds_only(asynchronous):
+    cfg = RunConfig.from_run_config({"strategy": "drl-compress", "time-cost": "added-delay",
+                                     "async-aggregation": asynchronous})
+    assert innermost(build_strategy(cfg)).broadcast_pace is (not asynchronous)
+    assert innermost(build_strategy(RunConfig.from_run_config({"strategy": "drl-compress"}))).broadcast_pace is False

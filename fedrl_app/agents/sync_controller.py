@@ -11,12 +11,18 @@ State (features "basic": 5 numbers, all roughly in [0, 1]):
     progress: round / total rounds,
     current top-k ratio, log-scaled between `rate_min` (0) and `rate_max` (1).
 Features "resources" add what the client knows of its own system (`Resources`), each x mapped to
-x / (1 + x) so it stays in [0, 1): its expected upload time of a full and of a compressed update
-and its download + compute time, each relative to the round deadline (or, without one, to a dense
-upload on the median mobile link), and its availability.
+x / (1 + x) so it stays in [0, 1): the time a full and a compressed update would cost it and its
+download + compute time, each relative to the round deadline (or, without one, to a dense upload
+on the median mobile link), and its availability.
+What a message's time costs (`time_cost`):
+    "upload": its upload seconds.
+    "added-delay": the seconds it adds to the synchronous round: its download + compute + upload
+        beyond the round's pace (the slowest download + compute of the last round, which the server
+        broadcasts), or its whole upload if this client is itself the slowest. A fast client's dense
+        update then costs nothing while the round waits for a slower one anyway.
 Reward, minus bytes_penalty · bytes sent / full-model bytes and minus time_penalty · the message's
-upload seconds / a dense upload's seconds on the median mobile link, with the accuracy gain
-measured one of two ways (`reward_kind`):
+time cost / a dense upload's seconds on the median mobile link, with the accuracy gain measured
+one of two ways (`reward_kind`):
     "global-gain": local accuracy of the next global model − of this one, observed one round later.
         Most of it is the other clients' work, whatever this client did: a credit-assignment
         problem that left the controllers learning only the byte cost (skip, or send less).
@@ -41,6 +47,7 @@ FULL, COMPRESSED, SKIP, RAISE_COMPRESSION, LOWER_COMPRESSION = range(5)
 ACTIONS = ("full", "compressed", "skip", "raise-compression", "lower-compression")
 REWARD_KINDS = ("own-gain", "global-gain")
 FEATURE_SETS = ("basic", "resources")
+TIME_COSTS = ("upload", "added-delay")
 BASIC_DIM, RESOURCE_DIM = 5, 4
 STATE_DIM = BASIC_DIM  # of the "basic" features
 
@@ -49,8 +56,8 @@ STATE_DIM = BASIC_DIM  # of the "basic" features
 class Resources:
     """What a client knows of its own system this round, in seconds (and its availability)."""
 
-    full_upload_s: float        # a dense update on its uplink
-    compressed_upload_s: float  # an update at its current top-k rate (≈ 3 bytes per kept entry)
+    full_cost_s: float          # the time a dense update costs (its upload, or the delay it adds: `time_cost`)
+    compressed_cost_s: float    # the same for an update at its current top-k rate (≈ 3 bytes per kept entry)
     download_compute_s: float   # receiving the model and training on it
     availability: float
     reference_s: float          # the deadline, or a dense upload on the median mobile link without one
@@ -58,7 +65,7 @@ class Resources:
     def features(self) -> list[float]:
         """The four resource features, each x / (1 + x) of a time relative to `reference_s`."""
         squash = lambda seconds: (seconds / self.reference_s) / (1.0 + seconds / self.reference_s)  # noqa: E731
-        return [squash(self.full_upload_s), squash(self.compressed_upload_s), squash(self.download_compute_s),
+        return [squash(self.full_cost_s), squash(self.compressed_cost_s), squash(self.download_compute_s),
                 float(self.availability)]
 
 
@@ -91,6 +98,7 @@ class ControllerConfig:
     compressed_prior: float = 0.05
     features: str = "basic"           # "basic" or "resources" (see the module docstring)
     time_penalty: float = 0.0         # μ: reward cost of a dense upload's time on the median mobile link
+    time_cost: str = "upload"         # what a message's time is: "upload" or "added-delay" (module docstring)
 
     @property
     def state_dim(self) -> int:

@@ -98,7 +98,8 @@ def train(msg: Message, context: Context, cfg: RunConfig) -> Message:
     if use_controller:
         local_weights = {k: v.detach().numpy() for k, v in net.state_dict().items()}
         system = ClientSystem(profile, recorddict_nbytes(msg.content),
-                              len(train_data[0]) * int(config[keys.LOCAL_EPOCHS]), cfg.round_deadline_s)
+                              len(train_data[0]) * int(config[keys.LOCAL_EPOCHS]), cfg.round_deadline_s,
+                              pace_s=float(config.get(keys.ROUND_PACE_S, 0.0)))
         controller_config = replace(cfg.controller_config(), bytes_penalty=float(config[keys.BYTES_PENALTY]))
         sync = decide_and_encode(
             context, global_weights, local_weights, local_accuracy, server_round,

@@ -20,6 +20,7 @@ from fedrl_app.agents.sync_controller import (
     FULL,
     REWARD_KINDS,
     SKIP,
+    TIME_COSTS,
     ControllerConfig,
     Resources,
     SyncController,
@@ -46,6 +47,7 @@ class ClientSystem:
     download_bytes: int
     train_samples: int
     deadline_s: float = 0.0
+    pace_s: float = 0.0  # the round's expected length with free uploads, from the server (0: unknown)
 
     def reference_s(self, dense_bytes: int) -> float:
         """The time unit: a dense upload on the median mobile link."""
@@ -64,11 +66,26 @@ class ClientSystem:
         """Whether a reply of `upload_bytes` misses the deadline (the server then drops it)."""
         return self.deadline_s > 0 and self.round_s(upload_bytes) > self.deadline_s
 
-    def resources(self, rate: float, dense_bytes: int) -> Resources:
-        """The controller's resource features at top-k `rate`."""
+    def added_delay_s(self, upload_bytes: int) -> float:
+        """Seconds a reply of `upload_bytes` adds to the synchronous round: what this client's round runs past the
+        pace (the slowest download + compute), or its whole upload if it is the slowest itself. Without a pace
+        (first round, async) the server has told it nothing, and the upload's own time is the estimate."""
+        if self.pace_s <= 0:
+            return self.profile.upload_s(upload_bytes)
+        return max(0.0, self.round_s(upload_bytes) - max(self.pace_s, self.round_s(0)))
+
+    def time_cost_s(self, upload_bytes: int, kind: str = "upload") -> float:
+        """What sending `upload_bytes` costs in seconds: its upload (`kind` "upload") or `added_delay_s`."""
+        if kind not in TIME_COSTS:
+            raise ValueError(f"time cost must be one of {TIME_COSTS}, got {kind!r}")
+        return self.added_delay_s(upload_bytes) if kind == "added-delay" else self.profile.upload_s(upload_bytes)
+
+    def resources(self, rate: float, dense_bytes: int, time_cost: str = "upload") -> Resources:
+        """The controller's resource features at top-k `rate`, its messages' times measured as `time_cost`."""
         p = self.profile
         return Resources(
-            full_upload_s=p.upload_s(dense_bytes), compressed_upload_s=p.upload_s(self.estimated_bytes(rate, dense_bytes)),
+            full_cost_s=self.time_cost_s(dense_bytes, time_cost),
+            compressed_cost_s=self.time_cost_s(self.estimated_bytes(rate, dense_bytes), time_cost),
             download_compute_s=p.download_s(self.download_bytes) + p.compute_s(self.train_samples),
             availability=p.availability, reference_s=self.deadline_s or self.reference_s(dense_bytes))
 
@@ -155,7 +172,8 @@ def decide_and_encode(
     div = divergence(delta, global_update)
     staleness = server_round - int(meta["last-sent-round"]) - 1 if int(meta["last-sent-round"]) else server_round - 1
     dense_bytes = recorddict_nbytes(RecordDict({keys.DELTA: _to_record(delta)}))
-    resources = system.resources(controller.rate, dense_bytes) if system is not None else None
+    time_kind = controller.config.time_cost
+    resources = system.resources(controller.rate, dense_bytes, time_kind) if system is not None else None
     observation = controller.encode_state(local_accuracy, div, staleness, server_round / max(num_rounds, 1), resources)
 
     reward = prev_state = prev_action = None
@@ -192,7 +210,8 @@ def decide_and_encode(
     sent_bytes = recorddict_nbytes(RecordDict(records)) if records else 0
     bytes_fraction = sent_bytes / dense_bytes
     late = bool(records) and system is not None and system.late(sent_bytes)
-    time_cost = system.profile.upload_s(sent_bytes) / system.reference_s(dense_bytes) if records and system else 0.0
+    time_cost = (system.time_cost_s(sent_bytes, time_kind) / system.reference_s(dense_bytes)
+                 if records and system else 0.0)
     own_gain = float("nan")
     if reward_kind == "own-gain":  # a reply the server will drop as late adds nothing
         own_gain = 0.0 if late else _own_gain(records, global_weights, local_accuracy, accuracy_of)

@@ -50,6 +50,7 @@ PRUNE_THRESHOLD = "prune-threshold"
 NUM_SERVER_ROUNDS = "num-server-rounds"
 SYNC_POLICY = "sync-policy"
 CONTROLLER_REWARD = "controller-reward"
+ROUND_PACE_S = "round-pace-s"              # float: last round's slowest download + compute on the virtual clock
 
 # role "dqn" (Fusion)
 SHARE_EXPERIENCE = "share-experience"      # bool: send a sample of recent transitions too

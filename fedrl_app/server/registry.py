@@ -265,7 +265,8 @@ def build_strategy(cfg: RunConfig) -> Strategy:
     innermost(strategy).configure_update_bounds(max_update_norm=cfg.max_update_norm)
     # the virtual clock times every strategy's rounds; for the RL tasks a "sample" is an environment step
     innermost(strategy).configure_clock(systems_model(cfg.systems_profile, cfg.seed), cfg.round_deadline_s,
-                                        cfg.local_epochs if cfg.task == "mnist" else 1)
+                                        cfg.local_epochs if cfg.task == "mnist" else 1,
+                                        broadcast_pace=cfg.time_cost == "added-delay" and not cfg.async_aggregation)
     for wrapper in enabled:
         strategy = wrapper.wrap(strategy, cfg)
     return strategy
