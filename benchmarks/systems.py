@@ -24,6 +24,7 @@ what to upload could gain there, and what drl-compress gained. Results: benchmar
 from __future__ import annotations
 
 import re
+import statistics
 import time
 
 import matplotlib
@@ -44,6 +45,7 @@ from benchmarks.common import (  # noqa: E402
 )
 from fedrl_app.config import RunConfig  # noqa: E402
 from fedrl_app.server.recorder import read_jsonl  # noqa: E402
+from fedrl_app.systems.profiles import SystemsModel  # noqa: E402
 
 OUT = ROOT / "benchmarks" / "results" / "systems"
 TARGETS = (0.97, 0.98)
@@ -175,6 +177,7 @@ def report(command: str) -> str:
                 f"| {fmt(col['late'], '.0f')} | {fmt(col['unavailable'], '.0f')} | {split} "
                 f"| {'n/a (deadline)' if has_deadline(profile) else fmt([100 * x for x in col['upload-ceiling']], '.1f') + '%'} |")
     lines += headroom_lines()
+    lines += decision_lines()
     table = write_table(lines, OUT)
     _plot(curves)
     return table
@@ -231,6 +234,60 @@ def headroom_lines(target: float = TARGETS[0]) -> list[str]:
         lines.append(f"| {setting} | {len(seeds)} | {fmt(col['rounds'], '.1f')} | {fmt(col['fedavg'], '.2f')} "
                      f"| {fmt(col['floor'], '.2f')} | {fmt(col['best'], '.2f')} ({', '.join(sorted(set(col['which'])))}) "
                      f"| {fmt([x['best'] / x['floor'] for x in seeds], '.2f')}× | " + " | ".join(cells) + " |")
+    return lines
+
+
+LINK_BANDS = ((0.0, 3.0), (3.0, 12.0), (12.0, float("inf")))  # uplink Mbit/s: FedScale's slow quarter, the middle, fast
+
+
+def link_band(mbps: float) -> str:
+    """A client's uplink band as a label: "< 3", "3–12" or "≥ 12" Mbit/s."""
+    low, high = next(b for b in LINK_BANDS if b[0] <= mbps < b[1])
+    return f"< {high:g}" if low == 0 else f"≥ {low:g}" if high == float("inf") else f"{low:g}–{high:g}"
+
+
+def decisions_by_link(client_rows: list[dict], uplink_mbps: dict[int, float]) -> dict[str, dict]:
+    """What the clients sent, grouped by their uplink band: client-rounds, the shares sent dense, compressed and
+    skipped, and the median top-k rate of the compressed ones (raise/lower-compression send compressed too)."""
+    out: dict[str, dict] = {}
+    for band in (link_band(low) for low, _ in LINK_BANDS):
+        rows = [r for r in client_rows if link_band(uplink_mbps[r["partition_id"]]) == band and r.get("sync_decision")]
+        if not rows:
+            continue
+        dense = sum(r["sync_decision"] == "full" for r in rows)
+        skip = sum(r["sync_decision"] == "skip" for r in rows)
+        rates = sorted(r["compression_rate"] for r in rows if r["sync_decision"] not in ("full", "skip"))
+        out[band] = {"client-rounds": len(rows), "dense": dense / len(rows), "skip": skip / len(rows),
+                     "compressed": (len(rows) - dense - skip) / len(rows),
+                     "median-rate": float(statistics.median(rates)) if rates else None}
+    return out
+
+
+def decision_lines() -> list[str]:
+    """Per setting, learned controller (and the bandwidth rule) and uplink band: what was sent, over every seed."""
+    lines = ["", "What the controllers sent, by the client's uplink (every client-round of every seed with a saved "
+             "per-client log; compressed includes raise/lower-compression, which send at the new rate):", "",
+             "| setting | method | seeds | uplink Mbit/s | client-rounds | dense | compressed (median top-k) | skip |",
+             "|---|---|---|---|---|---|---|---|"]
+    for setting in settings():
+        profile = setting.split("-")[0]
+        for method in (*LEARNED, "bandwidth-rule"):
+            paths = sorted(OUT.glob(f"{setting}-{method}-seed*.clients.jsonl"))
+            if not paths:
+                continue
+            rows, uplink = [], {}
+            for path in paths:
+                seed = int(path.name[path.name.rindex("-seed") + 5: -len(".clients.jsonl")])
+                model = SystemsModel(profile, seed)
+                mine = read_jsonl(path)
+                # one band table over seeds: key partitions by (seed, partition)
+                for r in mine:
+                    uplink[(seed, r["partition_id"])] = model.profile(r["partition_id"]).uplink_kbps / 1000
+                rows += [{**r, "partition_id": (seed, r["partition_id"])} for r in mine]
+            for band, d in decisions_by_link(rows, uplink).items():
+                rate = "-" if d["median-rate"] is None else f"{d['median-rate']:.3g}"
+                lines.append(f"| {setting} | {method} | {len(paths)} | {band} | {d['client-rounds']} | {d['dense']:.0%} "
+                             f"| {d['compressed']:.0%} ({rate}) | {d['skip']:.0%} |")
     return lines
 
 

@@ -132,3 +132,16 @@ def test_headroom_compares_the_best_fixed_rate_with_fedavgs_free_upload_floor(tm
     write_jsonl(tmp_path / "mobile-drl-compress-shared-seed1.jsonl", _timed([0.9, 0.95], 900.0, 600.0))
     row = [line for line in systems.headroom_lines() if line.startswith("| mobile |")]
     assert row[0].endswith("| 1.25 (1.25×) | not reached | not run |")
+
+
+def test_decisions_are_grouped_by_the_clients_uplink_band():
+    assert [systems.link_band(x) for x in (0.5, 2.999, 3.0, 11.9, 12.0, 500.0)] == ["< 3", "< 3", "3–12", "3–12",
+                                                                                  "≥ 12", "≥ 12"]
+    rows = [{"partition_id": 0, "sync_decision": d, "compression_rate": r}
+            for d, r in (("full", 0.01), ("compressed", 0.01), ("raise-compression", 0.005), ("skip", 0.005))]
+    rows += [{"partition_id": 1, "sync_decision": "compressed", "compression_rate": 0.1},
+             {"partition_id": 1, "sync_decision": None, "compression_rate": 0.1}]  # (no decision: not counted)
+    out = systems.decisions_by_link(rows, {0: 1.5, 1: 20.0})
+    assert list(out) == ["< 3", "≥ 12"]
+    assert out["< 3"] == {"client-rounds": 4, "dense": 0.25, "skip": 0.25, "compressed": 0.5, "median-rate": 0.0075}
+    assert out["≥ 12"] == {"client-rounds": 1, "dense": 0.0, "skip": 0.0, "compressed": 1.0, "median-rate": 0.1}
