@@ -296,3 +296,14 @@ def test_the_pace_is_broadcast_for_added_delay_on_synchronous_rounds_only(asynch
                                      "async-aggregation": asynchronous})
     assert innermost(build_strategy(cfg)).broadcast_pace is (not asynchronous)
     assert innermost(build_strategy(RunConfig.from_run_config({"strategy": "drl-compress"}))).broadcast_pace is False
+
+
+def test_without_a_byte_cost_dense_is_explored_as_often_as_skip():
+    assert ControllerConfig().exploration_weights[0] == 0.02  # a random dense sync costs a model's bytes
+    assert ControllerConfig(bytes_penalty=0.0).exploration_weights == (0.2, 0.38, 0.2, 0.2, 0.2)
+    assert ControllerConfig(explore_weights=(1, 0, 0, 0, 0)).exploration_weights == (1, 0, 0, 0, 0)
+    c = SyncController(ControllerConfig(bytes_penalty=0.0, epsilon_start=1.0, epsilon_end=1.0), seed=0)
+    draws = [c.act([0.0] * 5) for _ in range(2000)]
+    assert 0.14 < draws.count(0) / 2000 < 0.20  # full: 0.2 / 1.18 ≈ 0.17
+    restored = SyncController.from_bytes(SyncController(ControllerConfig(explore_weights=(1, 0, 0, 0, 0))).to_bytes())
+    assert restored.config.exploration_weights == (1, 0, 0, 0, 0)

@@ -84,9 +84,10 @@ class ControllerConfig:
     epsilon_start: float = 0.3
     epsilon_end: float = 0.02
     epsilon_decay_rounds: int = 10    # linear decay over this many decisions
-    # Exploration draws actions with these weights (full, compressed, skip, raise, lower):
-    # a random full sync costs a whole model, so it is explored rarely.
-    explore_weights: tuple[float, ...] = (0.02, 0.38, 0.2, 0.2, 0.2)
+    # Exploration draws actions with these weights (full, compressed, skip, raise, lower). None: a random
+    # full sync costs a whole model's bytes, so with a byte cost it is explored rarely (0.02); without one
+    # (a time objective) as often as skip or a rate change, or the controller never finds out what dense buys.
+    explore_weights: tuple[float, ...] | None = None
     initial_rate: float = 0.01        # top-k ratio before any change
     rate_min: float = 0.001
     rate_max: float = 0.25
@@ -99,6 +100,13 @@ class ControllerConfig:
     features: str = "basic"           # "basic" or "resources" (see the module docstring)
     time_penalty: float = 0.0         # μ: reward cost of a dense upload's time on the median mobile link
     time_cost: str = "upload"         # what a message's time is: "upload" or "added-delay" (module docstring)
+
+    @property
+    def exploration_weights(self) -> tuple[float, ...]:
+        """`explore_weights`, or the default for this byte cost (see the field's comment)."""
+        if self.explore_weights is not None:
+            return tuple(self.explore_weights)
+        return (0.02 if self.bytes_penalty > 0 else 0.2, 0.38, 0.2, 0.2, 0.2)
 
     @property
     def state_dim(self) -> int:
@@ -156,7 +164,7 @@ class SyncController:
         explore = not greedy and self.rng.random() < self.epsilon
         self.decisions += 0 if greedy else 1
         if explore:
-            return self.rng.choices(range(len(ACTIONS)), weights=self.config.explore_weights)[0]
+            return self.rng.choices(range(len(ACTIONS)), weights=self.config.exploration_weights)[0]
         with torch.no_grad():
             return int(self.q(torch.tensor([state], dtype=torch.float32)).argmax(1).item())
 
