@@ -57,6 +57,8 @@ METHODS: dict[str, dict] = {
     **{f"topk-{pct:g}": {"strategy": "drl-compress", "sync-policy": "compressed", "topk-ratio": pct / 100}
        for pct in (0.1, 0.3, 1, 3, 10)},
     "bandwidth-rule": {"strategy": "drl-compress", "sync-policy": "bandwidth-rule", "topk-ratio": 0.01},
+    # the densest update that adds no delay to the round (the server broadcasts the last round's pace)
+    "pace-rule": {"strategy": "drl-compress", "sync-policy": "pace-rule", "topk-ratio": 0.01},
     "fedbuff": {"strategy": "fedavg", "async-aggregation": True},
     # the fixed rates on the async clock too, so drl-compress-async has a like-for-like baseline
     **{f"topk-{pct:g}-async": {"strategy": "drl-compress", "sync-policy": "compressed", "topk-ratio": pct / 100,
@@ -190,6 +192,7 @@ def runs_by_seed(setting: str, method: str) -> dict[int, list[dict]]:
 
 
 LEARNED = ("drl-compress", "drl-compress-shared", "drl-compress-shared-delay")  # the synchronous learned controllers
+ADAPTIVE = (*LEARNED, "bandwidth-rule", "pace-rule")  # ... and the hand-written rules that also adapt to the link
 
 
 def headroom_lines(target: float = TARGETS[0]) -> list[str]:
@@ -203,12 +206,12 @@ def headroom_lines(target: float = TARGETS[0]) -> list[str]:
              "seeds.", "",
              "| setting | seeds | FedAvg, rounds to target | FedAvg, sim hours | floor: the same rounds, uploads free "
              "| best fixed rate, sim hours (which) | best fixed ÷ floor: the most any policy could gain "
-             + "".join(f"| {m}, sim hours (÷ best fixed) " for m in LEARNED) + "|", "|---" * (7 + len(LEARNED)) + "|"]
+             + "".join(f"| {m}, sim hours (÷ best fixed) " for m in ADAPTIVE) + "|", "|---" * (7 + len(ADAPTIVE)) + "|"]
     for setting in settings():
         if has_deadline(setting):
             continue  # the deadline sets the round (see `upload_ceiling`)
         fixed = {m: runs_by_seed(setting, m) for m in FIXED_RATES}
-        learned = {m: runs_by_seed(setting, m) for m in LEARNED}
+        learned = {m: runs_by_seed(setting, m) for m in ADAPTIVE}
         seeds = []
         for seed, fedavg in sorted(fixed["fedavg"].items()):
             hit = first_round_reaching(fedavg, "accuracy", target)
@@ -223,7 +226,7 @@ def headroom_lines(target: float = TARGETS[0]) -> list[str]:
             continue
         col = {k: [x[k] for x in seeds] for k in ("rounds", "fedavg", "floor", "best", "which")}
         cells = []
-        for m in LEARNED:
+        for m in ADAPTIVE:
             ran = [x for x in seeds if m in x]
             if not ran:
                 cells.append("not run")
@@ -264,14 +267,15 @@ def decisions_by_link(client_rows: list[dict], uplink_mbps: dict[int, float]) ->
 
 
 def decision_lines() -> list[str]:
-    """Per setting, learned controller (and the bandwidth rule) and uplink band: what was sent, over every seed."""
+    """Per setting, adaptive method (the learned controllers and the rules) and uplink band: what was sent, over
+    every seed."""
     lines = ["", "What the controllers sent, by the client's uplink (every client-round of every seed with a saved "
              "per-client log; compressed includes raise/lower-compression, which send at the new rate):", "",
              "| setting | method | seeds | uplink Mbit/s | client-rounds | dense | compressed (median top-k) | skip |",
              "|---|---|---|---|---|---|---|---|"]
     for setting in settings():
         profile = setting.split("-")[0]
-        for method in (*LEARNED, "bandwidth-rule"):
+        for method in ADAPTIVE:
             paths = sorted(OUT.glob(f"{setting}-{method}-seed*.clients.jsonl"))
             if not paths:
                 continue

@@ -30,7 +30,7 @@ BYZANTINE_ATTACKS = ("sign-flip", "scale", "noise", "weight-inflation", "sparse-
 TRUST_RULES = ("update-cosine", "param-cosine")
 DIVERSITY_SPACES = ("normalised", "raw")
 DIVERSITY_MEASURES = ("mean", "nearest")  # as TRUST_RULES: strategies/fusion.py keeps the same tuple (a test checks)
-SYNC_POLICIES = ("dqn", "compressed", "full", "bandwidth-rule")
+SYNC_POLICIES = ("dqn", "compressed", "full", "bandwidth-rule", "pace-rule")
 CONTROLLER_REWARDS = ("own-gain", "global-gain")  # see fedrl_app.agents.sync_controller
 DP_MODES = ("off", "server", "client")  # Flower's fixed-clipping DP wrappers: who clips the updates
 WANDB_MODES = ("offline", "online", "disabled")
@@ -110,7 +110,7 @@ class RunConfig:
         0.1, "drl-compress: λ in the controllers' reward, accuracy gain − λ · bytes sent / full-model bytes",
         group=DRL_COMPRESS, ge=0)
     sync_policy: str = option(
-        "dqn", "drl-compress: `dqn` (each client's controller decides), or the ablations `compressed` (always top-k + int8 at the initial rate) and `full`",
+        "dqn", "drl-compress: `dqn` (each client's controller decides), the ablations `compressed` (always top-k + int8 at the initial rate) and `full`, or the hand-written rules `bandwidth-rule` (top-k ∝ the client's uplink, halved until it makes the deadline) and `pace-rule` (the densest update that adds no delay to the synchronous round: dense if it is done before the slowest download + compute of the last round, else the largest top-k rate from 25% down that is)",
         group=DRL_COMPRESS, choices=SYNC_POLICIES)
     controller_reward: str = option(
         "own-gain", "drl-compress: the accuracy gain in the controllers' reward: `own-gain`, what the client's own message (decoded as the server will) adds to the global model's local accuracy, measured at once; or `global-gain`, the global model's local accuracy gain by the next round (mostly other clients' doing)",

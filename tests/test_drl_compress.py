@@ -242,3 +242,22 @@ def test_the_reward_charges_the_time_the_message_costs(time_cost):
     seconds = upload if time_cost == "upload" else 1.0 + upload - 2.0  # compute + upload, past the 2 s pace
     # the own gain is 0 (a flat accuracy): the reward is minus the time over a dense upload on the median link
     assert step(2).reward == pytest.approx(-seconds / system.reference_s(dense))
+
+
+def test_the_pace_rule_sends_dense_when_it_is_free_and_compressed_when_not():
+    from flwr.app import Context, RecordDict
+
+    from fedrl_app.client.sync import ClientSystem, decide_and_encode
+    from fedrl_app.systems.profiles import ClientProfile
+
+    profile = ClientProfile(1.0, 1e6, 1.0, 1.0, 0.0)  # 1 kbit/s up (a 400 B dense update: ~3.3 s), 1 s of compute
+
+    def decide(pace_s):
+        context = Context(run_id=1, node_id=1, node_config={}, state=RecordDict(), run_config={})
+        return decide_and_encode(context, {"w": np.zeros(100, np.float32)}, {"w": np.ones(100, np.float32)}, 0.5, 2,
+                                 10, 0.1, 0.0, seed=0, policy="pace-rule", reward_kind="global-gain",
+                                 system=ClientSystem(profile, 0, 1000, pace_s=pace_s))
+
+    assert decide(60.0).action == "full" and "delta" in decide(60.0).records
+    slow = decide(1.5)  # 0.5 s of upload left: 0.5 kbit = 62 B, so the largest rate whose ~0.75 · r · 400 B fits
+    assert slow.action == "compressed" and slow.compression_rate == 0.125

@@ -307,3 +307,20 @@ def test_without_a_byte_cost_dense_is_explored_as_often_as_skip():
     assert 0.14 < draws.count(0) / 2000 < 0.20  # full: 0.2 / 1.18 ≈ 0.17
     restored = SyncController.from_bytes(SyncController(ControllerConfig(explore_weights=(1, 0, 0, 0, 0))).to_bytes())
     assert restored.config.exploration_weights == (1, 0, 0, 0, 0)
+
+
+def test_the_pace_rule_sends_the_densest_update_that_adds_no_delay():
+    profile = ClientProfile(1000.0, 5000.0, 1.0, 0.9, 0.0)  # 1 Mbps up: dense 800 kB = 6.4 s; 1 s of compute
+    dense = 800_000  # (a top-k entry is 3 bytes against 4: rate r sends 0.75 · r · 800 kB)
+
+    def rule(pace_s: float, deadline_s: float = 0.0):
+        system = ClientSystem(profile, 0, 1000, deadline_s=deadline_s, pace_s=pace_s)
+        return system.pace_rule_rate(0.01, dense, 0.001, 0.25)
+
+    assert rule(10.0) is None                    # done at 7.4 s, before the 10 s pace: dense is free
+    # a 2 s pace leaves 1 s of upload: 25% (150 kB, 1.2 s) is too much, 12.5% (0.6 s) fits
+    assert rule(2.0) == 0.125
+    assert rule(1.29) == 0.03125                 # 0.29 s: 6.25% (0.3 s) is too much, 3.125% (0.15 s) fits
+    assert rule(0.5) == 0.001                    # the slowest client sets the pace: every byte adds, so the floor
+    assert rule(0.0, deadline_s=10.0) is None    # no pace yet: the deadline is the budget
+    assert rule(0.0) == pytest.approx(0.01 / 6)  # neither: the bandwidth rule (1 Mbps is 1/6 of the median uplink)

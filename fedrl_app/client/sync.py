@@ -97,6 +97,23 @@ class ClientSystem:
         return rate
 
 
+    def pace_rule_rate(self, base_rate: float, dense_bytes: int, low: float, high: float) -> float | None:
+        """The densest update that adds no delay to the round: None (dense) if a dense one is done by the pace (or
+        the deadline), else the largest top-k rate from `high` halving down to `low` that is, else `low` (the
+        slowest client, whose every byte adds). With neither a pace nor a deadline (the first round) nothing says
+        what is free: the bandwidth rule's rate from `base_rate`."""
+        budget_s = self.pace_s or self.deadline_s
+        if budget_s <= 0:
+            return self.bandwidth_rule_rate(base_rate, dense_bytes, low, high)
+        budget_s = max(budget_s, self.round_s(0))  # the slowest client's own upload always adds: it sets the pace
+        if self.round_s(dense_bytes) <= budget_s:
+            return None
+        rate = high
+        while rate > low and self.round_s(self.estimated_bytes(rate, dense_bytes)) > budget_s:
+            rate = max(rate / 2.0, low)
+        return rate
+
+
 @dataclass
 class SyncDecision:
     """What the controller chose this round and what it cost."""
@@ -142,12 +159,13 @@ def decide_and_encode(
 
     `policy` "compressed" or "full" fixes the action (baselines: compressed at the configured
     rate, or dense); "bandwidth-rule" sends compressed at a rate proportional to this client's
-    uplink, lowered until the reply makes the deadline. The controller still records the state and
+    uplink, lowered until the reply makes the deadline; "pace-rule" sends the densest update that adds no
+    delay to the round (`ClientSystem.pace_rule_rate`). The controller still records the state and
     reward it would have learned from. With `reward_kind` "own-gain", `accuracy_of(weights)` (local
     validation accuracy of a model) measures what the message sent adds to the global model (see
     `fedrl_app.agents.sync_controller`); a reply that will miss the deadline adds nothing.
     `controller_config` sets a new controller's hyperparameters; `system` is what the client knows
-    of its own link, compute and deadline (needed by "resources" features, time costs and the rule).
+    of its own link, compute and deadline (needed by "resources" features, time costs and the rules).
     `shared_q`, the server's shared controller (controller-sharing "shared"), replaces this client's
     Q-network before it acts, and the client does not learn itself: the server learns from every
     client's transitions, reported in the metadata.
@@ -160,7 +178,7 @@ def decide_and_encode(
     blob = state.config_records.get(CONTROLLER_KEY)
     config = controller_config or ControllerConfig(bytes_penalty=bytes_penalty)
     controller = SyncController.from_bytes(blob["blob"]) if blob is not None else SyncController(config, seed=seed)
-    if system is None and (controller.config.features == "resources" or policy == "bandwidth-rule"
+    if system is None and (controller.config.features == "resources" or policy in ("bandwidth-rule", "pace-rule")
                            or controller.config.time_penalty > 0):
         raise ValueError("resource features, time costs and the bandwidth rule need the client's ClientSystem")
     residual = _from_record(state.array_records.get(RESIDUAL_KEY))
@@ -186,12 +204,19 @@ def decide_and_encode(
     if shared_q is not None:
         controller.q.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in shared_q.items()})
 
-    action = {"dqn": None, "compressed": COMPRESSED, "full": FULL, "bandwidth-rule": COMPRESSED}[policy]
+    action = {"dqn": None, "compressed": COMPRESSED, "full": FULL, "bandwidth-rule": COMPRESSED,
+              "pace-rule": COMPRESSED}[policy]
     if action is None:
         action = controller.act(observation)
+    c = controller.config
     if policy == "bandwidth-rule":
-        c = controller.config
         controller.rate = system.bandwidth_rule_rate(c.initial_rate, dense_bytes, c.rate_min, c.rate_max)
+    elif policy == "pace-rule":
+        free_rate = system.pace_rule_rate(c.initial_rate, dense_bytes, c.rate_min, c.rate_max)
+        if free_rate is None:
+            action = FULL
+        else:
+            controller.rate = free_rate
     rate = controller.apply_rate_action(action)
     if action == SKIP:
         # The skipped update is dropped, not banked: by the time it would be sent the global

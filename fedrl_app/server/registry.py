@@ -266,7 +266,8 @@ def build_strategy(cfg: RunConfig) -> Strategy:
     # the virtual clock times every strategy's rounds; for the RL tasks a "sample" is an environment step
     innermost(strategy).configure_clock(systems_model(cfg.systems_profile, cfg.seed), cfg.round_deadline_s,
                                         cfg.local_epochs if cfg.task == "mnist" else 1,
-                                        broadcast_pace=cfg.time_cost == "added-delay" and not cfg.async_aggregation)
+                                        broadcast_pace=(cfg.time_cost == "added-delay" or cfg.sync_policy == "pace-rule")
+                                        and not cfg.async_aggregation)
     for wrapper in enabled:
         strategy = wrapper.wrap(strategy, cfg)
     return strategy
