@@ -324,3 +324,17 @@ def test_the_pace_rule_sends_the_densest_update_that_adds_no_delay():
     assert rule(0.5) == 0.001                    # the slowest client sets the pace: every byte adds, so the floor
     assert rule(0.0, deadline_s=10.0) is None    # no pace yet: the deadline is the budget
     assert rule(0.0) == pytest.approx(0.01 / 6)  # neither: the bandwidth rule (1 Mbps is 1/6 of the median uplink)
+
+
+def test_a_controller_starts_compressed_with_a_byte_cost_and_dense_without():
+    from fedrl_app.agents.sync_controller import COMPRESSED, FULL
+
+    def greedy(config):
+        return SyncController(config, seed=0).act([0.5] * config.state_dim, greedy=True)
+
+    assert greedy(ControllerConfig()) == COMPRESSED
+    assert greedy(ControllerConfig(bytes_penalty=0.0)) == FULL
+    assert greedy(ControllerConfig(bytes_penalty=0.0, start_action="compressed")) == COMPRESSED
+    assert greedy(ControllerConfig(start_action="full")) == FULL  # the start is preferred whatever its byte cost
+    with pytest.raises(ValueError, match="start_action"):
+        SyncController(ControllerConfig(start_action="skip"))
