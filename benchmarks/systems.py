@@ -15,9 +15,13 @@ labelled `<profile>-d<S>`; the `-partial` methods train only what fits before it
 `--width 4 --local-samples 400` is the setting where uploads cost time (a 13.7 MB CNN, FedScale's 400
 samples a round: `benchmarks/upload_ceiling.py`), labelled `<profile>-w4-s400`. Async runs make
 `async-rounds-factor` × rounds aggregations of K = 5 updates (about as many client updates as the
-synchronous runs) with the lr decayed per client update. Below the table, per setting: FedAvg's rounds to 97% at
+synchronous runs) with the lr decayed per client update. `drl-compress-shared-delay` is the time objective (no byte
+cost; a message is charged the delay it adds to the round, `time-cost = "added-delay"`) and `pace-rule` its
+hand-written counterpart (the densest update done before the last round's slowest download + compute). Below the
+table, per setting: FedAvg's rounds to 97% at
 free-upload round times (the floor of any upload policy) against the best fixed rate, i.e. the most that choosing
-what to upload could gain there, and what drl-compress gained. Results: benchmarks/results/systems/
+what to upload could gain there, and what drl-compress gained; then what the adaptive methods sent, by the
+client's uplink band. Results: benchmarks/results/systems/
 (<profile>-<method>-seed<k>.jsonl, table.md, accuracy_vs_sim_time.png).
 """
 
