@@ -30,6 +30,7 @@ from __future__ import annotations
 import re
 import statistics
 import time
+from pathlib import Path
 
 import matplotlib
 
@@ -189,9 +190,14 @@ def report(command: str) -> str:
     return table
 
 
+def seed_of(path: Path) -> int:
+    """The seed in a saved run's file name (`<setting>-<method>-seed<k>.jsonl` or `.clients.jsonl`)."""
+    return int(path.name[path.name.rindex("-seed") + 5:].split(".")[0])
+
+
 def runs_by_seed(setting: str, method: str) -> dict[int, list[dict]]:
     """A setting's saved runs of one method, keyed by seed."""
-    return {int(p.name[p.name.rindex("-seed") + 5: -len(".jsonl")]): read_jsonl(p)
+    return {seed_of(p): read_jsonl(p)
             for p in OUT.glob(f"{setting}-{method}-seed*.jsonl") if not p.name.endswith(".clients.jsonl")}
 
 
@@ -215,7 +221,7 @@ def headroom_lines(target: float = TARGETS[0]) -> list[str]:
         if has_deadline(setting):
             continue  # the deadline sets the round (see `upload_ceiling`)
         fixed = {m: runs_by_seed(setting, m) for m in FIXED_RATES}
-        learned = {m: runs_by_seed(setting, m) for m in ADAPTIVE}
+        adaptive = {m: runs_by_seed(setting, m) for m in ADAPTIVE}
         seeds = []
         for seed, fedavg in sorted(fixed["fedavg"].items()):
             hit = first_round_reaching(fedavg, "accuracy", target)
@@ -225,7 +231,7 @@ def headroom_lines(target: float = TARGETS[0]) -> list[str]:
             best = min((m for m in times if times[m] is not None), key=times.get)
             seeds.append({"rounds": hit["round"], "fedavg": times["fedavg"], "floor": free_upload_floor_h(fedavg, target),
                           "best": times[best], "which": best,
-                          **{m: summarise(runs[seed])[f"h-to-{target}"] for m, runs in learned.items() if seed in runs}})
+                          **{m: summarise(runs[seed])[f"h-to-{target}"] for m, runs in adaptive.items() if seed in runs}})
         if not seeds:
             continue
         col = {k: [x[k] for x in seeds] for k in ("rounds", "fedavg", "floor", "best", "which")}
@@ -285,7 +291,7 @@ def decision_lines() -> list[str]:
                 continue
             rows, uplink = [], {}
             for path in paths:
-                seed = int(path.name[path.name.rindex("-seed") + 5: -len(".clients.jsonl")])
+                seed = seed_of(path)
                 model = SystemsModel(profile, seed)
                 mine = read_jsonl(path)
                 # one band table over seeds: key partitions by (seed, partition)

@@ -89,13 +89,16 @@ class ClientSystem:
             download_compute_s=p.download_s(self.download_bytes) + p.compute_s(self.train_samples),
             availability=p.availability, reference_s=self.deadline_s or self.reference_s(dense_bytes))
 
-    def bandwidth_rule_rate(self, base_rate: float, dense_bytes: int, low: float, high: float) -> float:
-        """Top-k ∝ uplink (base_rate on the median mobile link), halved until the reply would make the deadline."""
-        rate = min(max(base_rate * self.profile.uplink_kbps / median_mobile_profile().uplink_kbps, low), high)
-        while rate > low and self.late(self.estimated_bytes(rate, dense_bytes)):
+    def halved_until_within(self, rate: float, dense_bytes: int, low: float, budget_s: float) -> float:
+        """`rate`, halved (not below `low`) until this client's round with an update at that rate ends by `budget_s`."""
+        while rate > low and self.round_s(self.estimated_bytes(rate, dense_bytes)) > budget_s:
             rate = max(rate / 2.0, low)
         return rate
 
+    def bandwidth_rule_rate(self, base_rate: float, dense_bytes: int, low: float, high: float) -> float:
+        """Top-k ∝ uplink (base_rate on the median mobile link), halved until the reply would make the deadline."""
+        rate = min(max(base_rate * self.profile.uplink_kbps / median_mobile_profile().uplink_kbps, low), high)
+        return self.halved_until_within(rate, dense_bytes, low, self.deadline_s) if self.deadline_s > 0 else rate
 
     def pace_rule_rate(self, base_rate: float, dense_bytes: int, low: float, high: float) -> float | None:
         """The densest update that adds no delay to the round: None (dense) if a dense one is done by the pace (or
@@ -108,10 +111,7 @@ class ClientSystem:
         budget_s = max(budget_s, self.round_s(0))  # the slowest client's own upload always adds: it sets the pace
         if self.round_s(dense_bytes) <= budget_s:
             return None
-        rate = high
-        while rate > low and self.round_s(self.estimated_bytes(rate, dense_bytes)) > budget_s:
-            rate = max(rate / 2.0, low)
-        return rate
+        return self.halved_until_within(high, dense_bytes, low, budget_s)
 
 
 @dataclass
@@ -180,7 +180,7 @@ def decide_and_encode(
     controller = SyncController.from_bytes(blob["blob"]) if blob is not None else SyncController(config, seed=seed)
     if system is None and (controller.config.features == "resources" or policy in ("bandwidth-rule", "pace-rule")
                            or controller.config.time_penalty > 0):
-        raise ValueError("resource features, time costs and the bandwidth rule need the client's ClientSystem")
+        raise ValueError("resource features, time costs and the bandwidth and pace rules need the client's ClientSystem")
     residual = _from_record(state.array_records.get(RESIDUAL_KEY))
     last_global = _from_record(state.array_records.get(LAST_GLOBAL_KEY))
     meta = state.config_records.get(SYNC_META_KEY, ConfigRecord({"last-sent-round": 0}))
