@@ -64,6 +64,10 @@ METHODS: dict[str, dict] = {
     "bandwidth-rule": {"strategy": "drl-compress", "sync-policy": "bandwidth-rule", "topk-ratio": 0.01},
     # the densest update that adds no delay to the round (the server broadcasts the last round's pace)
     "pace-rule": {"strategy": "drl-compress", "sync-policy": "pace-rule", "topk-ratio": 0.01},
+    # ... with each coordinate averaged over the clients that sent it: a slow client's top-k reply beside
+    # dense ones no longer shrinks the step on the coordinates it left out
+    "pace-rule-sent-mean": {"strategy": "drl-compress", "sync-policy": "pace-rule", "topk-ratio": 0.01,
+                            "update-aggregation": "sent-mean"},
     "fedbuff": {"strategy": "fedavg", "async-aggregation": True},
     # the fixed rates on the async clock too, so drl-compress-async has a like-for-like baseline
     **{f"topk-{pct:g}-async": {"strategy": "drl-compress", "sync-policy": "compressed", "topk-ratio": pct / 100,
@@ -202,7 +206,7 @@ def runs_by_seed(setting: str, method: str) -> dict[int, list[dict]]:
 
 
 LEARNED = ("drl-compress", "drl-compress-shared", "drl-compress-shared-delay")  # the synchronous learned controllers
-ADAPTIVE = (*LEARNED, "bandwidth-rule", "pace-rule")  # ... and the hand-written rules that also adapt to the link
+ADAPTIVE = (*LEARNED, "bandwidth-rule", "pace-rule", "pace-rule-sent-mean")  # ... and the hand-written rules that also adapt to the link
 
 
 def headroom_lines(target: float = TARGETS[0]) -> list[str]:

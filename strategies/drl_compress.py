@@ -8,6 +8,9 @@ The server decodes each into a dense Δ_i and applies
 
 so the step is an example-weighted mean over the clients that sent (renormalised),
 whatever the mix of full, compressed and skipped replies. Skipped clients cost no uplink.
+With `update_aggregation = "sent-mean"` the mean is taken per coordinate, over the clients
+that sent that coordinate (a dense reply sends all of them), so a top-k reply beside dense
+ones does not pull the coordinates it left out towards 0.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from strategies.reply_guard import ReplyGuardMixin
 from strategies.round_schedule import RoundScheduleMixin
 from strategies.strategy_utils import mean_arrays
 
-UPDATE_AGGREGATIONS = ("mean", "median", "trimmed-mean")
+UPDATE_AGGREGATIONS = ("mean", "sent-mean", "median", "trimmed-mean")
 REWARD_BOUND = 10.0  # |reward| a client may report to the shared controller (honest ones stay within a few units)
 
 
@@ -55,7 +58,8 @@ class DrlCompress(RoundScheduleMixin, ReplyGuardMixin, FlowerFedAvg):
         client's own message adds, measured at once) or "global-gain" (the global model's gain
         by the next round); see :mod:`fedrl_app.agents.sync_controller`.
     update_aggregation : str (default: "mean")
-        How the decoded updates of the senders combine: "mean" (example-weighted), or the robust rules
+        How the decoded updates of the senders combine: "mean" (example-weighted), "sent-mean"
+        (example-weighted per coordinate over the clients that sent it: see :func:`sent_mean`), or the robust rules
         "median" (coordinate-wise, as Flower's FedMedian) and "trimmed-mean" (coordinate-wise, cutting
         `trimmed_beta` of the values at each end, as Flower's FedTrimmedAvg), unweighted like those, each
         over the clients that sent the coordinate (a top-k update sends few) and scaled by their share.
@@ -85,6 +89,7 @@ class DrlCompress(RoundScheduleMixin, ReplyGuardMixin, FlowerFedAvg):
         self.bytes_penalty, self.prune_threshold, self.num_rounds = bytes_penalty, prune_threshold, num_rounds
         self.current: dict[str, np.ndarray] | None = None
         self._deltas: dict[int, dict[str, np.ndarray]] = {}
+        self._dense: set[int] = set()  # nodes whose reply this round was a dense update
 
     def summary(self) -> None:
         """Log summary configuration of the strategy."""
@@ -97,7 +102,7 @@ class DrlCompress(RoundScheduleMixin, ReplyGuardMixin, FlowerFedAvg):
     ) -> Iterable[Message]:
         """Send the model and the controller settings (the clients run role "sync-controller")."""
         self.current = to_numpy(arrays)
-        self._deltas = {}
+        self._deltas, self._dense = {}, set()
         config = ConfigRecord(dict(config))
         config[keys.BYTES_PENALTY] = self.bytes_penalty
         config[keys.PRUNE_THRESHOLD] = self.prune_threshold
@@ -126,6 +131,7 @@ class DrlCompress(RoundScheduleMixin, ReplyGuardMixin, FlowerFedAvg):
             if keys.DELTA not in records:
                 raise PayloadError(f"full-sync reply has no ArrayRecord '{keys.DELTA}'")
             delta = check_arrays(records[keys.DELTA], spec, name=keys.DELTA, max_abs=self.max_abs)
+            self._dense.add(msg.metadata.src_node_id)
         else:
             if keys.DELTA_COMPRESSED not in records:
                 raise PayloadError(f"compressed reply has no ArrayRecord '{keys.DELTA_COMPRESSED}'")
@@ -162,7 +168,10 @@ class DrlCompress(RoundScheduleMixin, ReplyGuardMixin, FlowerFedAvg):
             step = trimmed_mean(updates, self.trimmed_beta)
         else:
             weights = [next(iter(m.content.metric_records.values()))[self.weighted_by_key] for m in senders]
-            step = mean_arrays(updates, weights)
+            if self.update_aggregation == "sent-mean":
+                step = sent_mean(updates, weights, [m.metadata.src_node_id in self._dense for m in senders])
+            else:
+                step = mean_arrays(updates, weights)
         return to_record(apply_update(self.current, step)), metrics
 
 
@@ -218,6 +227,27 @@ class DrlCompress(RoundScheduleMixin, ReplyGuardMixin, FlowerFedAvg):
 def apply_update(x: dict[str, np.ndarray], step: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """x + step, in x's dtypes."""
     return {k: (x[k] + step[k]).astype(x[k].dtype) for k in x}
+
+
+def sent_mean(updates: list[dict[str, np.ndarray]], weights: list[float],
+              dense: list[bool]) -> dict[str, np.ndarray]:
+    """Example-weighted mean per coordinate over the clients that sent it: Σ_i n_i s_ij Δ_ij / Σ_i n_i s_ij, where
+    s_ij is 1 if client i sent coordinate j (every coordinate of a dense update; the non-zero ones of a decoded
+    top-k update) and 0 otherwise; 0 where nobody sent it. With only dense replies it is the plain weighted mean.
+    Beside dense replies, a top-k reply no longer shrinks the step on the coordinates it left out by the
+    dense clients' share of examples (they wait in its error-feedback residual; the plain mean counts them as 0)."""
+    if not len(updates) == len(weights) == len(dense):
+        raise ValueError(f"{len(updates)} updates, {len(weights)} weights and {len(dense)} dense flags")
+    out = {}
+    for k in updates[0]:
+        num = np.zeros(updates[0][k].shape, np.float64)
+        den = np.zeros(updates[0][k].shape, np.float64)
+        for u, w, whole in zip(updates, weights, dense):
+            value = u[k].astype(np.float64)
+            num += w * value
+            den += w if whole else w * (value != 0)
+        out[k] = np.divide(num, den, out=np.zeros_like(num), where=den > 0).astype(updates[0][k].dtype)
+    return out
 
 
 def _sent_values(updates: list[dict[str, np.ndarray]], key: str) -> tuple[np.ndarray, np.ndarray]:

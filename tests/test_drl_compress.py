@@ -49,6 +49,33 @@ def test_mixed_full_compressed_skip_renormalises_over_senders():
     assert (extra["sync-full"], extra["sync-compressed"], extra["sync-skip"], extra["senders"]) == (1, 1, 1, 2)
 
 
+def test_sent_mean_weighs_each_coordinate_over_the_clients_that_sent_it():
+    s = DrlCompress(num_rounds=10, update_aggregation="sent-mean")
+    list(s.configure_train(1, arrays(**X), ConfigRecord({}), FakeGrid([1, 2, 3])))
+    full = {"w": np.array([[1.0, 0.0, 1.0, 1.0]], np.float32), "b": np.array([1.0], np.float32)}  # its 0 is sent
+    sparse = {"w": np.array([[0.0, 4.0, 0.0, -8.0]], np.float32), "b": np.array([2.0], np.float32)}
+    out, _ = s.aggregate_train(1, [_drl_reply(1, 100, "full", full), _drl_reply(2, 300, "compressed", sparse),
+                                   _drl_reply(3, 600, "skip")])
+    # coordinates the top-k reply left out (w0, w2) take the dense client's value whole, not × 0.25;
+    # w1: 0.25 · 0 + 0.75 · 4 (the dense client sent a 0); w3, b: both sent, weights 0.25 / 0.75
+    np.testing.assert_allclose(out["w"].numpy(), X["w"] + np.array([[1.0, 3.0, 1.0, 0.25 - 6.0]]))
+    np.testing.assert_allclose(out["b"].numpy(), X["b"] + 0.25 * 1.0 + 0.75 * 2.0)
+
+
+def test_sent_mean_exact():
+    from strategies.drl_compress import sent_mean
+
+    dense = [{"a": np.array([2.0, 0.0, 6.0], np.float32)}, {"a": np.array([4.0, 2.0, 0.0], np.float32)}]
+    # dense only: the plain weighted mean (weights 1 and 3), zeros included
+    assert sent_mean(dense, [1.0, 3.0], [True, True])["a"].tolist() == [3.5, 1.5, 1.5]
+    # both top-k: each coordinate over its senders; nobody sent nothing -> 0
+    sparse = dense + [{"a": np.array([0.0, 0.0, 0.0], np.float32)}]
+    assert sent_mean(sparse, [1.0, 3.0, 4.0], [False, False, False])["a"].tolist() == [3.5, 2.0, 6.0]
+    assert sent_mean([{"a": np.zeros(2, np.float32)}], [1.0], [False])["a"].tolist() == [0.0, 0.0]
+    with pytest.raises(ValueError, match="dense flags"):
+        sent_mean(dense, [1.0, 3.0], [True])
+
+
 def test_all_skip_keeps_the_model():
     s = _strategy()
     out, metrics = s.aggregate_train(1, [_drl_reply(1, 10, "skip"), _drl_reply(2, 10, "skip")])
