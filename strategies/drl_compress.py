@@ -213,13 +213,16 @@ class DrlCompress(RoundScheduleMixin, ReplyGuardMixin, FlowerFedAvg):
             extra["shared-controller-td-loss"] = float(np.mean([x for x in losses if x is not None]))
 
     def state_dict(self) -> dict[str, dict[str, np.ndarray]]:
-        """The shared controller (its networks, optimizer and replay, as one blob), if there is one."""
-        if self.shared is None:
-            return {}
-        return {"shared-controller": {"blob": np.frombuffer(self.shared.to_bytes(), dtype=np.uint8).copy()}}
+        """The shared controller (its networks, optimizer and replay, as one blob), if there is one, and the
+        reply guard's groups (the round pace)."""
+        state = super().state_dict()
+        if self.shared is not None:
+            state["shared-controller"] = {"blob": np.frombuffer(self.shared.to_bytes(), dtype=np.uint8).copy()}
+        return state
 
     def load_state_dict(self, state: dict[str, dict[str, np.ndarray]]) -> None:
-        """Restore the shared controller from `state_dict`'s blob."""
+        """Restore the shared controller from `state_dict`'s blob, and the reply guard's groups."""
+        super().load_state_dict(state)
         if self.shared is not None and "shared-controller" in state:
             self.shared = SyncController.from_bytes(np.asarray(state["shared-controller"]["blob"], np.uint8).tobytes())
 

@@ -50,6 +50,7 @@ CLAIMS_MEDIAN_FACTOR = 3.0
 MIN_CLAIMS = 5  # fewer claims than this to compare with: no median rule
 RECENT_CLAIMS = 100
 MAX_CACHED_TIMINGS = 10_000
+PACE_GROUP = "round-pace"  # checkpoint group of the broadcast round pace
 
 
 class ReplySizer:
@@ -281,11 +282,16 @@ class ReplyGuardMixin:
         """Strategy-specific per-round series for `rounds[server_round].extra` (none by default)."""
 
     def state_dict(self) -> dict[str, dict[str, np.ndarray]]:
-        """Checkpoint groups (a stateless strategy has none)."""
-        return {}
+        """Checkpoint groups: the round pace when it is broadcast (so a resumed run sends it from its first
+        round), else none. A subclass with state of its own merges this in."""
+        if not self.broadcast_pace:
+            return {}
+        return {PACE_GROUP: {"round-pace-s": np.array([self.round_pace_s], np.float64)}}
 
     def load_state_dict(self, state: dict[str, dict[str, np.ndarray]]) -> None:
-        """Restore `state_dict`'s groups (nothing for a stateless strategy)."""
+        """Restore `state_dict`'s groups (the round pace, if the checkpoint has it)."""
+        if PACE_GROUP in state:
+            self.round_pace_s = float(np.asarray(state[PACE_GROUP]["round-pace-s"]).reshape(-1)[0])
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]

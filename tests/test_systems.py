@@ -290,6 +290,21 @@ def test_the_server_tells_the_next_round_its_pace_when_asked(tmp_path):
                for m in quiet.configure_train(2, arrays(w=[0.0]), ConfigRecord({}), FakeGrid([1, 2])))
 
 
+def test_a_resumed_run_broadcasts_the_pace_from_its_first_round():
+    cfg = RunConfig.from_run_config({"strategy": "drl-compress", "sync-policy": "pace-rule",
+                                     "controller-sharing": "shared"})
+    before, after = build_strategy(cfg), build_strategy(cfg)
+    innermost(before).round_pace_s = 47.5  # as `filter_train_replies` would have measured it
+    state = before.state_dict()
+    assert {"round-pace", "shared-controller"} <= set(state)
+    after.load_state_dict(state)
+    assert innermost(after).round_pace_s == 47.5
+    msgs = list(innermost(after).configure_train(3, arrays(w=[0.0]), ConfigRecord({}), FakeGrid([1, 2])))
+    assert [m.content["config"][keys.ROUND_PACE_S] for m in msgs] == [47.5, 47.5]
+    # a run that does not broadcast the pace checkpoints none
+    assert "round-pace" not in build_strategy(RunConfig.from_run_config({"strategy": "drl-compress"})).state_dict()
+
+
 @pytest.mark.parametrize("asynchronous", [False, True])
 def test_the_pace_is_broadcast_for_added_delay_on_synchronous_rounds_only(asynchronous):
     cfg = RunConfig.from_run_config({"strategy": "drl-compress", "time-cost": "added-delay",
