@@ -96,6 +96,7 @@ def test_run_labels_and_overrides():
 
     assert setting_name("mobile", 0.0) == "mobile"
     assert setting_name("mobile", 60.0, width=4, local_samples=400) == "mobile-d60-w4-s400"
+    assert setting_name("mobile", 0.0, clients=100) == "mobile-c100"
     assert run_config_overrides(["local-test-fraction=0.05", "trust=param-cosine", "clustering=true"]) == {
         "local-test-fraction": 0.05, "trust": "param-cosine", "clustering": True}
     with pytest.raises(SystemExit, match="KEY=VALUE"):
