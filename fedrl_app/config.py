@@ -272,7 +272,7 @@ class RunConfig:
         "basic", "drl-compress: the controller's state: `basic` (accuracy, divergence, staleness, progress, rate) or `resources` (also its expected upload times of a full and of a compressed update and its compute time, relative to the deadline, and its availability)",
         group=DRL_COMPRESS, choices=FEATURE_SETS)
     update_aggregation: str = option(
-        "mean", "drl-compress: how the senders' decoded updates combine: `mean` (example-weighted), `sent-mean` (example-weighted per coordinate over the clients that sent it: a top-k reply beside dense ones does not shrink the coordinates it left out), or robustly, unweighted, `median` or `trimmed-mean` (cutting `trimmed-beta` at each end), coordinate-wise",
+        "mean", "drl-compress: how the senders' decoded updates combine: `mean` (example-weighted), `sent-mean` (example-weighted per coordinate over the clients that sent it: a top-k reply beside dense ones does not shrink the coordinates it left out; meant for mixes such as the pace rule's, not for all-top-k rounds, whose steps it enlarges), or robustly, unweighted, `median` or `trimmed-mean` (cutting `trimmed-beta` at each end), coordinate-wise",
         group=DRL_COMPRESS, choices=("mean", "sent-mean", "median", "trimmed-mean"))
     max_update_norm: float = option(
         0.0, "every strategy: bound each reply's update norm to this (norm bounding, Sun et al. 2019: the update is scaled down; 0: off). Values beyond ±1e6 are refused whatever this is",

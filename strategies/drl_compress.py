@@ -238,7 +238,9 @@ def sent_mean(updates: list[dict[str, np.ndarray]], weights: list[float],
     s_ij is 1 if client i sent coordinate j (every coordinate of a dense update; the non-zero ones of a decoded
     top-k update) and 0 otherwise; 0 where nobody sent it. With only dense replies it is the plain weighted mean.
     Beside dense replies, a top-k reply no longer shrinks the step on the coordinates it left out by the
-    dense clients' share of examples (they wait in its error-feedback residual; the plain mean counts them as 0)."""
+    dense clients' share of examples (they wait in its error-feedback residual; the plain mean counts them as 0).
+    Meant for rounds that mix dense and top-k replies: where every reply is top-k, a coordinate one client sent
+    gets that client's whole value (up to n× the plain mean's step), which error feedback does not expect."""
     if not len(updates) == len(weights) == len(dense):
         raise ValueError(f"{len(updates)} updates, {len(weights)} weights and {len(dense)} dense flags")
     out = {}
