@@ -110,7 +110,7 @@ class RunConfig:
         0.1, "drl-compress: λ in the controllers' reward, accuracy gain − λ · bytes sent / full-model bytes",
         group=DRL_COMPRESS, ge=0)
     sync_policy: str = option(
-        "dqn", "drl-compress: `dqn` (each client's controller decides), the ablations `compressed` (always top-k + int8 at the initial rate) and `full`, or the hand-written rules `bandwidth-rule` (top-k ∝ the client's uplink, halved until it makes the deadline) and `pace-rule` (the densest update that adds no delay to the synchronous round: dense if it is done before the slowest download + compute of the last round, else the largest top-k rate from 25% down that is)",
+        "dqn", "drl-compress: `dqn` (each client's controller decides), the ablations `compressed` (always top-k + int8 at the initial rate) and `full`, or the hand-written rules `bandwidth-rule` (top-k ∝ the client's uplink, halved until it makes the deadline) and `pace-rule` (the densest update that adds no delay to the synchronous round: dense if it is done before the slowest download + compute of the last round, else the largest top-k rate from 25% down that is; pair it with `update-aggregation = "sent-mean"`, so that the slow clients' top-k replies do not shrink the dense ones' step)",
         group=DRL_COMPRESS, choices=SYNC_POLICIES)
     controller_reward: str = option(
         "own-gain", "drl-compress: the accuracy gain in the controllers' reward: `own-gain`, what the client's own message (decoded as the server will) adds to the global model's local accuracy, measured at once; or `global-gain`, the global model's local accuracy gain by the next round (mostly other clients' doing)",
