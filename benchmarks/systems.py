@@ -168,7 +168,8 @@ def has_deadline(setting: str) -> bool:
 
 
 def report(command: str) -> str:
-    lines = [f"MNIST, {NUM_CLIENTS} clients (`-cN` settings: N, sampled as their run config says), Dirichlet α = 0.3, on the virtual clock. Command: `{command}`", "",
+    lines = [f"MNIST, {NUM_CLIENTS} clients (`-cN` settings: N, sampled as their run config says), Dirichlet α = 0.3, "
+             f"on the virtual clock. Command: `{command}`", "",
              "| profile | method | seeds | sim hours to 97% | sim hours to 98% | uplink MB to 97% | final acc. | "
              "sim hours (run) | late (dropped) | unavailable | client time: download / compute / upload "
              "| time free uplinks would save |",
@@ -207,7 +208,8 @@ def runs_by_seed(setting: str, method: str) -> dict[int, list[dict]]:
 
 
 LEARNED = ("drl-compress", "drl-compress-shared", "drl-compress-shared-delay")  # the synchronous learned controllers
-ADAPTIVE = (*LEARNED, "bandwidth-rule", "pace-rule", "pace-rule-sent-mean")  # ... and the hand-written rules that also adapt to the link
+# ... and the hand-written rules that also adapt to the link
+ADAPTIVE = (*LEARNED, "bandwidth-rule", "pace-rule", "pace-rule-sent-mean")
 
 
 def headroom_lines(target: float = TARGETS[0]) -> list[str]:
@@ -350,8 +352,9 @@ def main() -> None:
     extra = run_config_overrides(args.set)
     OUT.mkdir(parents=True, exist_ok=True)
     command = command_line("benchmarks.systems", args.command)
-    setting = lambda profile: (setting_name(profile, args.deadline, args.width, args.local_samples, args.clients)  # noqa: E731
-                               + "".join(f"-{k}{v}" for k, v in extra.items()))
+    setting = lambda profile: (  # noqa: E731
+        setting_name(profile, args.deadline, args.width, args.local_samples, args.clients)
+        + "".join(f"-{k}{v}" for k, v in extra.items()))
     if not args.report_only:
         for seed in args.seeds:
             for profile in args.profiles:
