@@ -15,10 +15,11 @@ class FedAdagrad(RoundScheduleMixin, ReplyGuardMixin, FlowerFedAdagrad):
     """
 
     def state_dict(self) -> dict[str, dict[str, np.ndarray]]:
-        """Server optimizer state, for checkpoints."""
-        return {name: dict(getattr(self, name) or {}) for name in ("m_t", "v_t")}
+        """Server optimizer state, and the reply guard's groups, for checkpoints."""
+        return {**super().state_dict(), **{name: dict(getattr(self, name) or {}) for name in ("m_t", "v_t")}}
 
     def load_state_dict(self, state: dict[str, dict[str, np.ndarray]]) -> None:
-        """Restore the server optimizer state from a checkpoint."""
+        """Restore the server optimizer state (and the reply guard's groups) from a checkpoint."""
+        super().load_state_dict(state)
         self.m_t = state.get("m_t") or None
         self.v_t = state.get("v_t") or None

@@ -94,14 +94,15 @@ class FedPG(RoundScheduleMixin, ReplyGuardMixin, FlowerFedAvg):
 
     def state_dict(self) -> dict[str, dict[str, np.ndarray]]:
         """The simulated clock (its time and random stream) and the env-step and upload totals. (The speeds are
-        drawn again by node rank: a resumed run's nodes have new ids.)"""
-        return {"fedpg": {
+        drawn again by node rank: a resumed run's nodes have new ids.) Also the reply guard's groups."""
+        return {**super().state_dict(), "fedpg": {
             "totals": np.array([self.sim_time, self.env_steps_total, self.uploads_total], np.float64),
             "clock-rng": rng_to_array(self._clock_rng),
         }}
 
     def load_state_dict(self, state: dict[str, dict[str, np.ndarray]]) -> None:
-        """Restore `state_dict`'s clock and totals."""
+        """Restore `state_dict`'s clock and totals, and the reply guard's groups."""
+        super().load_state_dict(state)
         if "fedpg" not in state:
             return
         group = state["fedpg"]

@@ -269,11 +269,14 @@ class Fusion(RoundScheduleMixin, ReplyGuardMixin, FlowerFedAvg):
 
     def state_dict(self) -> dict[str, dict[str, np.ndarray]]:
         """The server learner (target network, optimizer, the global replay buffer, its random streams) and the
-        diversity filter's random stream: a resumed run continues exactly where this one stopped."""
-        return {"fusion": {"learner": blob_to_array(self.learner.to_bytes()), "rng": rng_to_array(self.rng)}}
+        diversity filter's random stream: a resumed run continues exactly where this one stopped. Also the reply
+        guard's groups."""
+        return {**super().state_dict(),
+                "fusion": {"learner": blob_to_array(self.learner.to_bytes()), "rng": rng_to_array(self.rng)}}
 
     def load_state_dict(self, state: dict[str, dict[str, np.ndarray]]) -> None:
-        """Restore `state_dict`'s learner and filter stream."""
+        """Restore `state_dict`'s learner and filter stream, and the reply guard's groups."""
+        super().load_state_dict(state)
         if "fusion" in state:
             self.learner = DQNAgent.from_bytes(array_to_blob(state["fusion"]["learner"]), restore_rng=True)
             rng_from_array(self.rng, state["fusion"]["rng"])

@@ -303,6 +303,10 @@ def test_a_resumed_run_broadcasts_the_pace_from_its_first_round():
     assert [m.content["config"][keys.ROUND_PACE_S] for m in msgs] == [47.5, 47.5]
     # a run that does not broadcast the pace checkpoints none
     assert "round-pace" not in build_strategy(RunConfig.from_run_config({"strategy": "drl-compress"})).state_dict()
+    # strategies with state of their own keep the reply guard's group beside theirs
+    adagrad = build_strategy(RunConfig.from_run_config({"strategy": "fedadagrad", "sync-policy": "pace-rule"}))
+    innermost(adagrad).round_pace_s = 12.0
+    assert {"round-pace", "m_t", "v_t"} <= set(adagrad.state_dict())
 
 
 @pytest.mark.parametrize("asynchronous", [False, True])
