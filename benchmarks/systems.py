@@ -81,6 +81,10 @@ METHODS: dict[str, dict] = {
     # download + compute + upload past the slowest download + compute, which the server broadcasts)
     "drl-compress-shared-delay": {**DRL, "controller-sharing": "shared", "time-cost": "added-delay",
                                   "bytes-penalty": 0.0},
+    # the time objective with the pace rule as one more action, where each controller starts: it does what the rule
+    # does until it learns that something else pays more (per client: its own link, compute and data)
+    "drl-compress-pace": {**DRL, "time-cost": "added-delay", "bytes-penalty": 0.0, "controller-actions": "with-pace",
+                          "update-aggregation": "sent-mean"},
     # partial work under the deadline (FedScale's deadline-aware training): needs --deadline
     "fedavg-partial": {"strategy": "fedavg", "local-work": "deadline"},
     "drl-compress-partial": {**DRL, "local-work": "deadline"},
@@ -207,7 +211,7 @@ def runs_by_seed(setting: str, method: str) -> dict[int, list[dict]]:
             for p in OUT.glob(f"{setting}-{method}-seed*.jsonl") if not p.name.endswith(".clients.jsonl")}
 
 
-LEARNED = ("drl-compress", "drl-compress-shared", "drl-compress-shared-delay")  # the synchronous learned controllers
+LEARNED = ("drl-compress", "drl-compress-shared", "drl-compress-shared-delay", "drl-compress-pace")  # the synchronous learned controllers
 # ... and the hand-written rules that also adapt to the link
 ADAPTIVE = (*LEARNED, "bandwidth-rule", "pace-rule", "pace-rule-sent-mean")
 
@@ -274,9 +278,9 @@ def decisions_by_link(client_rows: list[dict], uplink_mbps: dict[int, float]) ->
         rows = [r for r in client_rows if link_band(uplink_mbps[r["partition_id"]]) == band and r.get("sync_decision")]
         if not rows:
             continue
-        dense = sum(r["sync_decision"] == "full" for r in rows)
+        dense = sum(r["sync_decision"] in ("full", "pace-full") for r in rows)
         skip = sum(r["sync_decision"] == "skip" for r in rows)
-        rates = sorted(r["compression_rate"] for r in rows if r["sync_decision"] not in ("full", "skip"))
+        rates = sorted(r["compression_rate"] for r in rows if r["sync_decision"] not in ("full", "pace-full", "skip"))
         out[band] = {"client-rounds": len(rows), "dense": dense / len(rows), "skip": skip / len(rows),
                      "compressed": (len(rows) - dense - skip) / len(rows),
                      "median-rate": float(statistics.median(rates)) if rates else None}

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from fedrl_app.agents.dqn import AGENTS, DQNConfig
-from fedrl_app.agents.sync_controller import FEATURE_SETS, TIME_COSTS, ControllerConfig
+from fedrl_app.agents.sync_controller import ACTION_SETS, FEATURE_SETS, TIME_COSTS, ControllerConfig
 from fedrl_app.systems.profiles import ProfileError, check_profile_name
 from fedrl_app.tasks.env_variation import EnvVariationError, env_params, parse_variation
 from fedrl_app.tasks.mnist import DATA_SHIFTS
@@ -301,6 +301,9 @@ class RunConfig:
     time_cost: str = option(
         "upload", "drl-compress: what a message's time is, in the controllers' reward and resource features: `upload` (its upload seconds) or `added-delay` (the seconds it adds to a synchronous round: its download + compute + upload beyond the slowest download + compute of the last round, which the server then broadcasts; its upload on the async clock)",
         group=DRL_COMPRESS, choices=TIME_COSTS)
+    controller_actions: str = option(
+        "rate-steps", "drl-compress: what the controllers choose from: `rate-steps` (full, compressed at the current top-k rate, skip, raise or lower compression) or `with-pace` (also `pace`, the pace rule's update: dense if this client's round ends by the last round's slowest download + compute, which the server then broadcasts, else the largest top-k rate that does; the controllers start from it and leave it where they learn that something else pays more; pair it with `update-aggregation = sent-mean`)",
+        group=DRL_COMPRESS, choices=ACTION_SETS)
 
     @classmethod
     def from_run_config(cls, run_config: Mapping[str, Any]) -> RunConfig:
@@ -370,7 +373,7 @@ class RunConfig:
         """drl-compress: the sync controller's settings (each client's, or the shared one's)."""
         return ControllerConfig(bytes_penalty=self.bytes_penalty, initial_rate=self.topk_ratio,
                                 features=self.controller_features, time_penalty=self.time_penalty,
-                                time_cost=self.time_cost)
+                                time_cost=self.time_cost, pace_action=self.controller_actions == "with-pace")
 
     def as_dict(self) -> dict[str, Any]:
         """Kebab-case dict, as in pyproject.toml (for JSON and W&B)."""

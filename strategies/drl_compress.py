@@ -25,7 +25,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg as FlowerFedAvg
 from flwr.supercore import log
 
-from fedrl_app.agents.sync_controller import ACTIONS, ControllerConfig, SyncController
+from fedrl_app.agents.sync_controller import DECISIONS, ControllerConfig, SyncController
 from fedrl_app.protocol import keys
 from fedrl_app.protocol.codecs import decode_update
 from fedrl_app.protocol.metadata import ClientMetadata
@@ -119,15 +119,15 @@ class DrlCompress(RoundScheduleMixin, ReplyGuardMixin, FlowerFedAvg):
     def check_reply_arrays(self, msg: Message, meta: ClientMetadata) -> None:
         """Decode the reply's update according to the client's decision (CodecError/PayloadError if bad)."""
         decision = meta.sync_decision
-        if decision not in ACTIONS:
-            raise PayloadError(f"sync_decision {decision!r} is not one of {list(ACTIONS)}")
+        if decision not in DECISIONS:
+            raise PayloadError(f"sync_decision {decision!r} is not one of {list(DECISIONS)}")
         records = msg.content.array_records
         if decision == "skip":
             if records:
                 raise PayloadError(f"a skip reply must carry no arrays, got {sorted(records)}")
             return
         spec = self._sent_spec or {}
-        if decision == "full":
+        if decision in ("full", "pace-full"):
             if keys.DELTA not in records:
                 raise PayloadError(f"full-sync reply has no ArrayRecord '{keys.DELTA}'")
             delta = check_arrays(records[keys.DELTA], spec, name=keys.DELTA, max_abs=self.max_abs)
@@ -184,7 +184,7 @@ class DrlCompress(RoundScheduleMixin, ReplyGuardMixin, FlowerFedAvg):
         round_log = self.rounds[server_round]
         reports = [r.metadata for r in round_log.reports]
         decisions = Counter(m.sync_decision for m in reports)
-        round_log.extra.update({f"sync-{a}": decisions.get(a, 0) for a in ACTIONS})
+        round_log.extra.update({f"sync-{a}": decisions.get(a, 0) for a in DECISIONS})
         round_log.extra["senders"] = sum(m.sync_decision != "skip" for m in reports)
         rewards = [m.controller_reward for m in reports if m.controller_reward is not None]
         rates = [m.compression_rate for m in reports if m.compression_rate is not None]
@@ -204,7 +204,7 @@ class DrlCompress(RoundScheduleMixin, ReplyGuardMixin, FlowerFedAvg):
                        and m.controller_reward is not None and m.controller_state is not None]
         losses = []
         for before, action, reward, after in transitions:
-            if len(before) != dim or len(after) != dim or not 0 <= action < len(ACTIONS):
+            if len(before) != dim or len(after) != dim or not 0 <= action < self.shared.config.num_actions:
                 continue  # a client on other features, or a hostile one: not this controller's transition
             self.shared.remember(before, action, float(np.clip(reward, -REWARD_BOUND, REWARD_BOUND)), after)
             losses.append(self.shared.learn())

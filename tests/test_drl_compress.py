@@ -20,7 +20,7 @@ def _meta(node, n, decision):
 def _drl_reply(node, n, decision, delta=None):
     msg = reply(node, arrays(w=[[0.0] * 4], b=[0.0]), n, metadata=_meta(node, n, decision))
     del msg.content["arrays"]
-    if decision == "full":
+    if decision in ("full", "pace-full"):
         msg.content["delta"] = arrays(**delta)
     elif decision != "skip":
         record, _, _ = encode_update(delta, None, X, CompressionConfig(topk_ratio=0.5, quantize=False))
@@ -60,6 +60,26 @@ def test_sent_mean_weighs_each_coordinate_over_the_clients_that_sent_it():
     # w1: 0.25 · 0 + 0.75 · 4 (the dense client sent a 0); w3, b: both sent, weights 0.25 / 0.75
     np.testing.assert_allclose(out["w"].numpy(), X["w"] + np.array([[1.0, 3.0, 1.0, 0.25 - 6.0]]))
     np.testing.assert_allclose(out["b"].numpy(), X["b"] + 0.25 * 1.0 + 0.75 * 2.0)
+
+
+def test_a_pace_reply_is_decoded_as_what_it_says_it_sent():
+    s = DrlCompress(num_rounds=10, update_aggregation="sent-mean")
+    list(s.configure_train(1, arrays(**X), ConfigRecord({}), FakeGrid([1, 2, 3])))
+    full = {"w": np.array([[1.0, 0.0, 1.0, 1.0]], np.float32), "b": np.array([1.0], np.float32)}
+    sparse = {"w": np.array([[0.0, 4.0, 0.0, -8.0]], np.float32), "b": np.array([2.0], np.float32)}
+    out, _ = s.aggregate_train(1, [_drl_reply(1, 100, "pace-full", full),
+                                   _drl_reply(2, 300, "pace-compressed", sparse), _drl_reply(3, 600, "skip")])
+    # the same step as a "full" and a "compressed" reply (the sent-mean test above): the dense one counts as dense
+    np.testing.assert_allclose(out["w"].numpy(), X["w"] + np.array([[1.0, 3.0, 1.0, 0.25 - 6.0]]))
+    extra = s.rounds[1].extra
+    assert (extra["sync-pace-full"], extra["sync-pace-compressed"], extra["sync-full"], extra["senders"]) == (1, 1, 0, 2)
+    # a pace reply without the record it names is refused like any malformed one
+    bad = reply(1, arrays(w=[[0.0] * 4], b=[0.0]), 100, metadata=_meta(1, 100, "pace-full"))
+    del bad.content["arrays"]
+    s2 = DrlCompress(num_rounds=10)
+    list(s2.configure_train(1, arrays(**X), ConfigRecord({}), FakeGrid([1, 2, 3])))
+    out, _ = s2.aggregate_train(1, [bad])
+    assert s2.rounds[1].extra["senders"] == 0 and out is None
 
 
 def test_sent_mean_exact():

@@ -4,6 +4,7 @@ import math
 
 import numpy as np
 import pytest
+import torch
 from flwr.app import ConfigRecord, Context, Error, Message, RecordDict
 
 from fedrl_app import client_app
@@ -343,6 +344,36 @@ def test_the_pace_rule_sends_the_densest_update_that_adds_no_delay():
     assert rule(0.5) == 0.001                    # the slowest client sets the pace: every byte adds, so the floor
     assert rule(0.0, deadline_s=10.0) is None    # no pace yet: the deadline is the budget
     assert rule(0.0) == pytest.approx(0.01 / 6)  # neither: the bandwidth rule (1 Mbps is 1/6 of the median uplink)
+
+
+def test_the_pace_action_sends_the_pace_rules_update_and_is_where_its_controller_starts():
+    from fedrl_app.agents.sync_controller import PACE
+    from fedrl_app.client.sync import decide_and_encode
+
+    config = ControllerConfig(bytes_penalty=0.0, features="resources", time_penalty=0.1, time_cost="added-delay",
+                              pace_action=True, epsilon_start=0.0, epsilon_end=0.0)  # greedy: the prior decides
+    assert config.num_actions == 6 and len(config.exploration_weights) == 6
+    assert SyncController(config, seed=0).act([0.5] * config.state_dim, greedy=True) == PACE
+    restored = SyncController.from_bytes(SyncController(config, seed=0).to_bytes())
+    assert restored.q(torch.zeros(1, config.state_dim)).shape == (1, 6)
+    with pytest.raises(ValueError, match="start_action must be one of"):
+        SyncController(ControllerConfig(start_action="pace"))  # no pace action, so no pace start
+    with pytest.raises(ValueError, match="6 weights"):
+        ControllerConfig(pace_action=True, explore_weights=(1, 0, 0, 0, 0)).exploration_weights
+    profile = ClientProfile(1.0, 1e6, 1.0, 1.0, 0.0)  # 1 kbit/s up (a 400 B dense update: ~3.3 s), 1 s of compute
+
+    def decide(pace_s):
+        context = Context(run_id=1, node_id=1, node_config={}, state=RecordDict(), run_config={})
+        return decide_and_encode(context, {"w": np.zeros(100, np.float32)}, {"w": np.ones(100, np.float32)}, 0.5, 2,
+                                 10, 0.0, 0.0, seed=0, policy="dqn", reward_kind="own-gain",
+                                 accuracy_of=lambda w: 0.5, controller_config=config,
+                                 system=ClientSystem(profile, 0, 1000, pace_s=pace_s))
+
+    free, paid = decide(60.0), decide(1.5)  # as the pace rule: dense when it is free, else the largest rate that fits
+    assert free.action == "pace-full" and keys.DELTA in free.records
+    assert paid.action == "pace-compressed" and keys.DELTA_COMPRESSED in paid.records and paid.compression_rate == 0.125
+    cfg = RunConfig.from_run_config({"strategy": "drl-compress", "controller-actions": "with-pace"})
+    assert cfg.controller_config().pace_action and innermost(build_strategy(cfg)).broadcast_pace
 
 
 def test_a_controller_starts_compressed_with_a_byte_cost_and_dense_without():

@@ -128,11 +128,11 @@ def test_headroom_compares_the_best_fixed_rate_with_fedavgs_free_upload_floor(tm
     write_jsonl(tmp_path / "mobile-topk-1-seed1.jsonl", _timed([0.9, 0.95, 0.96, 0.965], 700.0, 600.0))  # never 97%
     write_jsonl(tmp_path / "mobile-drl-compress-seed1.jsonl", _timed([0.9, 0.95, 0.96, 0.965, 0.975], 900.0, 600.0))
     row = [line for line in systems.headroom_lines() if line.startswith("| mobile |")]
-    assert row == ["| mobile | 1 | 3.0 | 1.50 | 0.50 | 1.00 (topk-10) | 2.00× | 1.25 (1.25×) | not run | not run | not run | not run | not run |"]
+    assert row == ["| mobile | 1 | 3.0 | 1.50 | 0.50 | 1.00 (topk-10) | 2.00× | 1.25 (1.25×)" + " | not run" * 6 + " |"]
     # a shared controller that never gets there: said so, with no ratio
     write_jsonl(tmp_path / "mobile-drl-compress-shared-seed1.jsonl", _timed([0.9, 0.95], 900.0, 600.0))
     row = [line for line in systems.headroom_lines() if line.startswith("| mobile |")]
-    assert row[0].endswith("| 1.25 (1.25×) | not reached | not run | not run | not run | not run |")
+    assert row[0].endswith("| 1.25 (1.25×) | not reached" + " | not run" * 5 + " |")
 
 
 def test_decisions_are_grouped_by_the_clients_uplink_band():
@@ -142,7 +142,10 @@ def test_decisions_are_grouped_by_the_clients_uplink_band():
             for d, r in (("full", 0.01), ("compressed", 0.01), ("raise-compression", 0.005), ("skip", 0.005))]
     rows += [{"partition_id": 1, "sync_decision": "compressed", "compression_rate": 0.1},
              {"partition_id": 1, "sync_decision": None, "compression_rate": 0.1}]  # (no decision: not counted)
-    out = systems.decisions_by_link(rows, {0: 1.5, 1: 20.0})
-    assert list(out) == ["< 3", "≥ 12"]
+    # the pace action counts as what it sent
+    rows += [{"partition_id": 2, "sync_decision": d, "compression_rate": 0.02} for d in ("pace-full", "pace-compressed")]
+    out = systems.decisions_by_link(rows, {0: 1.5, 1: 20.0, 2: 5.0})
+    assert list(out) == ["< 3", "3–12", "≥ 12"]
     assert out["< 3"] == {"client-rounds": 4, "dense": 0.25, "skip": 0.25, "compressed": 0.5, "median-rate": 0.0075}
+    assert out["3–12"] == {"client-rounds": 2, "dense": 0.5, "skip": 0.0, "compressed": 0.5, "median-rate": 0.02}
     assert out["≥ 12"] == {"client-rounds": 1, "dense": 0.0, "skip": 0.0, "compressed": 1.0, "median-rate": 0.1}

@@ -1,4 +1,4 @@
-"""DQN sync controller: each round a client picks full sync, compressed sync, skip, or a new compression rate.
+"""DQN sync controller: each round a client picks full sync, compressed sync, skip, a new compression rate, or the pace.
 
 CleanRL-style: the whole agent is here, every hyperparameter is a field of
 `ControllerConfig`. One controller lives on each client, persisted between rounds in
@@ -20,6 +20,11 @@ What a message's time costs (`time_cost`):
         beyond the round's pace (the slowest download + compute of the last round, which the server
         broadcasts), or its whole upload if this client is itself the slowest. A fast client's dense
         update then costs nothing while the round waits for a slower one anyway.
+Actions: full, compressed (at the current top-k rate), skip, raise or lower compression (halve or double the
+rate, then send compressed), and, with `pace_action`, "pace": the pace rule's update, the densest one that adds no
+delay to the synchronous round (dense if this client's round ends by the pace, else the largest top-k rate that does;
+`fedrl_app.client.sync.ClientSystem.pace_rule_rate`). A controller that starts from the pace (its prior, below) does
+what the rule does until it has learned that something else pays more, per client and per state.
 Reward, minus bytes_penalty · bytes sent / full-model bytes and minus time_penalty · the message's
 time cost / a dense upload's seconds on the median mobile link, with the accuracy gain measured
 one of two ways (`reward_kind`):
@@ -43,8 +48,13 @@ import numpy as np
 import torch
 from torch import nn
 
-FULL, COMPRESSED, SKIP, RAISE_COMPRESSION, LOWER_COMPRESSION = range(5)
-ACTIONS = ("full", "compressed", "skip", "raise-compression", "lower-compression")
+FULL, COMPRESSED, SKIP, RAISE_COMPRESSION, LOWER_COMPRESSION, PACE = range(6)
+ACTIONS = ("full", "compressed", "skip", "raise-compression", "lower-compression", "pace")
+BASE_ACTIONS = 5  # without `pace_action`, the first five
+# What a reply says it did: its action, the pace's split by what it sent (the server decodes by it, the tables count it)
+DECISIONS = (*ACTIONS[:PACE], "pace-full", "pace-compressed")
+ACTION_SETS = ("rate-steps", "with-pace")  # the config's names for pace_action False / True
+START_ACTIONS = {"compressed": COMPRESSED, "full": FULL, "pace": PACE}
 REWARD_KINDS = ("own-gain", "global-gain")
 FEATURE_SETS = ("basic", "resources")
 TIME_COSTS = ("upload", "added-delay")
@@ -98,28 +108,37 @@ class ControllerConfig:
     # rate up and down and spent bytes early on). (The name predates `start_action`.)
     compressed_prior: float = 0.05
     # What the controller does before it has learned otherwise: "compressed" (keep sending at its
-    # rate) or "full". None: compressed with a byte cost; without one (a time objective) full, the
+    # rate), "full" or, with `pace_action`, "pace". None: the pace if it is an action, else compressed with a byte cost; without one (a time objective) full, the
     # update that teaches most, which only a message's time can make costly (a compressed start
     # cost the time-objective controller 4 rounds to 97% on `uniform`, seed 1).
     start_action: str | None = None
     features: str = "basic"           # "basic" or "resources" (see the module docstring)
     time_penalty: float = 0.0         # μ: reward cost of a dense upload's time on the median mobile link
     time_cost: str = "upload"         # what a message's time is: "upload" or "added-delay" (module docstring)
+    pace_action: bool = False         # add the action "pace", the pace rule's update (module docstring)
+
+    @property
+    def num_actions(self) -> int:
+        """How many actions this controller chooses from (the first `num_actions` of `ACTIONS`)."""
+        return BASE_ACTIONS + int(self.pace_action)
 
     @property
     def exploration_weights(self) -> tuple[float, ...]:
         """`explore_weights`, or the default for this byte cost (see the field's comment)."""
         if self.explore_weights is not None:
+            if len(self.explore_weights) != self.num_actions:
+                raise ValueError(f"explore_weights needs {self.num_actions} weights, got {len(self.explore_weights)}")
             return tuple(self.explore_weights)
-        return (0.02 if self.bytes_penalty > 0 else 0.2, 0.38, 0.2, 0.2, 0.2)
+        return (0.02 if self.bytes_penalty > 0 else 0.2, 0.38, 0.2, 0.2, 0.2) + ((0.2,) if self.pace_action else ())
 
     @property
     def starting_action(self) -> int:
-        """`start_action`, or the default for this byte cost (see the field's comment), as an action index."""
-        start = self.start_action or ("compressed" if self.bytes_penalty > 0 else "full")
-        if start not in ("compressed", "full"):
-            raise ValueError(f"start_action must be 'compressed' or 'full', got {start!r}")
-        return COMPRESSED if start == "compressed" else FULL
+        """`start_action`, or the default (the pace if it is an action, else see the field's comment), as an index."""
+        start = self.start_action or ("pace" if self.pace_action else "compressed" if self.bytes_penalty > 0 else "full")
+        allowed = [a for a, i in START_ACTIONS.items() if i < self.num_actions]
+        if start not in allowed:
+            raise ValueError(f"start_action must be one of {allowed}, got {start!r}")
+        return START_ACTIONS[start]
 
     @property
     def state_dim(self) -> int:
@@ -130,10 +149,10 @@ class ControllerConfig:
 class QNetwork(nn.Module):
     """MLP: state -> one Q-value per action."""
 
-    def __init__(self, hidden: int, state_dim: int = STATE_DIM) -> None:
+    def __init__(self, hidden: int, state_dim: int = STATE_DIM, num_actions: int = BASE_ACTIONS) -> None:
         super().__init__()
         self.net = nn.Sequential(
-            nn.Linear(state_dim, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, len(ACTIONS))
+            nn.Linear(state_dim, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, num_actions)
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -146,14 +165,14 @@ class SyncController:
     def __init__(self, config: ControllerConfig = ControllerConfig(), seed: int = 0) -> None:
         self.config = config
         torch.manual_seed(seed)
-        self.q = QNetwork(config.hidden, config.state_dim)
+        self.q = QNetwork(config.hidden, config.state_dim, config.num_actions)
         with torch.no_grad():  # prior: Q starts at the byte cost of full sync, the start `compressed_prior` above all
             out = self.q.net[-1]
             out.weight.mul_(0.1)
-            prior = [-config.bytes_penalty, 0.0, 0.0, 0.0, 0.0]
+            prior = [-config.bytes_penalty] + [0.0] * (config.num_actions - 1)
             prior[config.starting_action] = max(prior) + config.compressed_prior
             out.bias.copy_(torch.tensor(prior))
-        self.target = QNetwork(config.hidden, config.state_dim)
+        self.target = QNetwork(config.hidden, config.state_dim, config.num_actions)
         self.target.load_state_dict(self.q.state_dict())
         self.optimizer = torch.optim.Adam(self.q.parameters(), lr=config.learning_rate)
         self.rng = random.Random(seed)
@@ -179,7 +198,7 @@ class SyncController:
         explore = not greedy and self.rng.random() < self.epsilon
         self.decisions += 0 if greedy else 1
         if explore:
-            return self.rng.choices(range(len(ACTIONS)), weights=self.config.exploration_weights)[0]
+            return self.rng.choices(range(self.config.num_actions), weights=self.config.exploration_weights)[0]
         with torch.no_grad():
             return int(self.q(torch.tensor([state], dtype=torch.float32)).argmax(1).item())
 

@@ -16,8 +16,10 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, RecordDict
 
 from fedrl_app.agents.sync_controller import (
     ACTIONS,
+    DECISIONS,
     COMPRESSED,
     FULL,
+    PACE,
     REWARD_KINDS,
     SKIP,
     TIME_COSTS,
@@ -118,7 +120,7 @@ class ClientSystem:
 class SyncDecision:
     """What the controller chose this round and what it cost."""
 
-    action: str
+    action: str                       # one of `DECISIONS` (the pace says whether it went dense)
     compression_rate: float
     records: dict[str, ArrayRecord]   # what goes into the reply (empty on skip)
     bytes_fraction: float             # serialized update bytes / dense model bytes
@@ -179,8 +181,9 @@ def decide_and_encode(
     config = controller_config or ControllerConfig(bytes_penalty=bytes_penalty)
     controller = SyncController.from_bytes(blob["blob"]) if blob is not None else SyncController(config, seed=seed)
     if system is None and (controller.config.features == "resources" or policy in ("bandwidth-rule", "pace-rule")
-                           or controller.config.time_penalty > 0):
-        raise ValueError("resource features, time costs and the bandwidth and pace rules need the client's ClientSystem")
+                           or controller.config.time_penalty > 0 or controller.config.pace_action):
+        raise ValueError("resource features, time costs, the pace action and the bandwidth and pace rules need the "
+                         "client's ClientSystem")
     residual = _from_record(state.array_records.get(RESIDUAL_KEY))
     last_global = _from_record(state.array_records.get(LAST_GLOBAL_KEY))
     meta = state.config_records.get(SYNC_META_KEY, ConfigRecord({"last-sent-round": 0}))
@@ -209,14 +212,17 @@ def decide_and_encode(
     if action is None:
         action = controller.act(observation)
     c = controller.config
+    dense = action == FULL  # what goes on the wire: a dense update, or (unless skipped) a compressed one
     if policy == "bandwidth-rule":
         controller.rate = system.bandwidth_rule_rate(c.initial_rate, dense_bytes, c.rate_min, c.rate_max)
-    elif policy == "pace-rule":
+    elif policy == "pace-rule" or action == PACE:  # the rule as a policy, or as the controller's chosen action
         free_rate = system.pace_rule_rate(c.initial_rate, dense_bytes, c.rate_min, c.rate_max)
         if free_rate is None:
-            action = FULL
+            dense = True
         else:
             controller.rate = free_rate
+        if policy == "pace-rule":
+            action = FULL if dense else COMPRESSED
     rate = controller.apply_rate_action(action)
     if action == SKIP:
         # The skipped update is dropped, not banked: by the time it would be sent the global
@@ -224,7 +230,7 @@ def decide_and_encode(
         # once, wrecked the model (seen in async runs: 25 skips, then one send, 97% -> 28%).
         # The residual keeps only what compression left out.
         records: dict[str, ArrayRecord] = {}
-    elif action == FULL:
+    elif dense:
         records = {keys.DELTA: _to_record({k: delta[k] + (residual[k] if residual else 0.0) for k in delta})}
         residual = None
     else:  # compressed, at the (possibly just changed) rate
@@ -250,7 +256,8 @@ def decide_and_encode(
         state[RESIDUAL_KEY] = _to_record(residual)
     state[LAST_GLOBAL_KEY] = _to_record(global_weights)
     state[SYNC_META_KEY] = ConfigRecord({"last-sent-round": server_round if records else int(meta["last-sent-round"])})
-    return SyncDecision(ACTIONS[action], rate, records, bytes_fraction, reward, observation,
+    decision = ACTIONS[action] if action != PACE else DECISIONS[-2] if dense else DECISIONS[-1]
+    return SyncDecision(decision, rate, records, bytes_fraction, reward, observation,
                         None if prev_state is None else list(prev_state), prev_action, div, max(staleness, 0))
 
 

@@ -266,7 +266,8 @@ def build_strategy(cfg: RunConfig) -> Strategy:
     # the virtual clock times every strategy's rounds; for the RL tasks a "sample" is an environment step
     innermost(strategy).configure_clock(systems_model(cfg.systems_profile, cfg.seed), cfg.round_deadline_s,
                                         cfg.local_epochs if cfg.task == "mnist" else 1,
-                                        broadcast_pace=(cfg.time_cost == "added-delay" or cfg.sync_policy == "pace-rule")
+                                        broadcast_pace=(cfg.time_cost == "added-delay" or cfg.sync_policy == "pace-rule"
+                                                        or cfg.controller_actions == "with-pace")
                                         and not cfg.async_aggregation)
     for wrapper in enabled:
         strategy = wrapper.wrap(strategy, cfg)
