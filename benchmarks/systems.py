@@ -83,8 +83,13 @@ METHODS: dict[str, dict] = {
                                   "bytes-penalty": 0.0},
     # the time objective with the pace rule as one more action, where each controller starts: it does what the rule
     # does until it learns that something else pays more (per client: its own link, compute and data)
+    # (and a dense reply does not carry the error-feedback residual: in the first runs, "-flush", a client that
+    # had sent top-0.1% for k rounds and then went dense sent a k-fold step, and the global model dipped)
     "drl-compress-pace": {**DRL, "time-cost": "added-delay", "bytes-penalty": 0.0, "controller-actions": "with-pace",
-                          "update-aggregation": "sent-mean"},
+                          "update-aggregation": "sent-mean", "residual-on-dense": "drop"},
+    "drl-compress-pace-flush": {**DRL, "time-cost": "added-delay", "bytes-penalty": 0.0,
+                                "controller-actions": "with-pace", "update-aggregation": "sent-mean",
+                                "residual-on-dense": "flush"},
     # partial work under the deadline (FedScale's deadline-aware training): needs --deadline
     "fedavg-partial": {"strategy": "fedavg", "local-work": "deadline"},
     "drl-compress-partial": {**DRL, "local-work": "deadline"},
@@ -211,7 +216,8 @@ def runs_by_seed(setting: str, method: str) -> dict[int, list[dict]]:
             for p in OUT.glob(f"{setting}-{method}-seed*.jsonl") if not p.name.endswith(".clients.jsonl")}
 
 
-LEARNED = ("drl-compress", "drl-compress-shared", "drl-compress-shared-delay", "drl-compress-pace")  # the synchronous learned controllers
+LEARNED = ("drl-compress", "drl-compress-shared", "drl-compress-shared-delay", "drl-compress-pace-flush",
+           "drl-compress-pace")  # the synchronous learned controllers
 # ... and the hand-written rules that also adapt to the link
 ADAPTIVE = (*LEARNED, "bandwidth-rule", "pace-rule", "pace-rule-sent-mean")
 

@@ -128,6 +128,9 @@ class RunConfig:
     prune_threshold: float = option(
         0.0, "drl-compress: layers whose update norm relative to the layer's weight norm is below this are not sent (0 = off)",
         group=DRL_COMPRESS, ge=0)
+    residual_on_dense: str = option(
+        "flush", "drl-compress: what a client's dense update does with its error-feedback residual (what top-k left out of its earlier compressed updates): `flush` (sends it along) or `drop` (discards it: after k rounds at top-0.1% the residual holds nearly k rounds of updates, and one dense reply carrying them is a k-fold step computed on models the federation has left behind)",
+        group=DRL_COMPRESS, choices=("flush", "drop"))
     dirichlet_alpha: float = option(
         0.3, "Dirichlet concentration of the label partition (smaller = more non-IID)",
         group=DATA, gt=0)

@@ -117,6 +117,32 @@ def test_bad_compressed_payload_and_unknown_decision_are_dropped():
     assert "gap: expected 1-D uint16, got float32" in reasons[1] and "not one of" in reasons[2]
 
 
+@pytest.mark.parametrize("residual_on_dense", ["flush", "drop"])
+def test_a_dense_update_flushes_or_drops_the_residual_as_configured(residual_on_dense):
+    from flwr.app import Context, RecordDict
+
+    from fedrl_app.client.sync import RESIDUAL_KEY, decide_and_encode
+
+    context = Context(run_id=1, node_id=1, node_config={}, state=RecordDict(), run_config={})
+    g = {"w": np.zeros(100, np.float32)}
+
+    def step(server_round, local, policy):
+        return decide_and_encode(context, g, {"w": local}, 0.5, server_round, 10, 1.0, 0.0, seed=0, policy=policy,
+                                 reward_kind="global-gain", residual_on_dense=residual_on_dense)
+
+    step(1, np.arange(100, dtype=np.float32), "compressed")  # top-1%: entry 99 sent, 1..98 kept in the residual
+    left_out = np.arange(100, dtype=np.float32)
+    left_out[99] = 0.0
+    np.testing.assert_allclose(context.state[RESIDUAL_KEY]["w"].numpy(), left_out, atol=1e-6)
+    dense = step(2, np.full(100, 7.0, np.float32), "full")
+    sent = dense.records["delta"]["w"].numpy()
+    np.testing.assert_allclose(sent, 7.0 + (left_out if residual_on_dense == "flush" else 0.0), atol=1e-6)
+    assert RESIDUAL_KEY not in context.state.array_records  # gone either way: a dense update leaves nothing out
+    with pytest.raises(ValueError, match="residual_on_dense must be one of"):
+        decide_and_encode(context, g, {"w": g["w"]}, 0.5, 3, 10, 1.0, 0.0, seed=0, policy="full",
+                          reward_kind="global-gain", residual_on_dense="keep")
+
+
 def test_skip_drops_the_update_and_keeps_the_compression_residual(monkeypatch):
     from flwr.app import Context, RecordDict
 

@@ -128,11 +128,11 @@ def test_headroom_compares_the_best_fixed_rate_with_fedavgs_free_upload_floor(tm
     write_jsonl(tmp_path / "mobile-topk-1-seed1.jsonl", _timed([0.9, 0.95, 0.96, 0.965], 700.0, 600.0))  # never 97%
     write_jsonl(tmp_path / "mobile-drl-compress-seed1.jsonl", _timed([0.9, 0.95, 0.96, 0.965, 0.975], 900.0, 600.0))
     row = [line for line in systems.headroom_lines() if line.startswith("| mobile |")]
-    assert row == ["| mobile | 1 | 3.0 | 1.50 | 0.50 | 1.00 (topk-10) | 2.00× | 1.25 (1.25×)" + " | not run" * 6 + " |"]
+    assert row == ["| mobile | 1 | 3.0 | 1.50 | 0.50 | 1.00 (topk-10) | 2.00× | 1.25 (1.25×)" + " | not run" * 7 + " |"]
     # a shared controller that never gets there: said so, with no ratio
     write_jsonl(tmp_path / "mobile-drl-compress-shared-seed1.jsonl", _timed([0.9, 0.95], 900.0, 600.0))
     row = [line for line in systems.headroom_lines() if line.startswith("| mobile |")]
-    assert row[0].endswith("| 1.25 (1.25×) | not reached" + " | not run" * 5 + " |")
+    assert row[0].endswith("| 1.25 (1.25×) | not reached" + " | not run" * 6 + " |")
 
 
 def test_decisions_are_grouped_by_the_clients_uplink_band():

@@ -109,6 +109,7 @@ def train(msg: Message, context: Context, cfg: RunConfig) -> Message:
             accuracy_of=lambda weights: _local_accuracy(weights, test_data, cfg.eval_batch_size, cfg.mnist_width),
             controller_config=controller_config, system=system,
             shared_q=to_numpy(msg.content[keys.CONTROLLER]) if keys.CONTROLLER in msg.content.array_records else None,
+            residual_on_dense=cfg.residual_on_dense,
         )
         content = RecordDict({**sync.records, keys.METRICS: metrics})
     else:

@@ -37,6 +37,7 @@ CONTROLLER_KEY = "sync-controller"
 RESIDUAL_KEY = "ef-residual"
 LAST_GLOBAL_KEY = "last-global"
 SYNC_META_KEY = "sync-meta"
+RESIDUAL_ON_DENSE = ("flush", "drop")  # what a dense update does with the error-feedback residual
 
 
 
@@ -156,6 +157,7 @@ def decide_and_encode(
     controller_config: ControllerConfig | None = None,
     system: ClientSystem | None = None,
     shared_q: dict[str, np.ndarray] | None = None,
+    residual_on_dense: str = "flush",
 ) -> SyncDecision:
     """Run one controller step and encode the update it chose to send.
 
@@ -170,8 +172,13 @@ def decide_and_encode(
     of its own link, compute and deadline (needed by "resources" features, time costs and the rules).
     `shared_q`, the server's shared controller (controller-sharing "shared"), replaces this client's
     Q-network before it acts, and the client does not learn itself: the server learns from every
-    client's transitions, reported in the metadata.
+    client's transitions, reported in the metadata. `residual_on_dense` is what a dense update does with the
+    error-feedback residual: "flush" sends it along (error feedback's bookkeeping), "drop" discards it (the
+    residual of a client that sent top-0.1% for k rounds holds nearly k rounds of updates; flushed into one dense
+    reply, that is a k-fold step computed on models the federation has left behind).
     """
+    if residual_on_dense not in RESIDUAL_ON_DENSE:
+        raise ValueError(f"residual_on_dense must be one of {RESIDUAL_ON_DENSE}, got {residual_on_dense!r}")
     if reward_kind not in REWARD_KINDS:
         raise ValueError(f"reward_kind must be one of {REWARD_KINDS}, got {reward_kind!r}")
     if reward_kind == "own-gain" and accuracy_of is None:
@@ -231,7 +238,8 @@ def decide_and_encode(
         # The residual keeps only what compression left out.
         records: dict[str, ArrayRecord] = {}
     elif dense:
-        records = {keys.DELTA: _to_record({k: delta[k] + (residual[k] if residual else 0.0) for k in delta})}
+        flush = residual is not None and residual_on_dense == "flush"
+        records = {keys.DELTA: _to_record({k: delta[k] + (residual[k] if flush else 0.0) for k in delta})}
         residual = None
     else:  # compressed, at the (possibly just changed) rate
         compressed, residual, _ = encode_update(
