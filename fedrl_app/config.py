@@ -16,6 +16,7 @@ from typing import Any
 
 from fedrl_app.agents.dqn import AGENTS, DQNConfig
 from fedrl_app.agents.sync_controller import ACTION_SETS, FEATURE_SETS, TIME_COSTS, ControllerConfig
+from fedrl_app.protocol.codecs import RESIDUAL_ON_DENSE
 from fedrl_app.systems.profiles import ProfileError, check_profile_name
 from fedrl_app.tasks.env_variation import EnvVariationError, env_params, parse_variation
 from fedrl_app.tasks.mnist import DATA_SHIFTS
@@ -130,7 +131,7 @@ class RunConfig:
         group=DRL_COMPRESS, ge=0)
     residual_on_dense: str = option(
         "flush", "drl-compress: what a client's dense update does with its error-feedback residual (what top-k left out of its earlier compressed updates): `flush` (sends it along) or `drop` (discards it: after k rounds at top-0.1% the residual holds nearly k rounds of updates, and one dense reply carrying them is a k-fold step computed on models the federation has left behind)",
-        group=DRL_COMPRESS, choices=("flush", "drop"))
+        group=DRL_COMPRESS, choices=RESIDUAL_ON_DENSE)
     dirichlet_alpha: float = option(
         0.3, "Dirichlet concentration of the label partition (smaller = more non-IID)",
         group=DATA, gt=0)

@@ -108,8 +108,8 @@ class ControllerConfig:
     # rate up and down and spent bytes early on). (The name predates `start_action`.)
     compressed_prior: float = 0.05
     # What the controller does before it has learned otherwise: "compressed" (keep sending at its
-    # rate), "full" or, with `pace_action`, "pace". None: the pace if it is an action, else compressed with a byte cost; without one (a time objective) full, the
-    # update that teaches most, which only a message's time can make costly (a compressed start
+    # rate), "full" or, with `pace_action`, "pace". None: the pace if it is an action, else compressed
+    # with a byte cost; without one (a time objective) full, the update that teaches most, which only a message's time can make costly (a compressed start
     # cost the time-objective controller 4 rounds to 97% on `uniform`, seed 1).
     start_action: str | None = None
     features: str = "basic"           # "basic" or "resources" (see the module docstring)

@@ -16,8 +16,8 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, RecordDict
 
 from fedrl_app.agents.sync_controller import (
     ACTIONS,
-    DECISIONS,
     COMPRESSED,
+    DECISIONS,
     FULL,
     PACE,
     REWARD_KINDS,
@@ -29,7 +29,7 @@ from fedrl_app.agents.sync_controller import (
     divergence,
 )
 from fedrl_app.protocol import keys
-from fedrl_app.protocol.codecs import COMPRESSED_BYTES_PER_ENTRY, CompressionConfig, decode_update, encode_update
+from fedrl_app.protocol.codecs import COMPRESSED_BYTES_PER_ENTRY, RESIDUAL_ON_DENSE, CompressionConfig, decode_update, encode_update
 from fedrl_app.protocol.records import recorddict_nbytes, to_numpy, to_record
 from fedrl_app.systems.profiles import ClientProfile, median_mobile_profile
 
@@ -37,7 +37,6 @@ CONTROLLER_KEY = "sync-controller"
 RESIDUAL_KEY = "ef-residual"
 LAST_GLOBAL_KEY = "last-global"
 SYNC_META_KEY = "sync-meta"
-RESIDUAL_ON_DENSE = ("flush", "drop")  # what a dense update does with the error-feedback residual
 
 
 

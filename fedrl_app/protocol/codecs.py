@@ -19,6 +19,7 @@ from fedrl_app.protocol.untrusted import UntrustedArrayError, load_array
 
 
 COMPRESSED_BYTES_PER_ENTRY = 3 / 4  # top-k + int8 values + uint16 gaps: 3 bytes a kept entry, against 4 dense
+RESIDUAL_ON_DENSE = ("flush", "drop")  # what a dense update does with the error-feedback residual (client/sync.py)
 
 
 class CodecError(ValueError):
