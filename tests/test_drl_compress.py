@@ -80,6 +80,7 @@ def test_a_pace_reply_is_decoded_as_what_it_says_it_sent():
     list(s2.configure_train(1, arrays(**X), ConfigRecord({}), FakeGrid([1, 2, 3])))
     out, _ = s2.aggregate_train(1, [bad])
     assert s2.rounds[1].extra["senders"] == 0 and out is None
+    assert "full-sync reply has no ArrayRecord" in dict(s2.rounds[1].dropped)[1]
 
 
 def test_sent_mean_exact():
