@@ -48,6 +48,7 @@ from benchmarks.common import (  # noqa: E402
     save_figure,
     write_table,
 )
+from fedrl_app.agents.sync_controller import DENSE_DECISIONS  # noqa: E402
 from fedrl_app.config import RunConfig  # noqa: E402
 from fedrl_app.server.recorder import read_jsonl  # noqa: E402
 from fedrl_app.systems.profiles import SystemsModel  # noqa: E402
@@ -284,9 +285,9 @@ def decisions_by_link(client_rows: list[dict], uplink_mbps: dict[int, float]) ->
         rows = [r for r in client_rows if link_band(uplink_mbps[r["partition_id"]]) == band and r.get("sync_decision")]
         if not rows:
             continue
-        dense = sum(r["sync_decision"] in ("full", "pace-full") for r in rows)
+        dense = sum(r["sync_decision"] in DENSE_DECISIONS for r in rows)
         skip = sum(r["sync_decision"] == "skip" for r in rows)
-        rates = sorted(r["compression_rate"] for r in rows if r["sync_decision"] not in ("full", "pace-full", "skip"))
+        rates = sorted(r["compression_rate"] for r in rows if r["sync_decision"] not in (*DENSE_DECISIONS, "skip"))
         out[band] = {"client-rounds": len(rows), "dense": dense / len(rows), "skip": skip / len(rows),
                      "compressed": (len(rows) - dense - skip) / len(rows),
                      "median-rate": float(statistics.median(rates)) if rates else None}

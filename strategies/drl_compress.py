@@ -25,7 +25,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg as FlowerFedAvg
 from flwr.supercore import log
 
-from fedrl_app.agents.sync_controller import DECISIONS, ControllerConfig, SyncController
+from fedrl_app.agents.sync_controller import DECISIONS, DENSE_DECISIONS, ControllerConfig, SyncController
 from fedrl_app.protocol import keys
 from fedrl_app.protocol.codecs import decode_update
 from fedrl_app.protocol.metadata import ClientMetadata
@@ -127,7 +127,7 @@ class DrlCompress(RoundScheduleMixin, ReplyGuardMixin, FlowerFedAvg):
                 raise PayloadError(f"a skip reply must carry no arrays, got {sorted(records)}")
             return
         spec = self._sent_spec or {}
-        if decision in ("full", "pace-full"):
+        if decision in DENSE_DECISIONS:
             if keys.DELTA not in records:
                 raise PayloadError(f"full-sync reply has no ArrayRecord '{keys.DELTA}'")
             delta = check_arrays(records[keys.DELTA], spec, name=keys.DELTA, max_abs=self.max_abs)

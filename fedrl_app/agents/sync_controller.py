@@ -53,6 +53,7 @@ ACTIONS = ("full", "compressed", "skip", "raise-compression", "lower-compression
 BASE_ACTIONS = 5  # without `pace_action`, the first five
 # What a reply says it did: its action, the pace's split by what it sent (the server decodes by it, the tables count it)
 DECISIONS = (*ACTIONS[:PACE], "pace-full", "pace-compressed")
+DENSE_DECISIONS = ("full", "pace-full")  # the decisions whose reply is a dense update
 ACTION_SETS = ("rate-steps", "with-pace")  # the config's names for pace_action False / True
 START_ACTIONS = {"compressed": COMPRESSED, "full": FULL, "pace": PACE}
 REWARD_KINDS = ("own-gain", "global-gain")

@@ -17,7 +17,6 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, RecordDict
 from fedrl_app.agents.sync_controller import (
     ACTIONS,
     COMPRESSED,
-    DECISIONS,
     FULL,
     PACE,
     REWARD_KINDS,
@@ -263,7 +262,7 @@ def decide_and_encode(
         state[RESIDUAL_KEY] = _to_record(residual)
     state[LAST_GLOBAL_KEY] = _to_record(global_weights)
     state[SYNC_META_KEY] = ConfigRecord({"last-sent-round": server_round if records else int(meta["last-sent-round"])})
-    decision = ACTIONS[action] if action != PACE else DECISIONS[-2] if dense else DECISIONS[-1]
+    decision = ACTIONS[action] if action != PACE else "pace-full" if dense else "pace-compressed"
     return SyncDecision(decision, rate, records, bytes_fraction, reward, observation,
                         None if prev_state is None else list(prev_state), prev_action, div, max(staleness, 0))
 
