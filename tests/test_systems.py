@@ -305,8 +305,8 @@ def test_a_resumed_run_broadcasts_the_pace_from_its_first_round():
     # a run that does not broadcast the pace checkpoints none
     assert "round-pace" not in build_strategy(RunConfig.from_run_config({"strategy": "drl-compress"})).state_dict()
     # strategies with state of their own keep the reply guard's group beside theirs
-    adagrad = build_strategy(RunConfig.from_run_config({"strategy": "fedadagrad", "sync-policy": "pace-rule"}))
-    innermost(adagrad).round_pace_s = 12.0
+    adagrad = build_strategy(RunConfig.from_run_config({"strategy": "fedadagrad"}))
+    innermost(adagrad).broadcast_pace, innermost(adagrad).round_pace_s = True, 12.0
     assert {"round-pace", "m_t", "v_t"} <= set(adagrad.state_dict())
 
 
@@ -316,6 +316,10 @@ def test_the_pace_is_broadcast_for_added_delay_on_synchronous_rounds_only(asynch
                                      "async-aggregation": asynchronous})
     assert innermost(build_strategy(cfg)).broadcast_pace is (not asynchronous)
     assert innermost(build_strategy(RunConfig.from_run_config({"strategy": "drl-compress"}))).broadcast_pace is False
+    # only sync controllers read the pace: other strategies send none, whatever the drl-compress keys say
+    for other in ({"strategy": "fedavg", "time-cost": "added-delay"}, {"strategy": "fedadagrad", "sync-policy": "pace-rule"},
+                  {"strategy": "fedprox", "controller-actions": "with-pace"}):
+        assert innermost(build_strategy(RunConfig.from_run_config(other))).broadcast_pace is False
 
 
 def test_without_a_byte_cost_dense_is_explored_as_often_as_skip():

@@ -252,6 +252,14 @@ def parse_config(run_config: Mapping[str, Any]) -> RunConfig:
     return cfg
 
 
+def _broadcasts_pace(cfg: RunConfig, entry: StrategyEntry) -> bool:
+    """Whether the server tells the clients the last round's pace: only sync controllers read it (the time
+    objective, the pace rule and the pace action), and only synchronous rounds have one."""
+    wants_pace = (cfg.time_cost == "added-delay" or cfg.sync_policy == "pace-rule"
+                  or cfg.controller_actions == "with-pace")
+    return entry.role == keys.ROLE_SYNC_CONTROLLER and wants_pace and not cfg.async_aggregation
+
+
 def build_strategy(cfg: RunConfig) -> Strategy:
     """The strategy named by `strategy`, with the clients' lr schedule, inside the wrappers the config turns on."""
     entry = check_config(cfg)
@@ -266,9 +274,7 @@ def build_strategy(cfg: RunConfig) -> Strategy:
     # the virtual clock times every strategy's rounds; for the RL tasks a "sample" is an environment step
     innermost(strategy).configure_clock(systems_model(cfg.systems_profile, cfg.seed), cfg.round_deadline_s,
                                         cfg.local_epochs if cfg.task == "mnist" else 1,
-                                        broadcast_pace=(cfg.time_cost == "added-delay" or cfg.sync_policy == "pace-rule"
-                                                        or cfg.controller_actions == "with-pace")
-                                        and not cfg.async_aggregation)
+                                        broadcast_pace=_broadcasts_pace(cfg, entry))
     for wrapper in enabled:
         strategy = wrapper.wrap(strategy, cfg)
     return strategy
