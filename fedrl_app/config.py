@@ -31,6 +31,7 @@ BYZANTINE_ATTACKS = ("sign-flip", "scale", "noise", "weight-inflation", "sparse-
 TRUST_RULES = ("update-cosine", "param-cosine")
 DIVERSITY_SPACES = ("normalised", "raw")
 DIVERSITY_MEASURES = ("mean", "nearest")  # as TRUST_RULES: strategies/fusion.py keeps the same tuple (a test checks)
+FUSION_DEPLOYS = ("learner", "average")  # likewise
 SYNC_POLICIES = ("dqn", "compressed", "full", "bandwidth-rule", "pace-rule")
 CONTROLLER_REWARDS = ("own-gain", "global-gain")  # see fedrl_app.agents.sync_controller
 DP_MODES = ("off", "server", "client")  # Flower's fixed-clipping DP wrappers: who clips the updates
@@ -189,6 +190,9 @@ class RunConfig:
     server_learner_restart: bool = option(
         False, "Fusion: each round the server learner starts afresh from the mixed network: its target network set to it and its Adam moments cleared (off: both carry over from the previous round's learner, whose online network the mix has just replaced)",
         group=FUSION)
+    fusion_deploy: str = option(
+        "learner", "Fusion: the global network the server evaluates and saves as `best_model.pt`: `learner` (the server learner's network after its updates, which is also what the clients start each round from) or `average` (the trust-weighted average of the clients' networks, before the server learner's updates; the clients still start from the learner's network, so training is unchanged). With `average`, the learner's network is also evaluated, as `sent-return`",
+        group=FUSION, choices=FUSION_DEPLOYS)
     experience_sample: int = option(
         256, "Fusion: transitions each client shares per round (gzip-compressed)",
         group=FUSION, ge=0)

@@ -32,7 +32,10 @@
     normalised states (z-scores of the buffer's states, divided by √(2·dim), so that two typical
     states are about 1 apart on any environment) or, with `diversity_space = "raw"`, in raw L2.
 (c) Dual learning: after aggregating, the server trains θ_new on the global buffer for
-    `server_updates` DQN steps with its own target network.
+    `server_updates` DQN steps with its own target network. The clients start the next round from the
+    learner's network; with `deploy = "average"` the run's model (what the server evaluates and saves)
+    is θ_new before those steps, since the learner's steps move the global greedy policy most from
+    round to round.
 """
 
 from __future__ import annotations
@@ -65,6 +68,7 @@ EXPERIENCE_OUTLIER_FACTOR = 3.0  # a batch whose median TD error or distance is 
 MIN_NORMALISER_STATES = 256       # below this many buffer states, distances are raw (no statistics yet)
 NEAREST_SPACING_SAMPLE = 256      # buffer states whose nearest-neighbour distances set the buffer's typical spacing
 DIVERSITY_MEASURES = ("mean", "nearest")
+FUSION_DEPLOYS = ("learner", "average")
 
 
 def _cosine(a: np.ndarray, b: np.ndarray) -> float:
@@ -231,6 +235,9 @@ class Fusion(RoundScheduleMixin, ReplyGuardMixin, FlowerFedAvg):
         Each round, set the server learner's target network to the mixed network and clear its Adam
         moments before it trains (off: both carry over from the learner's previous round, though the mix
         has replaced its online network).
+    deploy : str (default: "learner")
+        The run's model, see :meth:`deployed_arrays`: "learner" (the network sent to the clients) or
+        "average" (the trust-weighted mix, before the server learner's updates).
     seed : int (default: 0)
     **kwargs
         Passed to :class:`flwr.serverapp.strategy.FedAvg`.
@@ -240,7 +247,7 @@ class Fusion(RoundScheduleMixin, ReplyGuardMixin, FlowerFedAvg):
                  diversity_filter: bool = True, diversity_threshold: float = 0.15, filter_k: int = 16,
                  server_updates: int = 100, trust: str = "update-cosine", diversity_space: str = "normalised",
                  max_shared_per_client: int = 256, td_probe: int = 0, learner_restart: bool = False,
-                 diversity_measure: str = "mean", seed: int = 0, **kwargs) -> None:
+                 diversity_measure: str = "mean", deploy: str = "learner", seed: int = 0, **kwargs) -> None:
         super().__init__(**kwargs)
         if trust not in TRUST_RULES:
             raise ValueError(f"trust must be one of {TRUST_RULES}, got {trust!r}")
@@ -250,6 +257,10 @@ class Fusion(RoundScheduleMixin, ReplyGuardMixin, FlowerFedAvg):
             raise ValueError(f"diversity_space must be 'normalised' or 'raw', got {diversity_space!r}")
         if diversity_measure not in DIVERSITY_MEASURES:
             raise ValueError(f"diversity_measure must be one of {DIVERSITY_MEASURES}, got {diversity_measure!r}")
+        if deploy not in FUSION_DEPLOYS:
+            raise ValueError(f"deploy must be one of {FUSION_DEPLOYS}, got {deploy!r}")
+        self.deploy = deploy
+        self.average: dict[str, np.ndarray] | None = None  # this round's mix, before the learner's updates
         self.trust, self.diversity_space, self.max_shared_per_client = trust, diversity_space, max_shared_per_client
         self.diversity_measure = diversity_measure
         self.obs_dim, self.n_actions, self.mix = obs_dim, n_actions, mix
@@ -330,6 +341,7 @@ class Fusion(RoundScheduleMixin, ReplyGuardMixin, FlowerFedAvg):
                      w * c_k * (c[k].astype(np.float64) - self.current[k]) for w, c_k, c in zip(weights, scales, clients))
                      ).astype(self.current[k].dtype) for k in names}
 
+        self.average = mixed
         offered, admitted, refused = self.admit_experience(replies, partitions, weights, fell_back, network_outliers)
         self.learner.q.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in mixed.items()})
         if self.learner_restart:  # the target and the moments belonged to the network the mix just replaced
@@ -354,6 +366,13 @@ class Fusion(RoundScheduleMixin, ReplyGuardMixin, FlowerFedAvg):
             round_log.extra["server-td-loss"] = float(np.mean(losses))
         metrics = self.train_metrics_aggr_fn([m.content for m in replies], self.weighted_by_key)
         return to_record(new), metrics
+
+    def deployed_arrays(self, sent: ArrayRecord) -> ArrayRecord:
+        """The run's model: `sent` (the learner's network, the clients' next start) with `deploy = "learner"` or
+        before any round has been aggregated; the last round's trust-weighted mix with `deploy = "average"`."""
+        if self.deploy == "average" and self.average is not None:
+            return to_record(self.average)
+        return sent
 
     def probe_td_errors(self, clients: list[dict[str, np.ndarray]]) -> list[float] | None:
         """Each client network's median |TD error| on `td_probe` transitions drawn from the server's buffer

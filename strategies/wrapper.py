@@ -77,6 +77,16 @@ class CheckedStrategy(Protocol):
         """Log the strategy's settings."""
 
 
+@runtime_checkable
+class DeploysOtherModel(Protocol):
+    """A strategy whose model for use differs from the global model it sends the clients (Fusion with
+    `deploy = "average"`). The run recorder evaluates and saves `deployed_arrays(sent)`; a wrapper does not
+    forward it, so a wrapper that changes the aggregate (DP noise, say) always deploys what it sends."""
+
+    def deployed_arrays(self, sent: ArrayRecord) -> ArrayRecord:
+        """The run's model after the round whose global model is `sent`."""
+
+
 def innermost(strategy: Any) -> CheckedStrategy:
     """The CheckedStrategy at the bottom of a stack of wrappers (the strategy itself if it wraps nothing)."""
     while isinstance(strategy, WrapsStrategy):

@@ -319,3 +319,28 @@ def test_fusion_learner_restart_starts_each_round_from_the_mix(restart, adam_ste
     assert all(np.allclose(v, 1.5) for v in target.values()) == restart
     steps = {int(st["step"]) for st in s.learner.optimizer.state.values()}
     assert steps == {adam_steps}
+
+
+@pytest.mark.parametrize("deploy", ["learner", "average"])
+def test_fusion_deploys_the_mix_before_the_learner_steps_or_the_learners_network(deploy):
+    s = Fusion(obs_dim=3, n_actions=2, agent_config=DQNConfig(hidden=4, batch_size=2), server_updates=2,
+               diversity_filter=False, mix=0.5, deploy=deploy)
+    g = _model(1.0, s)
+    before = arrays(**g)
+    assert s.deployed_arrays(before) is before  # nothing aggregated yet: the initial model
+    list(s.configure_train(1, before, ConfigRecord({}), FakeGrid([1, 2, 3])))
+    exp = pack_experience(*_batch())[0]
+    sent, _ = s.aggregate_train(1, [reply(n, arrays(**_model(v, s)), 10, extra={"experience": exp})
+                                    for n, v in ((1, 3.0), (2, 2.0), (3, -1.0))])
+    deployed = s.deployed_arrays(sent)
+    # the mix is 1.5 everywhere (see the update-cosine test); the learner's 2 Adam steps moved the sent network
+    assert not all(np.allclose(v.numpy(), 1.5) for v in sent.values())
+    if deploy == "learner":
+        assert deployed is sent
+    else:
+        assert all(np.allclose(v.numpy(), 1.5) for v in deployed.values())
+
+
+def test_fusion_refuses_an_unknown_deploy():
+    with pytest.raises(ValueError, match="deploy must be one of"):
+        _fusion(deploy="best")

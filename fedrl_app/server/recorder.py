@@ -19,6 +19,7 @@ from flwr.supercore import log
 from fedrl_app.config import RunConfig
 from fedrl_app.reporting.solve import SolveTracker
 from fedrl_app.server.metered_grid import MeteredGrid
+from strategies.wrapper import DeploysOtherModel
 
 METRICS_FILE = "metrics.jsonl"
 CLIENTS_FILE = "clients.jsonl"
@@ -121,13 +122,22 @@ class RunRecorder:
     def evaluate_fn(self, flower_round: int, arrays: ArrayRecord) -> MetricRecord | None:
         """Flower's `evaluate_fn`: central evaluation, then every per-round artefact."""
         server_round = flower_round + self.round_offset
-        metrics = self.evaluate(arrays, server_round)
+        deployed = (self.strategy.deployed_arrays(arrays) if isinstance(self.strategy, DeploysOtherModel)
+                    else arrays)
+        metrics = self.evaluate(deployed, server_round)
+        if deployed is not arrays:  # the network the clients start from is judged too, on the same episodes
+            metrics.update({f"sent-{k}": v for k, v in self.evaluate(arrays, server_round).items()})
         if flower_round == 0 and self.round_offset > 0:
             return MetricRecord(metrics)  # the resumed round was recorded by the run before
-        self.on_round_end(server_round, arrays, metrics)
+        self.on_round_end(server_round, arrays, metrics, deployed)
         return MetricRecord(metrics)
 
-    def on_round_end(self, server_round: int, arrays: ArrayRecord, metrics: dict[str, float]) -> None:
+    def on_round_end(self, server_round: int, arrays: ArrayRecord, metrics: dict[str, float],
+                     deployed: ArrayRecord | None = None) -> None:
+        """Record the round: `arrays` is the global model the clients get next (checkpointed in `last.pt`, what
+        a resumed run continues from), `deployed` the run's model where the strategy deploys another
+        (`DeploysOtherModel`: the one `metrics` judge, saved as `best.pt` and beside the arrays in `last.pt`)."""
+        deployed = arrays if deployed is None else deployed
         now = time.perf_counter()
         up, down = self.grid.uplink_bytes - self._last_up, self.grid.downlink_bytes - self._last_down
         self._last_up, self._last_down = self.grid.uplink_bytes, self.grid.downlink_bytes
@@ -167,11 +177,11 @@ class RunRecorder:
         improved = self._is_better(metrics.get(self.cfg.tracked_metric))
         if improved:
             self.best_value = float(metrics[self.cfg.tracked_metric])
-            torch.save(arrays_to_tensors(arrays), self.run_dir / BEST_MODEL)
+            torch.save(arrays_to_tensors(deployed), self.run_dir / BEST_MODEL)
             (self.run_dir / BEST_INFO).write_text(json.dumps(
                 {"round": server_round, "metric": self.cfg.tracked_metric, "value": self.best_value,
                  "metrics": metrics, "config": self.cfg.as_dict()}, indent=2))
-        self._save_last(server_round, arrays)
+        self._save_last(server_round, arrays, deployed)
 
         with open(self.run_dir / METRICS_FILE, "a") as f:
             f.write(json.dumps(row) + "\n")
@@ -212,7 +222,7 @@ class RunRecorder:
             return True
         return value < self.best_value if self.cfg.tracked_metric == "loss" else value > self.best_value
 
-    def _save_last(self, server_round: int, arrays: ArrayRecord) -> None:
+    def _save_last(self, server_round: int, arrays: ArrayRecord, deployed: ArrayRecord) -> None:
         strategy_state = {
             name: {k: torch.from_numpy(np.array(v)) for k, v in group.items()}
             for name, group in self.strategy.state_dict().items()
@@ -227,6 +237,8 @@ class RunRecorder:
             "elapsed-s": self.elapsed_before + time.perf_counter() - self._t_start,
             "sim-time-s": self.sim_time_s,
         }
+        if deployed is not arrays:
+            checkpoint["deployed-arrays"] = arrays_to_tensors(deployed)
         tmp = self.run_dir / (LAST_CHECKPOINT + ".tmp")
         torch.save(checkpoint, tmp)
         os.replace(tmp, self.run_dir / LAST_CHECKPOINT)  # atomic: a crash never leaves half a file
