@@ -103,6 +103,7 @@ def share_of_clean(run: dict, clean: dict | None) -> float | None:
 
 PROGRESS_STEPS = (20_000, 40_000, 60_000, 80_000, 100_000)  # env steps per client where the gap table looks
 WEIGHT_BLOCKS = 5  # the faulty client's weight is averaged over this many equal blocks of rounds
+STEADY_AFTER = 15  # rounds after which the global greedy return is judged for dips (the clients are past random play)
 
 
 def own_env_return_at(curves: dict[int, dict], exclude: set[int], steps: int) -> float | None:
@@ -166,6 +167,32 @@ def gap_lines(runs: list[dict], clean: dict[tuple, dict]) -> list[str]:
         weights = " / ".join("-" if w is None else f"{w:.3f}" for w in faulty_weight_blocks(run))
         lines.append(f"| {run['n']} | {run['condition']} | {run['method']} | {run['seed']} | {at(run)} "
                      f"| {at(ref) if ref else '-'} | {weights} |")
+    return lines
+
+
+def greedy_stats(returns: list[float], after: int = STEADY_AFTER) -> str:
+    """The global greedy return per round after round `after`: mean, worst, rounds below 0, and the last round."""
+    tail = np.array(returns[after:], dtype=float)
+    return (f"{tail.mean():.0f} / {tail.min():.0f} / {int((tail < 0).sum())} / {tail[-1]:.0f}"
+            if tail.size else "-")
+
+
+def deployed_lines(runs: list[dict]) -> list[str]:
+    """Where the run's model is not the network sent to the clients (Fusion, `fusion-deploy = "average"`): both,
+    judged in the same rounds on the same episodes' start states, one row per run."""
+    both = sorted((r for r in runs if any("sent-return" in m for m in r["metrics"])),
+                  key=lambda r: (r["n"], r["condition"], r["method"], r["seed"]))
+    if not both:
+        return []
+    lines = ["", f"The run's model against the network the clients start from (the server learner's), same runs: "
+             f"the global greedy return (5 episodes, nominal environment) over rounds {STEADY_AFTER + 1}–last, as "
+             "mean / worst / rounds below 0 / last round.", "",
+             "| N | condition | method | seed | run's model (trust-weighted mix) | sent network (after the server "
+             "learner's steps) |", "|---" * 6 + "|"]
+    for run in both:
+        rows = [m for m in run["metrics"] if m.get("round", 0) >= 1]
+        lines.append(f"| {run['n']} | {run['condition']} | {run['method']} | {run['seed']} "
+                     f"| {greedy_stats([m['return'] for m in rows])} | {greedy_stats([m['sent-return'] for m in rows])} |")
     return lines
 
 
@@ -267,6 +294,7 @@ def report(command: str, out: Path = OUT, include: list[Path] = ()) -> str:
               "(same as nominal when every client is nominal). Trust weight: mean over rounds of partition 0's "
               "share of the aggregation weight."]
     lines += gap_lines(runs, clean)
+    lines += deployed_lines(runs)
     for n in sorted({k[0] for k in groups}):
         for condition in CONDITIONS:
             here = {k: g for k, g in groups.items() if k[0] == n and k[1] == condition}

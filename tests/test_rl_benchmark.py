@@ -9,6 +9,7 @@ import pytest
 
 from benchmarks.lunarlander import client_curves
 from benchmarks.rl_heterogeneity import (
+    deployed_lines,
     faulty_weight_blocks,
     faulty_weight_per_round,
     own_env_final,
@@ -94,3 +95,13 @@ def test_return_at_a_step_uses_the_episodes_that_ended_by_then_and_weights_come_
     for row in run["metrics"]:
         row.update({"experience-admitted": 0, "experience-offered": 0, "uplink-bytes-total": 0})
     assert summarise({**run, "clients": []})["faulty-weight"] == pytest.approx(0.55)
+
+
+def test_the_deployed_table_sets_the_runs_model_beside_the_sent_network_after_round_15():
+    run = _run("none", {0: 1.0})
+    # round 0 (the initial model) is never judged; rounds 1–15 are learning; 16–20: the mix steady, the sent dips
+    run["metrics"] = [{"round": r, "return": -900.0 if r <= 15 else 100.0 + r,
+                       "sent-return": -900.0 if r <= 15 else (-50.0 if r in (17, 18) else 200.0)} for r in range(21)]
+    rows = [line.split(" | ") for line in deployed_lines([run]) if line.startswith("| 3 |")]
+    assert [r[4:] for r in rows] == [["118 / 116 / 0 / 120", "110 / -50 / 2 / 200 |"]]
+    assert deployed_lines([_run("none", {0: 1.0})]) == []  # no sent network judged: no table
