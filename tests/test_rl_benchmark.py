@@ -103,5 +103,5 @@ def test_the_deployed_table_sets_the_runs_model_beside_the_sent_network_after_ro
     run["metrics"] = [{"round": r, "return": -900.0 if r <= 15 else 100.0 + r,
                        "sent-return": -900.0 if r <= 15 else (-50.0 if r in (17, 18) else 200.0)} for r in range(21)]
     rows = [line.split(" | ") for line in deployed_lines([run]) if line.startswith("| 3 |")]
-    assert [r[4:] for r in rows] == [["118 / 116 / 0 / 120", "110 / -50 / 2 / 200 |"]]
+    assert [r[4:] for r in rows] == [["118 / 116 / 0 / 120", "100 / -50 / 2 / 200 |"]]
     assert deployed_lines([_run("none", {0: 1.0})]) == []  # no sent network judged: no table
