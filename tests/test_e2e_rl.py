@@ -65,9 +65,12 @@ def test_cartpole_fusion_two_rounds(sim, tmp_path):
 def test_cartpole_fusion_on_varied_dynamics_with_a_faulty_agent(sim, tmp_path):
     run_dir = _run(sim, tmp_path, strategy="fusion", **{
         "experience-sample": 64, "server-updates-per-round": 20, "env-variation": "gravity=9.8,4.0; length=0.5,1.0",
-        "byzantine-fraction": 0.5, "byzantine-attack": "reward-flip"})
+        "byzantine-fraction": 0.5, "byzantine-attack": "reward-flip", "fusion-deploy": "average"})
     rows = read_jsonl(run_dir / "metrics.jsonl")
     assert [r["round"] for r in rows] == [0, 1, 2]
+    # the run's model is the trust-weighted mix; the learner's network, which the clients get, is judged beside it
+    assert "sent-return" not in rows[0] and all(r["sent-return"] >= 8 for r in rows[1:])
+    assert rows[2]["sent-return-envs"] == (rows[2]["sent-return-env-0"] + rows[2]["sent-return-env-1"]) / 2
     # the global policy on the nominal environment every round, and on both clients' dynamics every
     # 10th round and at the last
     assert all(r["return"] >= 8 for r in rows) and "return-env-0" not in rows[1]
