@@ -184,15 +184,18 @@ def deployed_lines(runs: list[dict]) -> list[str]:
                   key=lambda r: (r["n"], r["condition"], r["method"], r["seed"]))
     if not both:
         return []
-    lines = ["", f"The run's model against the network the clients start from (the server learner's), same runs: "
-             f"the global greedy return (5 episodes, nominal environment) over rounds {STEADY_AFTER + 1}–last, as "
-             "mean / worst / rounds below 0 / last round.", "",
-             "| N | condition | method | seed | run's model (trust-weighted mix) | sent network (after the server "
-             "learner's steps) |", "|---" * 6 + "|"]
+    late = 2 * STEADY_AFTER
+    lines = ["", "The run's model against the network the clients start from (the server learner's), same runs: the "
+             "global greedy return (5 episodes, nominal environment) as mean / worst / rounds below 0 / last round, "
+             f"over rounds {STEADY_AFTER + 1}–last and {late + 1}–last.", "",
+             f"| N | condition | method | seed | run's model (trust-weighted mix), rounds {STEADY_AFTER + 1}– "
+             f"| sent network (after the server learner's steps), rounds {STEADY_AFTER + 1}– "
+             f"| run's model, rounds {late + 1}– | sent network, rounds {late + 1}– |", "|---" * 8 + "|"]
     for run in both:
         rows = [m for m in run["metrics"] if m.get("round", 0) >= 1]
-        lines.append(f"| {run['n']} | {run['condition']} | {run['method']} | {run['seed']} "
-                     f"| {greedy_stats([m['return'] for m in rows])} | {greedy_stats([m['sent-return'] for m in rows])} |")
+        mix, sent = [m["return"] for m in rows], [m["sent-return"] for m in rows]
+        lines.append(f"| {run['n']} | {run['condition']} | {run['method']} | {run['seed']} | {greedy_stats(mix)} "
+                     f"| {greedy_stats(sent)} | {greedy_stats(mix, late)} | {greedy_stats(sent, late)} |")
     return lines
 
 
@@ -291,8 +294,11 @@ def report(command: str, out: Path = OUT, include: list[Path] = ()) -> str:
                  if attacks else "")
               + "Global greedy return: the server's evaluation of the "
               "global network (5 episodes) on the nominal environment, and the mean over the clients' variants "
-              "(same as nominal when every client is nominal). Trust weight: mean over rounds of partition 0's "
-              "share of the aggregation weight."]
+              "(same as nominal when every client is nominal)"
+              + (": for runs with `fusion-deploy = \"average\"`, the run's model, the trust-weighted mix before the "
+                 "server learner's steps (the sent network is judged in the last table)"
+                 if any(any("sent-return" in m for m in r["metrics"]) for r in runs) else "")
+              + ". Trust weight: mean over rounds of partition 0's share of the aggregation weight."]
     lines += gap_lines(runs, clean)
     lines += deployed_lines(runs)
     for n in sorted({k[0] for k in groups}):

@@ -191,7 +191,7 @@ class RunConfig:
         False, "Fusion: each round the server learner starts afresh from the mixed network: its target network set to it and its Adam moments cleared (off: both carry over from the previous round's learner, whose online network the mix has just replaced)",
         group=FUSION)
     fusion_deploy: str = option(
-        "learner", "Fusion: the global network the server evaluates and saves as `best_model.pt`: `learner` (the server learner's network after its updates, which is also what the clients start each round from) or `average` (the trust-weighted average of the clients' networks, before the server learner's updates; the clients still start from the learner's network, so training is unchanged). With `average`, the learner's network is also evaluated, as `sent-return`",
+        "average", "Fusion: the global network the server evaluates and saves as `best_model.pt`: `average` (the default since it was measured steadier: the trust-weighted average of the clients' networks, before the server learner's updates; the clients still start from the learner's network, so training is unchanged, and the learner's network is also evaluated, as `sent-return`) or `learner` (the server learner's network after its updates, the one the clients start each round from)",
         group=FUSION, choices=FUSION_DEPLOYS)
     experience_sample: int = option(
         256, "Fusion: transitions each client shares per round (gzip-compressed)",

@@ -102,6 +102,9 @@ def test_the_deployed_table_sets_the_runs_model_beside_the_sent_network_after_ro
     # round 0 (the initial model) is never judged; rounds 1–15 are learning; 16–20: the mix steady, the sent dips
     run["metrics"] = [{"round": r, "return": -900.0 if r <= 15 else 100.0 + r,
                        "sent-return": -900.0 if r <= 15 else (-50.0 if r in (17, 18) else 200.0)} for r in range(21)]
+    run["metrics"] += [{"round": r, "return": 150.0, "sent-return": 300.0 - r} for r in range(21, 36)]
     rows = [line.split(" | ") for line in deployed_lines([run]) if line.startswith("| 3 |")]
-    assert [r[4:] for r in rows] == [["118 / 116 / 0 / 120", "100 / -50 / 2 / 200 |"]]
+    # rounds 16–35: the mix 116…120 then 150; the sent 200 with two dips, then 279…265; from round 31: 150 / 269…265
+    assert [r[4:] for r in rows] == [["142 / 116 / 0 / 150", "229 / -50 / 2 / 265", "150 / 150 / 0 / 150",
+                                      "267 / 265 / 0 / 265 |"]]
     assert deployed_lines([_run("none", {0: 1.0})]) == []  # no sent network judged: no table
