@@ -136,7 +136,7 @@ class RunRecorder:
                      deployed: ArrayRecord | None = None) -> None:
         """Record the round: `arrays` is the global model the clients get next (checkpointed in `last.pt`, what
         a resumed run continues from), `deployed` the run's model where the strategy deploys another
-        (`DeploysOtherModel`: the one `metrics` judge, saved as `best.pt` and beside the arrays in `last.pt`)."""
+        (`DeploysOtherModel`: the one `metrics` judge, saved as `best_model.pt` and beside the arrays in `last.pt`)."""
         deployed = arrays if deployed is None else deployed
         now = time.perf_counter()
         up, down = self.grid.uplink_bytes - self._last_up, self.grid.downlink_bytes - self._last_down
