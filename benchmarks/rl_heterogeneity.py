@@ -177,10 +177,16 @@ def greedy_stats(returns: list[float], after: int = STEADY_AFTER) -> str:
             if tail.size else "-")
 
 
+def judges_sent_network(run: dict) -> bool:
+    """Whether the run's model was not the network sent to the clients (Fusion, `fusion-deploy = "average"`), so
+    that the server judged both."""
+    return any("sent-return" in m for m in run["metrics"])
+
+
 def deployed_lines(runs: list[dict]) -> list[str]:
     """Where the run's model is not the network sent to the clients (Fusion, `fusion-deploy = "average"`): both,
     judged in the same rounds on the same episodes' start states, one row per run."""
-    both = sorted((r for r in runs if any("sent-return" in m for m in r["metrics"])),
+    both = sorted((r for r in runs if judges_sent_network(r)),
                   key=lambda r: (r["n"], r["condition"], r["method"], r["seed"]))
     if not both:
         return []
@@ -297,7 +303,7 @@ def report(command: str, out: Path = OUT, include: list[Path] = ()) -> str:
               "(same as nominal when every client is nominal)"
               + (": for runs with `fusion-deploy = \"average\"`, the run's model, the trust-weighted mix before the "
                  "server learner's steps (the sent network is judged in the last table)"
-                 if any(any("sent-return" in m for m in r["metrics"]) for r in runs) else "")
+                 if any(judges_sent_network(r) for r in runs) else "")
               + ". Trust weight: mean over rounds of partition 0's share of the aggregation weight."]
     lines += gap_lines(runs, clean)
     lines += deployed_lines(runs)

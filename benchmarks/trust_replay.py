@@ -19,6 +19,7 @@ import json
 import numpy as np
 
 from benchmarks.common import ROOT, command_line, write_table
+from strategies.fusion import normalise_weights
 
 RUNS = ROOT / "benchmarks" / "results" / "rl_attacks_defaults"
 OUT = ROOT / "benchmarks" / "results" / "trust_replay"
@@ -28,14 +29,13 @@ BLOCKS = 5                # the faulty client's weight is averaged over this man
 
 
 def reputation_weights(similarities: np.ndarray, beta: float) -> np.ndarray:
-    """(rounds, clients) similarities -> (rounds, clients) weights of the slow-to-regain reputation; a round
-    where every reputation is ≤ 0 gets the plain mean, as Fusion's fallback does."""
+    """(rounds, clients) similarities -> (rounds, clients) weights of the slow-to-regain reputation, normalised
+    as Fusion normalises similarities (a round where every reputation is ≤ 0 gets the plain mean)."""
     reputation = similarities[0].copy()
     weights = []
     for sims in similarities:
         reputation = np.where(sims < reputation, sims, reputation + beta * (sims - reputation))
-        positive = np.maximum(reputation, 0.0)
-        weights.append(positive / positive.sum() if positive.sum() > 0 else np.full(len(sims), 1 / len(sims)))
+        weights.append(normalise_weights(list(reputation))[0])
     return np.array(weights)
 
 

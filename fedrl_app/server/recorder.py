@@ -133,11 +133,11 @@ class RunRecorder:
         return MetricRecord(metrics)
 
     def on_round_end(self, server_round: int, arrays: ArrayRecord, metrics: dict[str, float],
-                     deployed: ArrayRecord | None = None) -> None:
+                     deployed: ArrayRecord) -> None:
         """Record the round: `arrays` is the global model the clients get next (checkpointed in `last.pt`, what
-        a resumed run continues from), `deployed` the run's model where the strategy deploys another
-        (`DeploysOtherModel`: the one `metrics` judge, saved as `best_model.pt` and beside the arrays in `last.pt`)."""
-        deployed = arrays if deployed is None else deployed
+        a resumed run continues from), `deployed` the run's model, the one `metrics` judge and `best_model.pt`
+        holds: `arrays` itself, unless the strategy deploys another (`DeploysOtherModel`; then it is also saved
+        beside the arrays in `last.pt`)."""
         now = time.perf_counter()
         up, down = self.grid.uplink_bytes - self._last_up, self.grid.downlink_bytes - self._last_down
         self._last_up, self._last_down = self.grid.uplink_bytes, self.grid.downlink_bytes
