@@ -16,6 +16,7 @@ from fedrl_app.server.evaluation import central_evaluator, client_evaluate_confi
 from fedrl_app.server.metered_grid import MeteredGrid
 from fedrl_app.server.recorder import RunRecorder, load_checkpoint, new_run_dir, resolve_resume_dir
 from fedrl_app.server.registry import build_strategy, cap_example_claims, measure_replies_with, parse_config, task_model
+from fedrl_app.server.reply_order import PartitionOrderGrid
 from fedrl_app.tasks import mnist
 
 app = ServerApp()
@@ -59,7 +60,8 @@ def main(grid: Grid, context: Context) -> None:
     recorder = RunRecorder(cfg, run_dir, strategy, metered, central_evaluator(cfg, source), resume=resume)
     if remaining > 0:
         strategy.start(
-            grid=metered, initial_arrays=initial, num_rounds=remaining, timeout=cfg.round_timeout,
+            grid=PartitionOrderGrid(metered), initial_arrays=initial, num_rounds=remaining,
+            timeout=cfg.round_timeout,
             train_config=client_train_config(cfg), evaluate_config=client_evaluate_config(cfg),
             evaluate_fn=recorder.evaluate_fn,
         )

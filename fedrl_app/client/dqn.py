@@ -25,9 +25,20 @@ from fedrl_app.protocol import keys
 from fedrl_app.protocol.experience import pack_experience
 from fedrl_app.protocol.metadata import ClientMetadata
 from fedrl_app.protocol.records import recorddict_nbytes
-from fedrl_app.tasks.gym_rl import env_dims, evaluate_policy, run_steps
+from fedrl_app.tasks.gym_rl import EpisodeLog, env_dims, evaluate_policy, run_steps
 
 AGENT_STATE_KEY = "dqn-agent"
+EPISODE_STATE_KEY = "dqn-episode"  # the EpisodeLog: any process continues this client's episode
+
+
+def episode_log_to_record(log: EpisodeLog) -> ConfigRecord:
+    """The log as a ConfigRecord for `context.state` (actions as int32 bytes: an empty list has no element type)."""
+    return ConfigRecord({"rng-state": log.rng_state, "actions": np.asarray(log.actions, dtype=np.int32).tobytes()})
+
+
+def episode_log_from_record(record: ConfigRecord) -> EpisodeLog:
+    """Inverse of `episode_log_to_record`."""
+    return EpisodeLog(str(record["rng-state"]), np.frombuffer(record["actions"], dtype=np.int32).tolist())
 
 
 def gzip_size(record: ArrayRecord) -> int:
@@ -61,10 +72,13 @@ def train(msg: Message, context: Context, cfg: RunConfig) -> Message:
     act0, train0 = agent.act_flops, agent.train_flops
     start = time.perf_counter()
     global_params = [p.detach().clone() for p in agent.q.parameters()]
+    episode = context.state.config_records.get(EPISODE_STATE_KEY)
     stats = run_steps(agent, cfg.task, key=(context.run_id, pid, cfg.task), seed=seed, steps=cfg.steps_per_round,
-                      env_params=cfg.env_params(pid), fault=attack)
+                      env_params=cfg.env_params(pid), fault=attack,
+                      episode_log=episode_log_from_record(episode) if episode is not None else None)
     elapsed = time.perf_counter() - start
     context.state[AGENT_STATE_KEY] = ConfigRecord({"blob": agent.to_bytes()})
+    context.state[EPISODE_STATE_KEY] = episode_log_to_record(stats.episode_log)
 
     sent = agent.q
     if attack in ("sign-flip", "scale", "sparse-scale", "noise"):  # it learns honestly; only what it sends lies
