@@ -1,11 +1,13 @@
-"""PartitionOrderGrid: a Grid whose synchronous replies come back in partition order, so a seeded run repeats.
+"""PartitionOrderGrid: a Grid whose synchronous replies come back in partition order, whatever order they arrive in.
 
-Flower returns the replies of `send_and_receive` in the order they arrive, and a simulation's node
-ids are random per run. Every sum over replies (a weighted average, a trust-weighted mix, the order
-in which shared experience enters the server's buffer) then adds in a different order each run, and
-a float sum's last bit depends on its order. In RL that bit grows: two runs of one seed agreed on
-round 1 and differed from round 2 on. Sorting the replies by the partition each client reports
-makes the order, and so the run, the same every time.
+Flower returns the replies of `send_and_receive` in the order they arrive, and node ids are random.
+Every sum over replies (a weighted average, a trust-weighted mix, the order in which shared
+experience enters the server's buffer) would then add in a different order when arrivals do, and a
+float sum's last bit depends on its order; in RL that bit grows into a different run. Sorting by the
+partition each client reports makes the order a function of the clients alone. (In the local
+simulation the replies were seen to arrive in partition order already; what kept two RL runs of one
+seed apart there was the episode cache, fixed by `fedrl_app.tasks.gym_rl.EpisodeLog`. Over a real
+network, arrival order follows link and device speed.)
 """
 
 from __future__ import annotations
