@@ -60,12 +60,12 @@ def _rng_state(env: gym.Env) -> str:
 
 
 def _start_episode(env: gym.Env, seed: int, rng_state: str) -> np.ndarray:
-    """Reset `env` as the logged episode was: with `seed` for the first one, else from the logged generator state."""
-    obs, _ = env.reset(seed=seed)
-    if rng_state:
-        env.unwrapped.np_random.bit_generator.state = json.loads(rng_state)
-        obs, _ = env.reset()
-    return obs
+    """Reset `env` as the logged episode was: with `seed` for the first one, else from the logged generator state
+    (a reset without a seed draws from the env's generator, which `np_random` creates on first access)."""
+    if not rng_state:
+        return env.reset(seed=seed)[0]
+    env.unwrapped.np_random.bit_generator.state = json.loads(rng_state)
+    return env.reset()[0]
 
 
 def replay_episode(task: str, seed: int, log: EpisodeLog, env_params: dict[str, float] | None = None) -> _Episode:
