@@ -65,6 +65,7 @@ from strategies.strategy_utils import array_to_blob, blob_to_array, rng_from_arr
 
 
 TRUST_RULES = ("update-cosine", "param-cosine")
+TRUST_CLIPS = ("median-update", "median-norm")
 EXPERIENCE_OUTLIER_FACTOR = 3.0  # a batch whose median TD error or distance is this many times the round's median
 MIN_NORMALISER_STATES = 256       # below this many buffer states, distances are raw (no statistics yet)
 NEAREST_SPACING_SAMPLE = 256      # buffer states whose nearest-neighbour distances set the buffer's typical spacing
@@ -91,20 +92,25 @@ def trust_weights(global_flat: np.ndarray, client_flats: list[np.ndarray]) -> tu
     return normalise_weights([_cosine(g, c.astype(np.float64)) for c in client_flats])
 
 
-def update_trust(global_flat: np.ndarray, client_flats: list[np.ndarray]
+def update_trust(global_flat: np.ndarray, client_flats: list[np.ndarray], clip: str = "median-update"
                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool]:
     """`update-cosine`: (weights, norm scales c_k, similarities, fell_back).
 
     sim_k = cos(Δθ_k, m) with m the coordinate-wise median of the Δθ, w_k = max(0, sim_k) normalised
-    (uniform if all are zero), c_k = min(1, ‖m‖ / ‖Δθ_k‖).
+    (uniform if all are zero), c_k = min(1, r / ‖Δθ_k‖) with r = ‖m‖ (`clip = "median-update"`) or the
+    median of the ‖Δθ_k‖ (`"median-norm"`). A coordinate-wise median cancels the clients' disagreements, so
+    ‖m‖ is below a typical client's norm and "median-update" shrinks honest steps too; "median-norm" leaves
+    the shorter half of the updates whole.
     """
+    if clip not in TRUST_CLIPS:
+        raise ValueError(f"clip must be one of {TRUST_CLIPS}, got {clip!r}")
     g = global_flat.astype(np.float64)
     deltas = np.stack([c.astype(np.float64) - g for c in client_flats])
     reference = np.median(deltas, axis=0)
     sims = np.asarray([_cosine(d, reference) for d in deltas])
     weights, fell_back = normalise_weights(list(sims))
-    ref_norm = float(np.linalg.norm(reference))
     norms = np.linalg.norm(deltas, axis=1)
+    ref_norm = float(np.linalg.norm(reference)) if clip == "median-update" else float(np.median(norms))
     scales = np.where(norms > ref_norm, ref_norm / np.maximum(norms, 1e-300), 1.0)
     return weights, scales, sims, fell_back
 
@@ -222,6 +228,8 @@ class Fusion(RoundScheduleMixin, ReplyGuardMixin, FlowerFedAvg):
         DQN steps the server takes on the global buffer each round.
     trust : str (default: "update-cosine")
         How clients are weighted: "update-cosine" or "param-cosine" (see the module docstring).
+    trust_clip : str (default: "median-update")
+        With "update-cosine": the norm each Δθ_k is scaled down to, see :func:`update_trust`.
     diversity_space : str (default: "normalised")
         Where the filter measures distances: "normalised" states or "raw" ones.
     diversity_measure : str (default: "mean")
@@ -248,10 +256,14 @@ class Fusion(RoundScheduleMixin, ReplyGuardMixin, FlowerFedAvg):
                  diversity_filter: bool = True, diversity_threshold: float = 0.15, filter_k: int = 16,
                  server_updates: int = 100, trust: str = "update-cosine", diversity_space: str = "normalised",
                  max_shared_per_client: int = 256, td_probe: int = 0, learner_restart: bool = False,
-                 diversity_measure: str = "mean", deploy: str = "average", seed: int = 0, **kwargs) -> None:
+                 diversity_measure: str = "mean", deploy: str = "average", trust_clip: str = "median-update",
+                 seed: int = 0, **kwargs) -> None:
         super().__init__(**kwargs)
         if trust not in TRUST_RULES:
             raise ValueError(f"trust must be one of {TRUST_RULES}, got {trust!r}")
+        if trust_clip not in TRUST_CLIPS:
+            raise ValueError(f"trust_clip must be one of {TRUST_CLIPS}, got {trust_clip!r}")
+        self.trust_clip = trust_clip
         if td_probe < 0:
             raise ValueError(f"td_probe must be ≥ 0, got {td_probe}")
         if diversity_space not in ("normalised", "raw"):
@@ -327,7 +339,8 @@ class Fusion(RoundScheduleMixin, ReplyGuardMixin, FlowerFedAvg):
             weights, fell_back = trust_weights(flat(self.current), [flat(c) for c in clients])
             scales, sims = np.ones(len(clients)), None
         else:
-            weights, scales, sims, fell_back = update_trust(flat(self.current), [flat(c) for c in clients])
+            weights, scales, sims, fell_back = update_trust(flat(self.current), [flat(c) for c in clients],
+                                                            self.trust_clip)
         if fell_back:
             log(WARNING, "round %d: every client's trust similarity is ≤ 0; using a plain mean", server_round)
         td_errors = self.probe_td_errors(clients)

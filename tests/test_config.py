@@ -145,5 +145,5 @@ def test_the_fusion_choices_agree_with_the_strategy():
     from fedrl_app import config
     from strategies import fusion
 
-    assert (config.TRUST_RULES, config.DIVERSITY_MEASURES, config.FUSION_DEPLOYS) == (
-        fusion.TRUST_RULES, fusion.DIVERSITY_MEASURES, fusion.FUSION_DEPLOYS)
+    assert (config.TRUST_RULES, config.TRUST_CLIPS, config.DIVERSITY_MEASURES, config.FUSION_DEPLOYS) == (
+        fusion.TRUST_RULES, fusion.TRUST_CLIPS, fusion.DIVERSITY_MEASURES, fusion.FUSION_DEPLOYS)

@@ -195,6 +195,21 @@ def test_update_trust_exact():
     assert np.all(np.abs(w_param - 1 / 3) < 0.001)
 
 
+def test_update_trust_median_norm_clip_leaves_the_shorter_half_whole():
+    # Δ = (3, 0), (0, 4), (1, 0), (−10, 0): per coordinate the median is (0.5, 0), ‖m‖ = 0.5, while the norms
+    # are 3, 4, 1, 10 with median 3.5: "median-update" shrinks all four, "median-norm" only the two longer ones
+    g = np.zeros(2)
+    clients = [np.array([3.0, 0.0]), np.array([0.0, 4.0]), np.array([1.0, 0.0]), np.array([-10.0, 0.0])]
+    _, scales, _, _ = update_trust(g, clients)
+    np.testing.assert_allclose(scales, [0.5 / 3, 0.5 / 4, 0.5, 0.05])
+    w, scales, sims, _ = update_trust(g, clients, clip="median-norm")
+    np.testing.assert_allclose(scales, [1.0, 3.5 / 4, 1.0, 0.35])
+    np.testing.assert_allclose(sims, [1.0, 0.0, 1.0, -1.0])  # the weights do not depend on the clip
+    np.testing.assert_allclose(w, [0.5, 0.0, 0.5, 0.0])
+    with pytest.raises(ValueError, match="clip must be one of"):
+        update_trust(g, clients, clip="mean")
+
+
 def test_update_trust_falls_back_to_a_plain_mean_when_nobody_agrees():
     w, _, _, fell_back = update_trust(np.zeros(2), [np.array([1.0, 0.0]), np.array([-1.0, 0.0])])
     # the median of two opposite updates is 0: every similarity 0, a plain mean
