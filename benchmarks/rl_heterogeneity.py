@@ -77,6 +77,20 @@ def applies(method: str, condition: str) -> bool:
     return not (method == "local" and condition not in ("none", "varied"))
 
 
+RUN_KEYS = ("task", "num-server-rounds", "steps-per-round", "seed", "wandb-mode", "fraction-evaluate",
+            "byzantine-fraction", "dqn-train-frequency", "dqn-n-step")  # set by the sweep, or columns of their own
+
+
+def settings_label(run: dict) -> str:
+    """The method as the table names it: plus any `--set` override that differs from today's default
+    (e.g. "fusion (trust-clip=median-norm)"), so runs of other settings get rows of their own."""
+    known = set(AGENT) | set(METHODS.get(run["method"], {})) | set(CONDITIONS.get(run["condition"], {})) | set(RUN_KEYS)
+    defaults = RunConfig()
+    changed = [f"{k}={v}" for k, v in sorted((run.get("overrides") or {}).items())
+               if k not in known and getattr(defaults, k.replace("-", "_"), None) != v]
+    return f"{run['method']} ({', '.join(changed)})" if changed else run["method"]
+
+
 def faulty(condition: str) -> set[int]:
     """Partitions that are faulty under a condition (partition 0 for the attacks)."""
     return set() if condition in ("none", "varied") else {0}
@@ -147,7 +161,7 @@ def gap_lines(runs: list[dict], clean: dict[tuple, dict]) -> list[str]:
     """When the honest clients fall behind the clean run, and how much weight the faulty client had then: one row
     per attacked run, beside the clean run of the same method, seed and settings (its same partitions)."""
     attacked = sorted((r for r in runs if faulty(r["condition"]) and r["method"].startswith("fusion")),
-                      key=lambda r: (r["n"], list(CONDITIONS).index(r["condition"]), r["method"], r["seed"]))
+                      key=lambda r: (r["n"], list(CONDITIONS).index(r["condition"]), settings_label(r), r["seed"]))
     if not attacked:
         return []
     steps = " / ".join(f"{s // 1000}k" for s in PROGRESS_STEPS)
@@ -158,14 +172,14 @@ def gap_lines(runs: list[dict], clean: dict[tuple, dict]) -> list[str]:
              "| faulty client's weight by fifth of the run |", "|---" * 7 + "|"]
     for run in attacked:
         bad = faulty(run["condition"])
-        ref = clean.get((run["n"], run["method"], run["seed"], run["train-frequency"], run["n-step"]))
+        ref = clean.get((run["n"], settings_label(run), run["seed"], run["train-frequency"], run["n-step"]))
 
         def at(r: dict) -> str:
             curves = client_curves(r["clients"])
             return " / ".join(fmt([own_env_return_at(curves, bad, s)], ".0f", "-") for s in PROGRESS_STEPS)
 
         weights = " / ".join("-" if w is None else f"{w:.3f}" for w in faulty_weight_blocks(run))
-        lines.append(f"| {run['n']} | {run['condition']} | {run['method']} | {run['seed']} | {at(run)} "
+        lines.append(f"| {run['n']} | {run['condition']} | {settings_label(run)} | {run['seed']} | {at(run)} "
                      f"| {at(ref) if ref else '-'} | {weights} |")
     return lines
 
@@ -187,7 +201,7 @@ def deployed_lines(runs: list[dict]) -> list[str]:
     """Where the run's model is not the network sent to the clients (Fusion, `fusion-deploy = "average"`): both,
     judged in the same rounds on the same episodes' start states, one row per run."""
     both = sorted((r for r in runs if judges_sent_network(r)),
-                  key=lambda r: (r["n"], r["condition"], r["method"], r["seed"]))
+                  key=lambda r: (r["n"], r["condition"], settings_label(r), r["seed"]))
     if not both:
         return []
     late = 2 * STEADY_AFTER
@@ -200,7 +214,7 @@ def deployed_lines(runs: list[dict]) -> list[str]:
     for run in both:
         rows = [m for m in run["metrics"] if m.get("round", 0) >= 1]
         mix, sent = [m["return"] for m in rows], [m["sent-return"] for m in rows]
-        lines.append(f"| {run['n']} | {run['condition']} | {run['method']} | {run['seed']} | {greedy_stats(mix)} "
+        lines.append(f"| {run['n']} | {run['condition']} | {settings_label(run)} | {run['seed']} | {greedy_stats(mix)} "
                      f"| {greedy_stats(sent)} | {greedy_stats(mix, late)} | {greedy_stats(sent, late)} |")
     return lines
 
@@ -241,7 +255,7 @@ def plot_trust(runs: list[dict], path: Path) -> None:
     for i, run in enumerate(runs):
         rounds, weight = faulty_weight_per_round(run)
         ax.plot(rounds, weight, lw=0.9, color=f"C{i % 10}",
-                ls="-" if run["method"] == "fusion" else ":", label=f"{run['method']}, {run['condition']}")
+                ls="-" if run["method"] == "fusion" else ":", label=f"{settings_label(run)}, {run['condition']}")
     n = runs[0]["n"]
     ax.axhline(1 / n, color="grey", ls="--", lw=0.8, label="1/N")
     ax.set(xlabel="round", ylabel="trust weight of partition 0", ylim=(-0.02, 1.02),
@@ -267,7 +281,7 @@ def report(command: str, out: Path = OUT, include: list[Path] = ()) -> str:
     for run in runs:
         run.setdefault("train-frequency", 4)  # runs saved before the key existed: the default was 4 then
         run.setdefault("n-step", 1)  # likewise: 1-step targets until 2026-12-03
-        key = (run["n"], run["condition"], run["method"], run["train-frequency"], run["n-step"])
+        key = (run["n"], run["condition"], run["method"], run["train-frequency"], run["n-step"], settings_label(run))
         groups.setdefault(key, []).append(run)
     attacks = any(faulty(k[1]) for k in groups)  # the share-of-clean column only where there is an attack
     lines = [f"LunarLander-v3, Double DQN clients, env reward, solved = 100-episode mean ≥ 200; one faulty client of N "
@@ -278,16 +292,16 @@ def report(command: str, out: Path = OUT, include: list[Path] = ()) -> str:
              "| faulty client's trust weight (1/N = fair) | its batches refused | shared transitions admitted "
              "| FLOPs | uplink MB |", "|---" * (16 + attacks) + "|"]
     order = {c: i for i, c in enumerate(CONDITIONS)}
-    clean = {(r["n"], r["method"], r["seed"], r["train-frequency"], r["n-step"]): r for r in runs if r["condition"] == "none"}
-    for (n, condition, method, tf, n_step), seed_runs in sorted(
+    clean = {(r["n"], settings_label(r), r["seed"], r["train-frequency"], r["n-step"]): r for r in runs if r["condition"] == "none"}
+    for (n, condition, method, tf, n_step, label), seed_runs in sorted(
             groups.items(), key=lambda kv: (kv[0][0], order.get(kv[0][1], 99), list(METHODS).index(kv[0][2]), *kv[0][3:])):
         s = [summarise(r) for r in seed_runs]
         col = {k: [x.get(k) for x in s] for k in s[0]}
-        kept = [share_of_clean(r, clean.get((n, method, r["seed"], tf, n_step))) for r in seed_runs] if faulty(condition) else []
+        kept = [share_of_clean(r, clean.get((n, label, r["seed"], tf, n_step))) for r in seed_runs] if faulty(condition) else []
         kept = [k for k in kept if k is not None]
         share = f"| {fmt(kept, '.1%', '-')}{f' ({len(kept)} of {len(s)} seeds)' if 0 < len(kept) < len(s) else ''} "
         lines.append(
-            f"| {n} | {condition} | {method} | {tf} | {n_step} | {len(s)} | {fmt(col['final-100'], '.1f', 'n/a')} "
+            f"| {n} | {condition} | {label} | {tf} | {n_step} | {len(s)} | {fmt(col['final-100'], '.1f', 'n/a')} "
             + (share if attacks else "") +
             f"| {sum(col['solved'])} of {sum(col['honest'])} | {fmt(sum(col['solve-steps'], []), '.3g')} "
             f"| {fmt(col['global-nominal'], '.1f', 'n/a')} | {fmt(col['global-own-envs'], '.1f', 'n/a')} "
@@ -310,8 +324,8 @@ def report(command: str, out: Path = OUT, include: list[Path] = ()) -> str:
     for n in sorted({k[0] for k in groups}):
         for condition in CONDITIONS:
             here = {k: g for k, g in groups.items() if k[0] == n and k[1] == condition}
-            several = len({k[3:] for k in here}) > 1  # runs of other settings: say which in the legend
-            at = {(f"{k[2]} (tf {k[3]}, n-step {k[4]})" if several else k[2]): g for k, g in here.items()}
+            several = len({k[3:5] for k in here}) > 1  # runs of other settings: say which in the legend
+            at = {(f"{k[5]} (tf {k[3]}, n-step {k[4]})" if several else k[5]): g for k, g in here.items()}
             if at:
                 plot_returns(at, n, out / f"returns-{condition}-n{n}.png", title=f"condition {condition}")
         trust_runs = [g[0] for (nn, c, m, *_), g in sorted(groups.items()) if nn == n and m.startswith("fusion") and faulty(c)]

@@ -15,6 +15,7 @@ from benchmarks.rl_heterogeneity import (
     own_env_final,
     own_env_return_at,
     report,
+    settings_label,
     share_of_clean,
     summarise,
 )
@@ -68,6 +69,28 @@ def test_report_puts_the_share_of_clean_beside_each_attack_and_says_when_a_seed_
     assert [(g[1], g[3]) for g in gap] == [("noise", "1"), ("noise", "2")]
     assert gap[0][4:6] == ["225 / 225 / 225 / 225 / 225", "250 / 250 / 250 / 250 / 250"]
     assert gap[1][5] == "-"  # seed 2 has no clean run
+
+
+def test_runs_of_other_settings_get_rows_of_their_own_and_their_own_clean_run(tmp_path):
+    clip = {"trust-clip": "median-norm"}
+    runs = {"clean-1": _run("none", {0: 100.0, 1: 200.0, 2: 300.0}),
+            "noise-1": _run("noise", {0: 0.0, 1: 200.0, 2: 250.0}),
+            "clip-clean-1": _run("none", {0: 100.0, 1: 100.0, 2: 100.0}),
+            "clip-noise-1": _run("noise", {0: 0.0, 1: 100.0, 2: 100.0})}
+    for name in ("clip-clean-1", "clip-noise-1"):
+        runs[name]["overrides"].update(clip)
+    runs["noise-1"]["overrides"]["fusion-mix"] = 0.0  # today's default: no row of its own
+    assert settings_label(runs["noise-1"]) == "fusion"
+    assert settings_label(runs["clip-noise-1"]) == "fusion (trust-clip=median-norm)"
+    for name, run in runs.items():
+        (tmp_path / f"{name}.json").write_text(json.dumps(run))
+    main_table = report("cmd", tmp_path).split("How the gap forms")[0]
+    rows = {tuple(line.split(" | ")[1:3]): line.split(" | ") for line in main_table.splitlines() if line.startswith("| 3 |")}
+    assert sorted(rows) == [("noise", "fusion"), ("noise", "fusion (trust-clip=median-norm)"),
+                            ("none", "fusion"), ("none", "fusion (trust-clip=median-norm)")]
+    # each attacked row against the clean run of its own settings: 225 / 250, and 100 / 100
+    assert rows[("noise", "fusion")][7] == "90.0%"
+    assert rows[("noise", "fusion (trust-clip=median-norm)")][7] == "100.0%"
 
 
 def test_return_at_a_step_uses_the_episodes_that_ended_by_then_and_weights_come_in_fifths():
