@@ -296,7 +296,7 @@ class RunConfig:
         "update-cosine", "Fusion: how clients are weighted: `update-cosine` (w_k ∝ max(0, cos(Δθ_k, coordinate-wise median Δθ)), each Δθ_k scaled down to the median's norm; a client with weight 0 also has its shared experience refused) or `param-cosine` (w_k ∝ max(0, cos(θ_k, θ_global)), the earlier rule, ≈ 1/N for every client)",
         group=FUSION, choices=TRUST_RULES)
     trust_clip: str = option(
-        "median-update", "Fusion with `trust = \"update-cosine\"`: the norm each client's update Δθ_k is scaled down to (never up): `median-update` (the norm of the coordinate-wise median Δθ, below a typical client's, so honest steps shrink too: measured 0.55–0.8 of their length on LunarLander) or `median-norm` (the median of the clients' norms: the shorter half stays whole)",
+        "median-update", "Fusion with `trust = \"update-cosine\"`: the norm each client's update Δθ_k is scaled down to (never up): `median-update` (the norm of the coordinate-wise median Δθ, below a typical client's, so honest steps shrink too: each to 0.55–0.85 of its length on the LunarLander runs measured) or `median-norm` (the median of the clients' norms: the shorter half stays whole)",
         group=FUSION, choices=TRUST_CLIPS)
     trust_td_probe: int = option(
         0, "Fusion: transitions of the server's buffer each client's network is scored on every round; its median TD error e_k scales its weight by min(1, median e / e_k), and a network whose e_k is over 3 × the median also has its shared experience refused (0: off)",
