@@ -30,6 +30,7 @@ BYZANTINE_ATTACKS = ("sign-flip", "scale", "noise", "weight-inflation", "sparse-
                      *MALFORMED_REPLIES)
 TRUST_RULES = ("update-cosine", "param-cosine")
 TRUST_CLIPS = ("median-update", "median-norm")  # likewise
+TRUST_WEIGHTINGS = ("proportional", "gate")  # likewise
 DIVERSITY_SPACES = ("normalised", "raw")
 DIVERSITY_MEASURES = ("mean", "nearest")  # as TRUST_RULES: strategies/fusion.py keeps the same tuple (a test checks)
 FUSION_DEPLOYS = ("learner", "average")  # likewise
@@ -298,6 +299,9 @@ class RunConfig:
     trust_clip: str = option(
         "median-update", "Fusion with `trust = \"update-cosine\"`: the norm each client's update Δθ_k is scaled down to (never up): `median-update` (the norm of the coordinate-wise median Δθ, below a typical client's, so honest steps shrink too: each to 0.55–0.85 of its length on the LunarLander runs measured) or `median-norm` (the median of the clients' norms: the shorter half stays whole)",
         group=FUSION, choices=TRUST_CLIPS)
+    trust_weighting: str = option(
+        "proportional", "Fusion with `trust = \"update-cosine\"`: how similarities become weights: `proportional` (w_k ∝ max(0, sim_k): a client whose honest update differs, e.g. in another environment, loses weight in proportion) or `gate` (ρ_k = sim_k / the round's median similarity; w_k ∝ 0 at ρ_k ≤ 0.5, 1 at ρ_k ≥ 0.75, linear between: every client near the majority weighs the same, one far from it nothing, and its shared experience is refused)",
+        group=FUSION, choices=TRUST_WEIGHTINGS)
     trust_td_probe: int = option(
         0, "Fusion: transitions of the server's buffer each client's network is scored on every round; its median TD error e_k scales its weight by min(1, median e / e_k), and a network whose e_k is over 3 × the median also has its shared experience refused (0: off)",
         group=FUSION, ge=0)

@@ -2,9 +2,11 @@
 
 (a) Trust-aware aggregation, θ_new = θ_global + (1 − α)·Σ_k w_k·c_k·Δθ_k with Δθ_k = θ_k − θ_global:
     - `update-cosine` (default): sim_k = cos(Δθ_k, m), m the coordinate-wise median of the round's
-      Δθ (an honest majority sets it), w_k = max(0, sim_k) / Σ_i max(0, sim_i), and c_k =
-      min(1, ‖m‖ / ‖Δθ_k‖) scales an update down to the median's norm (FLTrust's normalisation,
-      Cao et al. 2021, with the median in place of a root data set);
+      Δθ (an honest majority sets it), w_k = max(0, sim_k) / Σ_i max(0, sim_i) (or, with
+      `trust_weighting = "gate"`, equal weights for every client within GATE_FULL of the median
+      similarity and none below GATE_FLOOR of it), and c_k = min(1, ‖m‖ / ‖Δθ_k‖) scales an update
+      down to the median's norm (FLTrust's normalisation, Cao et al. 2021, with the median in place of
+      a root data set; `trust_clip = "median-norm"`: to the median of the clients' norms);
     - `param-cosine` (the earlier rule): sim_k = cos(θ_global, θ_k), c_k = 1. Every θ_k contains
       θ_global, so sim_k ≈ 1 and w_k ≈ 1/N for any client (measured: within 0.001 of 1/N).
     If every weight is zero, a plain mean (logged).
@@ -66,6 +68,9 @@ from strategies.strategy_utils import array_to_blob, blob_to_array, rng_from_arr
 
 TRUST_RULES = ("update-cosine", "param-cosine")
 TRUST_CLIPS = ("median-update", "median-norm")
+TRUST_WEIGHTINGS = ("proportional", "gate")
+GATE_FLOOR = 0.5   # `gate`: a client whose similarity is at most this fraction of the round's median gets weight 0,
+GATE_FULL = 0.75   # and one at or above this fraction full weight (linear between)
 EXPERIENCE_OUTLIER_FACTOR = 3.0  # a batch whose median TD error or distance is this many times the round's median
 MIN_NORMALISER_STATES = 256       # below this many buffer states, distances are raw (no statistics yet)
 NEAREST_SPACING_SAMPLE = 256      # buffer states whose nearest-neighbour distances set the buffer's typical spacing
@@ -92,23 +97,39 @@ def trust_weights(global_flat: np.ndarray, client_flats: list[np.ndarray]) -> tu
     return normalise_weights([_cosine(g, c.astype(np.float64)) for c in client_flats])
 
 
-def update_trust(global_flat: np.ndarray, client_flats: list[np.ndarray], clip: str = "median-update"
-                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool]:
+def gate_weights(sims: list[float], floor: float = GATE_FLOOR, full: float = GATE_FULL) -> tuple[np.ndarray, bool]:
+    """`gate`: (weights, fell_back). With ρ_k = max(0, sim_k) / median(sim), w_k ∝ clip((ρ_k − floor) /
+    (full − floor), 0, 1): every client near the majority's similarity weighs the same, however far below the
+    others it sits, and one far below it weighs nothing. If the median similarity is ≤ 0 (no majority
+    direction), the proportional rule decides."""
+    s = np.asarray(sims, np.float64)
+    median = float(np.median(s))
+    if median <= 0:
+        return normalise_weights(list(s))
+    ratio = np.maximum(s, 0.0) / median
+    return normalise_weights(list(np.clip((ratio - floor) / (full - floor), 0.0, 1.0)))
+
+
+def update_trust(global_flat: np.ndarray, client_flats: list[np.ndarray], clip: str = "median-update",
+                 weighting: str = "proportional") -> tuple[np.ndarray, np.ndarray, np.ndarray, bool]:
     """`update-cosine`: (weights, norm scales c_k, similarities, fell_back).
 
-    sim_k = cos(Δθ_k, m) with m the coordinate-wise median of the Δθ, w_k = max(0, sim_k) normalised
-    (uniform if all are zero), c_k = min(1, r / ‖Δθ_k‖) with r = ‖m‖ (`clip = "median-update"`) or the
-    median of the ‖Δθ_k‖ (`"median-norm"`). A coordinate-wise median cancels the clients' disagreements, so
-    ‖m‖ is below a typical client's norm and "median-update" shrinks honest steps too; "median-norm" leaves
-    the shorter half of the updates whole.
+    sim_k = cos(Δθ_k, m) with m the coordinate-wise median of the Δθ; w_k = max(0, sim_k) normalised
+    (`weighting = "proportional"`, uniform if all are zero) or :func:`gate_weights` (`"gate"`);
+    c_k = min(1, r / ‖Δθ_k‖) with r = ‖m‖ (`clip = "median-update"`) or the median of the ‖Δθ_k‖
+    (`"median-norm"`). A coordinate-wise median cancels the clients' disagreements, so ‖m‖ is below a
+    typical client's norm and "median-update" shrinks honest steps too; "median-norm" leaves the shorter
+    half of the updates whole.
     """
     if clip not in TRUST_CLIPS:
         raise ValueError(f"clip must be one of {TRUST_CLIPS}, got {clip!r}")
+    if weighting not in TRUST_WEIGHTINGS:
+        raise ValueError(f"weighting must be one of {TRUST_WEIGHTINGS}, got {weighting!r}")
     g = global_flat.astype(np.float64)
     deltas = np.stack([c.astype(np.float64) - g for c in client_flats])
     reference = np.median(deltas, axis=0)
     sims = np.asarray([_cosine(d, reference) for d in deltas])
-    weights, fell_back = normalise_weights(list(sims))
+    weights, fell_back = gate_weights(list(sims)) if weighting == "gate" else normalise_weights(list(sims))
     norms = np.linalg.norm(deltas, axis=1)
     ref_norm = float(np.linalg.norm(reference)) if clip == "median-update" else float(np.median(norms))
     scales = np.where(norms > ref_norm, ref_norm / np.maximum(norms, 1e-300), 1.0)
@@ -230,6 +251,8 @@ class Fusion(RoundScheduleMixin, ReplyGuardMixin, FlowerFedAvg):
         How clients are weighted: "update-cosine" or "param-cosine" (see the module docstring).
     trust_clip : str (default: "median-update")
         With "update-cosine": the norm each Δθ_k is scaled down to, see :func:`update_trust`.
+    trust_weighting : str (default: "proportional")
+        With "update-cosine": weights ∝ the similarity ("proportional") or "gate", see :func:`gate_weights`.
     diversity_space : str (default: "normalised")
         Where the filter measures distances: "normalised" states or "raw" ones.
     diversity_measure : str (default: "mean")
@@ -257,13 +280,15 @@ class Fusion(RoundScheduleMixin, ReplyGuardMixin, FlowerFedAvg):
                  server_updates: int = 100, trust: str = "update-cosine", diversity_space: str = "normalised",
                  max_shared_per_client: int = 256, td_probe: int = 0, learner_restart: bool = False,
                  diversity_measure: str = "mean", deploy: str = "average", trust_clip: str = "median-update",
-                 seed: int = 0, **kwargs) -> None:
+                 trust_weighting: str = "proportional", seed: int = 0, **kwargs) -> None:
         super().__init__(**kwargs)
         if trust not in TRUST_RULES:
             raise ValueError(f"trust must be one of {TRUST_RULES}, got {trust!r}")
         if trust_clip not in TRUST_CLIPS:
             raise ValueError(f"trust_clip must be one of {TRUST_CLIPS}, got {trust_clip!r}")
-        self.trust_clip = trust_clip
+        if trust_weighting not in TRUST_WEIGHTINGS:
+            raise ValueError(f"trust_weighting must be one of {TRUST_WEIGHTINGS}, got {trust_weighting!r}")
+        self.trust_clip, self.trust_weighting = trust_clip, trust_weighting
         if td_probe < 0:
             raise ValueError(f"td_probe must be ≥ 0, got {td_probe}")
         if diversity_space not in ("normalised", "raw"):
@@ -340,7 +365,7 @@ class Fusion(RoundScheduleMixin, ReplyGuardMixin, FlowerFedAvg):
             scales, sims = np.ones(len(clients)), None
         else:
             weights, scales, sims, fell_back = update_trust(flat(self.current), [flat(c) for c in clients],
-                                                            self.trust_clip)
+                                                            self.trust_clip, self.trust_weighting)
         if fell_back:
             log(WARNING, "round %d: every client's trust similarity is ≤ 0; using a plain mean", server_round)
         td_errors = self.probe_td_errors(clients)

@@ -145,5 +145,14 @@ def test_the_fusion_choices_agree_with_the_strategy():
     from fedrl_app import config
     from strategies import fusion
 
-    assert (config.TRUST_RULES, config.TRUST_CLIPS, config.DIVERSITY_MEASURES, config.FUSION_DEPLOYS) == (
-        fusion.TRUST_RULES, fusion.TRUST_CLIPS, fusion.DIVERSITY_MEASURES, fusion.FUSION_DEPLOYS)
+    assert (config.TRUST_RULES, config.TRUST_CLIPS, config.TRUST_WEIGHTINGS, config.DIVERSITY_MEASURES,
+            config.FUSION_DEPLOYS) == (fusion.TRUST_RULES, fusion.TRUST_CLIPS, fusion.TRUST_WEIGHTINGS,
+                                       fusion.DIVERSITY_MEASURES, fusion.FUSION_DEPLOYS)
+
+
+def test_the_fusion_trust_keys_reach_the_strategy():
+    built = build_strategy(parse_config({"strategy": "fusion", "task": "cartpole", "trust-clip": "median-norm",
+                                         "trust-weighting": "gate"}))
+    assert (built.trust_clip, built.trust_weighting) == ("median-norm", "gate")
+    with pytest.raises(ConfigError, match="trust-weighting"):
+        parse_config({"strategy": "fusion", "task": "cartpole", "trust-weighting": "softmax"})

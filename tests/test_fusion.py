@@ -13,9 +13,11 @@ from strategies import Fusion
 from strategies.fusion import (
     StateNormaliser,
     diversity_admit,
+    gate_weights,
     nearest_distances,
     nearest_index,
     nearest_spacing,
+    normalise_weights,
     network_td_error,
     outlier_batches,
     td_trust_factors,
@@ -208,6 +210,38 @@ def test_update_trust_median_norm_clip_leaves_the_shorter_half_whole():
     np.testing.assert_allclose(w, [0.5, 0.0, 0.5, 0.0])
     with pytest.raises(ValueError, match="clip must be one of"):
         update_trust(g, clients, clip="mean")
+
+
+def test_gate_weights_exact():
+    # median 0.5; ρ = 1.2, 1.2, 1.0, 0.72, 0.4: the first three weigh 1, the fourth (0.72 − 0.5) / 0.25 = 0.88, the last 0
+    w, fell_back = gate_weights([0.6, 0.6, 0.5, 0.36, 0.2])
+    np.testing.assert_allclose(w, np.array([1.0, 1.0, 1.0, 0.88, 0.0]) / 3.88)
+    assert not fell_back
+    # proportional weights of the same similarities: the honest-but-different fourth client would get 0.16, not 0.23
+    np.testing.assert_allclose(normalise_weights([0.6, 0.6, 0.5, 0.36, 0.2])[0][3], 0.36 / 2.26)
+
+
+def test_gate_weights_leave_it_to_the_proportional_rule_without_a_majority_direction():
+    w, fell_back = gate_weights([0.5, -0.2, -0.3])  # median −0.2 ≤ 0
+    np.testing.assert_allclose(w, [1.0, 0.0, 0.0])
+    assert not fell_back
+    w, fell_back = gate_weights([0.0, 0.0, -0.1])
+    assert fell_back and list(w) == pytest.approx([1 / 3] * 3)
+
+
+def test_update_trust_gate_weighting_uses_the_same_similarities_and_scales():
+    g = np.zeros(2)
+    clients = [np.array([3.0, 0.0]), np.array([0.0, 4.0]), np.array([1.0, 0.0]), np.array([-10.0, 0.0])]
+    w_prop, scales_prop, sims, _ = update_trust(g, clients)
+    w_gate, scales_gate, sims_gate, _ = update_trust(g, clients, weighting="gate")
+    np.testing.assert_allclose(sims_gate, sims)
+    np.testing.assert_allclose(scales_gate, scales_prop)
+    np.testing.assert_allclose(w_gate, gate_weights(list(sims))[0])
+    np.testing.assert_allclose(w_gate, [0.5, 0.0, 0.5, 0.0])  # sims 1, 0, 1, −1: median 0.5
+    with pytest.raises(ValueError, match="weighting must be one of"):
+        update_trust(g, clients, weighting="softmax")
+    with pytest.raises(ValueError, match="trust_weighting must be one of"):
+        _fusion(trust_weighting="softmax")
 
 
 def test_update_trust_falls_back_to_a_plain_mean_when_nobody_agrees():

@@ -131,7 +131,7 @@ def _fusion(cfg: RunConfig, settings: dict[str, Any]) -> Fusion:
                   filter_k=cfg.filter_k, server_updates=cfg.server_updates_per_round, trust=cfg.trust,
                   diversity_space=cfg.diversity_space, max_shared_per_client=cfg.experience_sample, td_probe=cfg.trust_td_probe,
                   learner_restart=cfg.server_learner_restart, diversity_measure=cfg.diversity_measure,
-                  deploy=cfg.fusion_deploy, trust_clip=cfg.trust_clip,
+                  deploy=cfg.fusion_deploy, trust_clip=cfg.trust_clip, trust_weighting=cfg.trust_weighting,
                   seed=cfg.seed)
 
 
