@@ -3,8 +3,8 @@
 (a) Trust-aware aggregation, θ_new = θ_global + (1 − α)·Σ_k w_k·c_k·Δθ_k with Δθ_k = θ_k − θ_global:
     - `update-cosine` (default): sim_k = cos(Δθ_k, m), m the coordinate-wise median of the round's
       Δθ (an honest majority sets it), w_k = max(0, sim_k) / Σ_i max(0, sim_i) (or, with
-      `trust_weighting = "gate"`, equal weights for every client within GATE_FULL of the median
-      similarity and none below GATE_FLOOR of it), and c_k = min(1, ‖m‖ / ‖Δθ_k‖) scales an update
+      `trust_weighting = "gate"`, equal weights for every client at or above GATE_FULL × the round's
+      median similarity, none at or below GATE_FLOOR × it), and c_k = min(1, ‖m‖ / ‖Δθ_k‖) scales an update
       down to the median's norm (FLTrust's normalisation, Cao et al. 2021, with the median in place of
       a root data set; `trust_clip = "median-norm"`: to the median of the clients' norms);
     - `param-cosine` (the earlier rule): sim_k = cos(θ_global, θ_k), c_k = 1. Every θ_k contains
