@@ -7,7 +7,7 @@ Reads the saved per-round update-cosine similarities of the attack runs on the d
 reputation r_k that follows a similarity down at once and back up slowly:
     r_k ← sim_k if sim_k < r_k, else r_k + β·(sim_k − r_k),      w_k ∝ max(0, r_k)
 (β = 1 is the proportional rule, w_k ∝ max(0, sim_k)), and through `trust-weighting = "gate"`
-(strategies.fusion.gate_weights: full weight within 0.75 of the round's median similarity, none below 0.5).
+(strategies.fusion.gate_weights: full weight at ≥ 0.75 × the round's median similarity, none at ≤ 0.5 ×).
 Open loop: the similarities are the recorded ones, so the replay shows what the weights would have been in
 those rounds, not how the run would then have gone. Reported: the faulty client's (partition 0) mean weight
 in each fifth of the rounds, and the lowest honest client's mean weight; and for the `varied` runs (N = 3,
