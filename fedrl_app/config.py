@@ -173,6 +173,9 @@ class RunConfig:
     dqn_n_step: int = option(
         3, "RL: n-step returns (3, the default since it was measured best for one agent alone on LunarLander: 171.8 ± 37.5 against 110.0 ± 31.7 with 1-step targets, better on each of 3 seeds), Σ_{k<n} γ^k r_{t+k} + γ^n Q(s_{t+n}), built at sampling time from consecutive stored transitions of one episode (the buffer and shared experience stay 1-step)",
         group=DQN, interval=(1, 10, "[]"))
+    dqn_personal_share: float = option(
+        0.0, "RL (DQN clients of a federation): β, the share of its own last network a client keeps: each round it starts from (1 − β)·θ_global + β·θ_own and uploads θ_global + what it learned (θ_trained − θ_start), so the server's model and its trust scores see the same kind of update as with β = 0, and the client's own-environment behaviour keeps what suits its dynamics (0: start from the global network, as FedAvg)",
+        group=DQN, interval=(0.0, 1.0, "[)"))
     fusion_mix: float = option(
         0.0, "Fusion: α kept on the global network, θ = α·θ_global + (1−α)·Σ w_k θ_k (0, the default since it was measured best: every client of 3 seeds solves LunarLander at N = 3, against 6 of 9 with α = 0.5, whose kept half diluted the clients' 1,000 gradient steps a round)",
         group=FUSION, interval=(0.0, 1.0, "[)"))

@@ -55,8 +55,23 @@ def recent_sample(agent: DQNAgent, recent: int, n: int, seed: int):
     return buf.obs[idx], buf.actions[idx], buf.rewards[idx], buf.next_obs[idx], buf.dones[idx]
 
 
+def personal_start(received: dict[str, torch.Tensor], own: dict[str, torch.Tensor],
+                   share: float) -> dict[str, torch.Tensor]:
+    """The network a client starts its round from: (1 − share)·θ_received + share·θ_own, tensor by tensor."""
+    if received.keys() != own.keys():
+        raise ValueError(f"the received network's tensors {sorted(received)} differ from the client's own {sorted(own)}")
+    return {k: (1.0 - share) * received[k] + share * own[k] for k in received}
+
+
+def global_upload(received: dict[str, torch.Tensor], start: dict[str, torch.Tensor],
+                  trained: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """θ_received + (θ_trained − θ_start): what the client learned this round, applied to the network it received."""
+    return {k: received[k] + (trained[k] - start[k]) for k in received}
+
+
 def train(msg: Message, context: Context, cfg: RunConfig) -> Message:
-    """Start from the received Q-network, interact `steps-per-round` steps, return the new network."""
+    """Start from the received Q-network (mixed with the client's own by `dqn-personal-share`), interact
+    `steps-per-round` steps, return the new network (the received one plus what was learned)."""
     pid, num_partitions = partition(context)
     server_round = int(msg.content[keys.CONFIG][keys.SERVER_ROUND])
     seed = cfg.seed * 1_000 + pid
@@ -66,12 +81,15 @@ def train(msg: Message, context: Context, cfg: RunConfig) -> Message:
         agent = DQNAgent.from_bytes(stored["blob"], seed=seed * 10_007 + server_round)
     else:
         agent = DQNAgent(*env_dims(cfg.task), cfg.dqn_config(), seed=seed)
-    # The global network replaces the online one; the local target network, replay buffer
-    # and exploration schedule carry on (a real target network, not a copy of the global).
-    agent.q.load_state_dict(msg.content[keys.ARRAYS].to_torch_state_dict())
+    # The global network replaces the online one (or, with a personal share β, 1 − β of it); the local target
+    # network, replay buffer and exploration schedule carry on (a real target network, not a copy of the global).
+    received = msg.content[keys.ARRAYS].to_torch_state_dict()
+    personal = cfg.dqn_personal_share > 0 and stored is not None  # round 1 has no own network yet
+    start_state = personal_start(received, agent.q.state_dict(), cfg.dqn_personal_share) if personal else received
+    agent.q.load_state_dict(start_state)
     act0, train0 = agent.act_flops, agent.train_flops
     start = time.perf_counter()
-    global_params = [p.detach().clone() for p in agent.q.parameters()]
+    global_params = [received[name].detach().clone() for name, _ in agent.q.named_parameters()]
     episode = context.state.config_records.get(EPISODE_STATE_KEY)
     stats = run_steps(agent, cfg.task, key=(context.run_id, pid, cfg.task), seed=seed, steps=cfg.steps_per_round,
                       env_params=cfg.env_params(pid), fault=attack,
@@ -81,8 +99,11 @@ def train(msg: Message, context: Context, cfg: RunConfig) -> Message:
     context.state[EPISODE_STATE_KEY] = episode_log_to_record(stats.episode_log)
 
     sent = agent.q
-    if attack in ("sign-flip", "scale", "sparse-scale", "noise"):  # it learns honestly; only what it sends lies
+    if personal:  # the server gets what was learned, on the network it sent, not θ_own
         sent = copy.deepcopy(agent.q)
+        sent.load_state_dict(global_upload(received, start_state, agent.q.state_dict()))
+    if attack in ("sign-flip", "scale", "sparse-scale", "noise"):  # it learns honestly; only what it sends lies
+        sent = copy.deepcopy(sent)
         byzantine_update(global_params, sent, attack, cfg.byzantine_scale,
                          rng=torch.Generator().manual_seed(seed * 7 + server_round))
     claimed = INFLATED_EXAMPLES if attack == "weight-inflation" else stats.env_steps
