@@ -81,12 +81,30 @@ RUN_KEYS = ("task", "num-server-rounds", "steps-per-round", "seed", "wandb-mode"
             "byzantine-fraction", "dqn-train-frequency", "dqn-n-step")  # set by the sweep, or columns of their own
 
 
+# Fusion's defaults that have changed, as runs saved before runs recorded their config ran them
+# (trust-clip and trust-weighting until 2026-12-07; only with `trust = "update-cosine"`, where they apply)
+EARLIER_FUSION_DEFAULTS = {"trust-clip": "median-update", "trust-weighting": "proportional"}
+
+
+def run_settings(run: dict) -> dict:
+    """The settings a saved run ran with beyond today's defaults' reach: its overrides, and the keys whose
+    defaults have changed, from its recorded `config` or, for a run saved before configs were recorded,
+    from the defaults of then."""
+    overrides = dict(run.get("overrides") or {})
+    changed_keys = set(EARLIER_FUSION_DEFAULTS)
+    if "config" in run:
+        return {**overrides, **{k: run["config"][k] for k in changed_keys if k in run["config"]}}
+    if overrides.get("strategy") == "fusion" and overrides.get("trust", "update-cosine") == "update-cosine":
+        return {**EARLIER_FUSION_DEFAULTS, **overrides}
+    return overrides
+
+
 def settings_label(run: dict) -> str:
-    """The method as the table names it: plus any `--set` override that differs from today's default
-    (e.g. "fusion (trust-clip=median-norm)"), so runs of other settings get rows of their own."""
+    """The method as the table names it: plus any setting that differs from today's default (e.g.
+    "fusion (trust-clip=median-update)"), so runs of other settings get rows of their own."""
     known = set(AGENT) | set(METHODS.get(run["method"], {})) | set(CONDITIONS.get(run["condition"], {})) | set(RUN_KEYS)
     defaults = RunConfig()
-    changed = [f"{k}={v}" for k, v in sorted((run.get("overrides") or {}).items())
+    changed = [f"{k}={v}" for k, v in sorted(run_settings(run).items())
                if k not in known and getattr(defaults, k.replace("-", "_"), None) != v]
     return f"{run['method']} ({', '.join(changed)})" if changed else run["method"]
 
@@ -378,6 +396,7 @@ def main() -> None:
                     run.update({"method": method, "condition": condition, "n": n, "seed": seed,
                                 "wall-s": time.time() - t0, "steps-per-round": args.steps_per_round,
                                 "rounds": args.rounds, "overrides": overrides,
+                                "config": RunConfig.from_run_config(overrides).as_dict(),
                                 "train-frequency": overrides.get("dqn-train-frequency", RunConfig().dqn_train_frequency),
                                 "n-step": overrides.get("dqn-n-step", RunConfig().dqn_n_step)})
                     (out / f"{name}.json").write_text(json.dumps(run))

@@ -110,8 +110,8 @@ def gate_weights(sims: list[float], floor: float = GATE_FLOOR, full: float = GAT
     return normalise_weights(list(np.clip((ratio - floor) / (full - floor), 0.0, 1.0)))
 
 
-def update_trust(global_flat: np.ndarray, client_flats: list[np.ndarray], clip: str = "median-update",
-                 weighting: str = "proportional") -> tuple[np.ndarray, np.ndarray, np.ndarray, bool]:
+def update_trust(global_flat: np.ndarray, client_flats: list[np.ndarray], clip: str = "median-norm",
+                 weighting: str = "gate") -> tuple[np.ndarray, np.ndarray, np.ndarray, bool]:
     """`update-cosine`: (weights, norm scales c_k, similarities, fell_back).
 
     sim_k = cos(Δθ_k, m) with m the coordinate-wise median of the Δθ; w_k = max(0, sim_k) normalised
@@ -249,9 +249,9 @@ class Fusion(RoundScheduleMixin, ReplyGuardMixin, FlowerFedAvg):
         DQN steps the server takes on the global buffer each round.
     trust : str (default: "update-cosine")
         How clients are weighted: "update-cosine" or "param-cosine" (see the module docstring).
-    trust_clip : str (default: "median-update")
+    trust_clip : str (default: "median-norm")
         With "update-cosine": the norm each Δθ_k is scaled down to, see :func:`update_trust`.
-    trust_weighting : str (default: "proportional")
+    trust_weighting : str (default: "gate")
         With "update-cosine": weights ∝ the similarity ("proportional") or "gate", see :func:`gate_weights`.
     diversity_space : str (default: "normalised")
         Where the filter measures distances: "normalised" states or "raw" ones.
@@ -279,8 +279,8 @@ class Fusion(RoundScheduleMixin, ReplyGuardMixin, FlowerFedAvg):
                  diversity_filter: bool = True, diversity_threshold: float = 0.15, filter_k: int = 16,
                  server_updates: int = 100, trust: str = "update-cosine", diversity_space: str = "normalised",
                  max_shared_per_client: int = 256, td_probe: int = 0, learner_restart: bool = False,
-                 diversity_measure: str = "mean", deploy: str = "average", trust_clip: str = "median-update",
-                 trust_weighting: str = "proportional", seed: int = 0, **kwargs) -> None:
+                 diversity_measure: str = "mean", deploy: str = "average", trust_clip: str = "median-norm",
+                 trust_weighting: str = "gate", seed: int = 0, **kwargs) -> None:
         super().__init__(**kwargs)
         if trust not in TRUST_RULES:
             raise ValueError(f"trust must be one of {TRUST_RULES}, got {trust!r}")

@@ -186,7 +186,8 @@ def test_update_trust_exact():
     # Δ = (2, 0), (1, 0), (−2, 0): the median (1, 0) points with the first two; the third is refused,
     # and the longer ones are scaled down to the median's norm
     g = np.zeros(2)
-    w, scales, sims, fell_back = update_trust(g, [np.array([2.0, 0.0]), np.array([1.0, 0.0]), np.array([-2.0, 0.0])])
+    w, scales, sims, fell_back = update_trust(g, [np.array([2.0, 0.0]), np.array([1.0, 0.0]), np.array([-2.0, 0.0])],
+                                              clip="median-update", weighting="proportional")
     np.testing.assert_allclose(sims, [1.0, 1.0, -1.0])
     np.testing.assert_allclose(w, [0.5, 0.5, 0.0])
     np.testing.assert_allclose(scales, [0.5, 1.0, 0.5])
@@ -202,9 +203,9 @@ def test_update_trust_median_norm_clip_leaves_the_shorter_half_whole():
     # are 3, 4, 1, 10 with median 3.5: "median-update" shrinks all four, "median-norm" only the two longer ones
     g = np.zeros(2)
     clients = [np.array([3.0, 0.0]), np.array([0.0, 4.0]), np.array([1.0, 0.0]), np.array([-10.0, 0.0])]
-    _, scales, _, _ = update_trust(g, clients)
+    _, scales, _, _ = update_trust(g, clients, clip="median-update")
     np.testing.assert_allclose(scales, [0.5 / 3, 0.5 / 4, 0.5, 0.05])
-    w, scales, sims, _ = update_trust(g, clients, clip="median-norm")
+    w, scales, sims, _ = update_trust(g, clients, clip="median-norm", weighting="proportional")
     np.testing.assert_allclose(scales, [1.0, 3.5 / 4, 1.0, 0.35])
     np.testing.assert_allclose(sims, [1.0, 0.0, 1.0, -1.0])  # the weights do not depend on the clip
     np.testing.assert_allclose(w, [0.5, 0.0, 0.5, 0.0])
@@ -232,7 +233,7 @@ def test_gate_weights_leave_it_to_the_proportional_rule_without_a_majority_direc
 def test_update_trust_gate_weighting_uses_the_same_similarities_and_scales():
     g = np.zeros(2)
     clients = [np.array([3.0, 0.0]), np.array([0.0, 4.0]), np.array([1.0, 0.0]), np.array([-10.0, 0.0])]
-    w_prop, scales_prop, sims, _ = update_trust(g, clients)
+    w_prop, scales_prop, sims, _ = update_trust(g, clients, weighting="proportional")
     w_gate, scales_gate, sims_gate, _ = update_trust(g, clients, weighting="gate")
     np.testing.assert_allclose(sims_gate, sims)
     np.testing.assert_allclose(scales_gate, scales_prop)
@@ -245,23 +246,24 @@ def test_update_trust_gate_weighting_uses_the_same_similarities_and_scales():
 
 
 def test_update_trust_falls_back_to_a_plain_mean_when_nobody_agrees():
-    w, _, _, fell_back = update_trust(np.zeros(2), [np.array([1.0, 0.0]), np.array([-1.0, 0.0])])
+    w, _, _, fell_back = update_trust(np.zeros(2), [np.array([1.0, 0.0]), np.array([-1.0, 0.0])],
+                                      weighting="proportional")
     # the median of two opposite updates is 0: every similarity 0, a plain mean
     assert fell_back and list(w) == [0.5, 0.5]
 
 
 def test_fusion_update_cosine_mixes_bounded_updates_and_refuses_the_outvoted_clients_experience():
-    s = _fusion(mix=0.5, diversity_filter=False)  # trust = update-cosine, the default
+    s = _fusion(mix=0.5, diversity_filter=False)  # trust = update-cosine, gate, median-norm: the defaults
     g = _model(1.0, s)
     list(s.configure_train(1, arrays(**g), ConfigRecord({}), FakeGrid([1, 2, 3])))
     exp = pack_experience(*_batch())[0]
     replies = [reply(n, arrays(**_model(v, s)), 10, extra={"experience": exp})
                for n, v in ((1, 3.0), (2, 2.0), (3, -1.0))]
     out, _ = s.aggregate_train(1, replies)
-    # Δ = 2, 1, −2 (every coordinate): median 1; w = ½, ½, 0; client 1 scaled to norm 1:
-    # θ = 1 + 0.5·(½·½·2 + ½·1·1) = 1.5
+    # Δ = 2, 1, −2 (every coordinate): median 1, similarities 1, 1, −1, so the gate's ρ = 1, 1, −1 and
+    # w = ½, ½, 0; the norms' median is 2's, so nobody is scaled: θ = 1 + 0.5·(½·2 + ½·1) = 1.75
     for v in out.values():
-        np.testing.assert_allclose(v.numpy(), 1.5, rtol=1e-6)
+        np.testing.assert_allclose(v.numpy(), 1.75, rtol=1e-6)
     extra = s.rounds[1].extra
     assert extra["trust-weights"] == [0.5, 0.5, 0.0] and extra["trust-partitions"] == [1, 2, 3]
     assert extra["experience-refused-partitions"] == [3] and extra["experience-admitted"] == 10
@@ -364,8 +366,8 @@ def test_fusion_learner_restart_starts_each_round_from_the_mix(restart, adam_ste
                    for n, v in ((1, 3.0), (2, 2.0), (3, -1.0))]
         s.aggregate_train(server_round, replies)
     target = {k: v.detach().numpy() for k, v in s.learner.target.state_dict().items()}
-    # the mix is 1.5 everywhere (see the update-cosine test); 2 server steps < 250 leave a restarted target there
-    assert all(np.allclose(v, 1.5) for v in target.values()) == restart
+    # the mix is 1.75 everywhere (see the update-cosine test); 2 server steps < 250 leave a restarted target there
+    assert all(np.allclose(v, 1.75) for v in target.values()) == restart
     steps = {int(st["step"]) for st in s.learner.optimizer.state.values()}
     assert steps == {adam_steps}
 
@@ -382,12 +384,12 @@ def test_fusion_deploys_the_mix_before_the_learner_steps_or_the_learners_network
     sent, _ = s.aggregate_train(1, [reply(n, arrays(**_model(v, s)), 10, extra={"experience": exp})
                                     for n, v in ((1, 3.0), (2, 2.0), (3, -1.0))])
     deployed = s.deployed_arrays(sent)
-    # the mix is 1.5 everywhere (see the update-cosine test); the learner's 2 Adam steps moved the sent network
-    assert not all(np.allclose(v.numpy(), 1.5) for v in sent.values())
+    # the mix is 1.75 everywhere (see the update-cosine test); the learner's 2 Adam steps moved the sent network
+    assert not all(np.allclose(v.numpy(), 1.75) for v in sent.values())
     if deploy == "learner":
         assert deployed is sent
     else:
-        assert all(np.allclose(v.numpy(), 1.5) for v in deployed.values())
+        assert all(np.allclose(v.numpy(), 1.75) for v in deployed.values())
 
 
 def test_fusion_refuses_an_unknown_deploy():

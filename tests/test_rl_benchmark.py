@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from benchmarks.lunarlander import client_curves
+from fedrl_app.config import RunConfig
 from benchmarks.rl_heterogeneity import (
     deployed_lines,
     faulty_weight_blocks,
@@ -29,7 +30,8 @@ def test_report_includes_runs_from_another_folder_and_refuses_a_run_twice(tmp_pa
     shutil.copy(VARIED, tmp_path / VARIED.name)
     table = report("cmd", tmp_path, [CLEAN])
     rows = [line for line in table.splitlines() if line.startswith("| 3 |")]
-    assert [row.split(" | ")[1:3] for row in rows] == [["none", "fusion"], ["varied", "fusion"]]
+    earlier = "fusion (trust-clip=median-update, trust-weighting=proportional)"  # Fusion's defaults then
+    assert [row.split(" | ")[1:3] for row in rows] == [["none", earlier], ["varied", earlier]]
     assert (tmp_path / "returns-none-n3.png").is_file() and (tmp_path / "table.md").read_text() == table
     with pytest.raises(SystemExit, match="fusion-varied-n3-seed1.json is the same run"):
         report("cmd", tmp_path, [VARIED])
@@ -72,7 +74,7 @@ def test_report_puts_the_share_of_clean_beside_each_attack_and_says_when_a_seed_
 
 
 def test_runs_of_other_settings_get_rows_of_their_own_and_their_own_clean_run(tmp_path):
-    clip = {"trust-clip": "median-norm"}
+    clip = {"trust-clip": "median-update"}
     runs = {"clean-1": _run("none", {0: 100.0, 1: 200.0, 2: 300.0}),
             "noise-1": _run("noise", {0: 0.0, 1: 200.0, 2: 250.0}),
             "clip-clean-1": _run("none", {0: 100.0, 1: 100.0, 2: 100.0}),
@@ -81,16 +83,33 @@ def test_runs_of_other_settings_get_rows_of_their_own_and_their_own_clean_run(tm
         runs[name]["overrides"].update(clip)
     runs["noise-1"]["overrides"]["fusion-mix"] = 0.0  # today's default: no row of its own
     assert settings_label(runs["noise-1"]) == "fusion"
-    assert settings_label(runs["clip-noise-1"]) == "fusion (trust-clip=median-norm)"
+    assert settings_label(runs["clip-noise-1"]) == "fusion (trust-clip=median-update)"
     for name, run in runs.items():
         (tmp_path / f"{name}.json").write_text(json.dumps(run))
     main_table = report("cmd", tmp_path).split("How the gap forms")[0]
     rows = {tuple(line.split(" | ")[1:3]): line.split(" | ") for line in main_table.splitlines() if line.startswith("| 3 |")}
-    assert sorted(rows) == [("noise", "fusion"), ("noise", "fusion (trust-clip=median-norm)"),
-                            ("none", "fusion"), ("none", "fusion (trust-clip=median-norm)")]
+    assert sorted(rows) == [("noise", "fusion"), ("noise", "fusion (trust-clip=median-update)"),
+                            ("none", "fusion"), ("none", "fusion (trust-clip=median-update)")]
     # each attacked row against the clean run of its own settings: 225 / 250, and 100 / 100
     assert rows[("noise", "fusion")][7] == "90.0%"
-    assert rows[("noise", "fusion (trust-clip=median-norm)")][7] == "100.0%"
+    assert rows[("noise", "fusion (trust-clip=median-update)")][7] == "100.0%"
+
+
+def test_a_run_is_labelled_by_the_settings_it_ran_with_recorded_or_the_defaults_of_its_day():
+    def label(method, overrides, config=None):
+        run = {"method": method, "condition": "none", "overrides": overrides}
+        return settings_label(run if config is None else {**run, "config": config})
+
+    fusion = {"strategy": "fusion"}
+    # saved before runs recorded their config, when Fusion's defaults were median-update and proportional
+    assert label("fusion", fusion) == "fusion (trust-clip=median-update, trust-weighting=proportional)"
+    assert label("fusion", {**fusion, "trust-clip": "median-norm", "trust-weighting": "gate"}) == "fusion"
+    assert label("fusion-param", {**fusion, "trust": "param-cosine", "diversity-space": "raw"}) == "fusion-param"
+    assert label("fedavg", {"strategy": "fedavg"}) == "fedavg"
+    # recorded: what it ran with decides, whatever the defaults are now
+    today = RunConfig().as_dict()
+    assert label("fusion", fusion, today) == "fusion"
+    assert label("fusion", fusion, {**today, "trust-clip": "median-update"}) == "fusion (trust-clip=median-update)"
 
 
 def test_return_at_a_step_uses_the_episodes_that_ended_by_then_and_weights_come_in_fifths():
