@@ -2,11 +2,12 @@
 
 (a) Trust-aware aggregation, θ_new = θ_global + (1 − α)·Σ_k w_k·c_k·Δθ_k with Δθ_k = θ_k − θ_global:
     - `update-cosine` (default): sim_k = cos(Δθ_k, m), m the coordinate-wise median of the round's
-      Δθ (an honest majority sets it), w_k = max(0, sim_k) / Σ_i max(0, sim_i) (or, with
-      `trust_weighting = "gate"`, equal weights for every client at or above GATE_FULL × the round's
-      median similarity, none at or below GATE_FLOOR × it), and c_k = min(1, ‖m‖ / ‖Δθ_k‖) scales an update
-      down to the median's norm (FLTrust's normalisation, Cao et al. 2021, with the median in place of
-      a root data set; `trust_clip = "median-norm"`: to the median of the clients' norms);
+      Δθ (an honest majority sets it); `trust_weighting = "gate"` (default) gives equal weights to every
+      client at or above GATE_FULL × the round's median similarity and none at or below GATE_FLOOR × it
+      (`"proportional"`: w_k = max(0, sim_k) / Σ_i max(0, sim_i)); c_k = min(1, r / ‖Δθ_k‖) scales an
+      update down to a reference norm r (FLTrust's normalisation, Cao et al. 2021, with the federation's
+      median in place of a root data set): the median of the clients' norms (`trust_clip =
+      "median-norm"`, default) or the median update's norm ‖m‖ (`"median-update"`);
     - `param-cosine` (the earlier rule): sim_k = cos(θ_global, θ_k), c_k = 1. Every θ_k contains
       θ_global, so sim_k ≈ 1 and w_k ≈ 1/N for any client (measured: within 0.001 of 1/N).
     If every weight is zero, a plain mean (logged).
