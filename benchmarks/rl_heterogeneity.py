@@ -393,12 +393,11 @@ def main() -> None:
                         with tempfile.TemporaryDirectory() as scratch:
                             metrics, clients = run_app(overrides, n, Path(scratch), out / f"{name}.log")
                         run = {"metrics": metrics, "clients": clients}
+                    config = RunConfig.from_run_config(overrides).as_dict()
                     run.update({"method": method, "condition": condition, "n": n, "seed": seed,
                                 "wall-s": time.time() - t0, "steps-per-round": args.steps_per_round,
-                                "rounds": args.rounds, "overrides": overrides,
-                                "config": RunConfig.from_run_config(overrides).as_dict(),
-                                "train-frequency": overrides.get("dqn-train-frequency", RunConfig().dqn_train_frequency),
-                                "n-step": overrides.get("dqn-n-step", RunConfig().dqn_n_step)})
+                                "rounds": args.rounds, "overrides": overrides, "config": config,
+                                "train-frequency": config["dqn-train-frequency"], "n-step": config["dqn-n-step"]})
                     (out / f"{name}.json").write_text(json.dumps(run))
                     print(f"{name}: {time.time() - t0:.0f}s, {summarise(run)['final-100']}", flush=True)
     print(report(command, out, args.include))

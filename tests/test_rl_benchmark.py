@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 
 from benchmarks.lunarlander import client_curves
-from fedrl_app.config import RunConfig
 from benchmarks.rl_heterogeneity import (
     deployed_lines,
     faulty_weight_blocks,
@@ -20,6 +19,7 @@ from benchmarks.rl_heterogeneity import (
     share_of_clean,
     summarise,
 )
+from fedrl_app.config import RunConfig
 
 RESULTS = Path(__file__).resolve().parent.parent / "benchmarks" / "results"
 CLEAN = RESULTS / "rl_fusion_mix0" / "fusion-none-n3-seed1.json"

@@ -98,12 +98,11 @@ def train(msg: Message, context: Context, cfg: RunConfig) -> Message:
     context.state[AGENT_STATE_KEY] = ConfigRecord({"blob": agent.to_bytes()})
     context.state[EPISODE_STATE_KEY] = episode_log_to_record(stats.episode_log)
 
-    sent = agent.q
+    lies = attack in ("sign-flip", "scale", "sparse-scale", "noise")  # it learns honestly; only what it sends lies
+    sent = copy.deepcopy(agent.q) if personal or lies else agent.q
     if personal:  # the server gets what was learned, on the network it sent, not θ_own
-        sent = copy.deepcopy(agent.q)
         sent.load_state_dict(global_upload(received, start_state, agent.q.state_dict()))
-    if attack in ("sign-flip", "scale", "sparse-scale", "noise"):  # it learns honestly; only what it sends lies
-        sent = copy.deepcopy(sent)
+    if lies:
         byzantine_update(global_params, sent, attack, cfg.byzantine_scale,
                          rng=torch.Generator().manual_seed(seed * 7 + server_round))
     claimed = INFLATED_EXAMPLES if attack == "weight-inflation" else stats.env_steps
