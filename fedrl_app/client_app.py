@@ -1,4 +1,5 @@
-"""ClientApp: answer each train or evaluate message with the client role its config names.
+"""ClientApp: answer each train or evaluate message with the client role its config names (and a query with
+the node's partition).
 
 The role (`fedrl_app.protocol.keys.ROLE`) is chosen by the server's strategy registry; each role
 lives in one module of `fedrl_app.client`. Drills (faults, attacks) are `fedrl_app.client.drills`.
@@ -10,7 +11,7 @@ import os
 from collections.abc import Callable
 
 import torch
-from flwr.app import Context, Error, Message
+from flwr.app import Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.clientapp.mod import fixedclipping_mod
 from flwr.clientapp.typing import ClientAppCallable
@@ -78,3 +79,12 @@ def evaluate(msg: Message, context: Context) -> Message:
     """Evaluate the received model on this client's data: held-out split (MNIST) or greedy episodes (RL)."""
     cfg = RunConfig.from_run_config(context.run_config)
     return EVALUATE[role_of(msg)](msg, context, cfg)
+
+
+@app.query()
+def query(msg: Message, context: Context) -> Message:
+    """Answer the server's one question, this node's partition (it orders its node list by them)."""
+    asked = msg.content.config_records.get(keys.CONFIG, {}).get(keys.QUERY)
+    if asked != keys.PARTITION_ID:
+        raise ValueError(f"the server's query asks {asked!r}; a client answers {keys.PARTITION_ID!r} only")
+    return Message(RecordDict({keys.METRICS: MetricRecord({keys.PARTITION_ID: partition(context)[0]})}), reply_to=msg)

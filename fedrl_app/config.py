@@ -92,7 +92,8 @@ class RunConfig:
         group=RUN)
     num_server_rounds: int = option(10, "total rounds (a resumed run counts the rounds already done)", group=RUN, ge=1)
     fraction_train: float = option(
-        1.0, "fraction of nodes sampled for training each round (0, 1]",
+        1.0, "fraction of nodes sampled for training each round (0, 1]; the sample is drawn from the seed and the "
+             "round over the nodes in partition order, so two runs of a seed (and a resumed run) train the same ones",
         group=CLIENT, interval=(0.0, 1.0, "(]"))
     fraction_evaluate: float = option(
         0.5, "fraction of nodes sampled for client-side evaluation [0, 1]",

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import random
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
 from flwr.serverapp import Grid
@@ -29,6 +32,27 @@ def staleness_weight(tau: int, exponent: float) -> float:
     if tau < 0:
         raise ValueError(f"staleness must be >= 0, got {tau}")
     return float((1.0 + tau) ** (-exponent))
+
+
+@contextmanager
+def seeded_sampling(seed: int | None, server_round: int, phase: str) -> Iterator[None]:
+    """Let Flower's `sample_nodes` draw from a stream fixed by (seed, round, phase), then restore `random`.
+
+    Flower samples with the module-level `random`, which nothing seeds; with a node list in a fixed
+    order (`fedrl_app.server.reply_order.PartitionOrderGrid`), a fixed stream picks the same nodes in
+    two runs of a seed, and a resumed run picks what the uninterrupted one would have. The global
+    stream is put back afterwards, so nothing else that draws from `random` is moved. `seed=None`:
+    Flower's own unseeded draw.
+    """
+    if seed is None:
+        yield
+        return
+    state = random.getstate()
+    random.seed(f"fedrl-sampling:{seed}:{server_round}:{phase}")  # str seeds hash with SHA-512: any process agrees
+    try:
+        yield
+    finally:
+        random.setstate(state)
 
 
 class GridView:

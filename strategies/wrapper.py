@@ -67,6 +67,9 @@ class CheckedStrategy(Protocol):
     def configure_example_caps(self, known: dict[int, int] | None = None, median_factor: float = 3.0) -> None:
         """Cap the claimed `num-examples` of each reply (its aggregation weight)."""
 
+    def configure_sampling(self, seed: int | None) -> None:
+        """Sample each round's nodes from a stream fixed by `seed` and the round (None: Flower's unseeded draw)."""
+
     def state_dict(self) -> StrategyState:
         """Everything a resumed run needs, as named groups of arrays."""
 

@@ -29,3 +29,19 @@ def test_two_runs_of_one_seed_agree(sim, tmp_path):
     first, second = _run(sim, tmp_path / "a"), _run(sim, tmp_path / "b")
     assert len(first[0]) == 5 and len(first[1]) == 3 * 4
     assert first == second
+
+
+def test_two_runs_of_one_seed_sample_the_same_partitions(sim, tmp_path):
+    """fraction-train < 1: Flower samples from the node list, whose node ids the SuperLink draws anew per run;
+    the seeded draw over partition order picks the same partitions (and so the same numbers) each time."""
+    def sampled(out):
+        run_dir = run_small(sim, out, **{"num-server-rounds": 4, "fraction-train": 0.6})
+        clients = read_jsonl(run_dir / "clients.jsonl")
+        by_round = [sorted(c["partition_id"] for c in clients if c["round"] == r) for r in range(1, 5)]
+        return by_round, sorted(([c[k] for k in CLIENT_KEYS] for c in clients), key=str)
+
+    first, second = sampled(tmp_path / "a"), sampled(tmp_path / "b")
+    # int(0.6 * 3) = 1 node, raised to Flower's min_train_nodes = 2: two of the three partitions a round
+    assert all(len(p) == 2 for p in first[0]), first[0]
+    assert len({tuple(p) for p in first[0]}) > 1, first[0]  # a draw per round, not one fixed pair
+    assert first == second

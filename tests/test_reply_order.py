@@ -1,10 +1,11 @@
-"""PartitionOrderGrid: synchronous replies in partition order, whatever order they arrived in."""
+"""PartitionOrderGrid: nodes listed, and synchronous replies returned, in partition order."""
 
 import numpy as np
-from flwr.app import ConfigRecord
+import pytest
+from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
 
 from fedrl_app.protocol.metadata import ClientMetadata, encode_metadata
-from fedrl_app.server.reply_order import PartitionOrderGrid
+from fedrl_app.server.reply_order import PartitionOrderGrid, queried_partition
 from tests.helpers import arrays, error_reply, instruction, reply
 
 
@@ -44,3 +45,46 @@ def test_equal_partitions_keep_their_arrival_order_and_pulls_pass_through():
     assert [m.metadata.src_node_id for m in grid.send_and_receive([])] == [6, 8, 2]
     # asynchronous strategies model the arrival order: pull_messages is the wrapped grid's, unsorted
     assert [m.metadata.src_node_id for m in grid.pull_messages(["a"])] == [8, 2, 6] and inner.pulled == [["a"]]
+
+
+class QueryGrid:
+    """A Grid stand-in whose nodes answer the partition query with `answers[node]` (a missing node is silent)."""
+
+    def __init__(self, answers: dict, extra_nodes=()):
+        self.answers, self.extra_nodes, self.asked = answers, list(extra_nodes), []
+
+    def get_node_ids(self):
+        return list(self.answers) + self.extra_nodes
+
+    def send_and_receive(self, messages, *, timeout=None):
+        messages = list(messages)
+        self.asked.append([m.metadata.dst_node_id for m in messages])
+        assert all(m.metadata.message_type == "query" for m in messages)
+        assert all(m.content["config"]["query"] == "partition-id" for m in messages)
+        return [Message(RecordDict({"metrics": MetricRecord({"partition-id": self.answers[m.metadata.dst_node_id]})}),
+                        reply_to=m) for m in messages if m.metadata.dst_node_id in self.answers]
+
+
+def test_nodes_are_listed_by_the_partition_they_report_each_asked_once_silent_ones_last():
+    inner = QueryGrid({900: 2, 40: 0, 3: 1}, extra_nodes=[77, 5])
+    grid = PartitionOrderGrid(inner)
+    assert grid.get_node_ids() == [40, 3, 900, 5, 77]
+    assert grid.get_node_ids() == [40, 3, 900, 5, 77]
+    assert inner.asked == [[900, 40, 3, 77, 5]]  # one query for the unknown nodes; neither answers nor silence re-asked
+
+
+def test_a_node_known_from_its_train_reply_is_not_asked():
+    inner = QueryGrid({8: 1, 6: 0})
+    grid = PartitionOrderGrid(inner)
+    grid._grid = ArrivalGrid([_reply(8, 1)])
+    grid.send_and_receive([])
+    grid._grid = inner
+    assert grid.get_node_ids() == [6, 8] and inner.asked == [[6]]
+
+
+@pytest.mark.parametrize("value", [-1, 1.0, [1]])
+def test_a_query_reply_that_is_not_a_non_negative_integer_is_ignored(value):
+    inner = QueryGrid({9: value, 4: 0})
+    grid = PartitionOrderGrid(inner)
+    assert grid.get_node_ids() == [4, 9] and grid.partitions == {4: 0}
+    assert queried_partition(error_reply(9)) is None

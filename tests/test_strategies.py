@@ -1,6 +1,7 @@
 """Aggregation math and reply checking, on tiny tensors with mock replies."""
 
 import logging
+import random
 
 import numpy as np
 import pytest
@@ -8,6 +9,7 @@ import torch
 from flwr.app import ConfigRecord
 
 from fedrl_app.protocol import keys
+from fedrl_app.server.reply_order import PartitionOrderGrid
 from fedrl_app.tasks.mnist import train
 from strategies import FedAdagrad, FedAvg, FedProx, Scaffold
 from strategies.scaffold import scaffold_update
@@ -178,3 +180,45 @@ def test_aggregation_does_not_depend_on_the_order_replies_arrive_in():
 
     orders = [list(range(1, 8)), list(range(7, 0, -1)), [3, 1, 7, 5, 2, 6, 4]]
     assert len({run(o) for o in orders}) == 1  # bit for bit: the sum runs in partition order
+
+
+def _sampled_partitions(seed, node_ids_of_partition, rounds=6):
+    """The partitions FedAvg (fraction-train 0.5) sends to each round, over nodes with the given ids."""
+    s = FedAvg(fraction_train=0.5, min_available_nodes=1, min_train_nodes=1)
+    s.configure_sampling(seed)
+    partition_of = {n: p for p, n in enumerate(node_ids_of_partition)}
+    grid = PartitionOrderGrid(FakeGrid(node_ids_of_partition))
+    grid.partitions = dict(partition_of)  # as if each node had answered the partition query
+    return [sorted(partition_of[m.metadata.dst_node_id] for m in s.configure_train(r, GLOBAL, ConfigRecord({}), grid))
+            for r in range(1, rounds + 1)]
+
+
+def test_seeded_sampling_picks_the_same_partitions_whatever_the_node_ids_and_leaves_random_alone():
+    rng = np.random.default_rng(0)
+    ids_a, ids_b = [int(x) for x in rng.integers(1, 2**62, 8)], [int(x) for x in rng.integers(1, 2**62, 8)]
+    random.seed(123)
+    before = random.getstate()
+    first = _sampled_partitions(7, ids_a)
+    assert random.getstate() == before  # Flower's draw came from the seeded stream, not the global one
+    assert first == _sampled_partitions(7, ids_b) and all(len(p) == 4 for p in first)
+    assert len({tuple(p) for p in first}) > 1  # a sample per round, not one fixed subset
+    assert _sampled_partitions(8, ids_a) != first
+    # resumed at round 4: rounds 4..6 are sampled as the uninterrupted run sampled them
+    s = FedAvg(fraction_train=0.5, min_available_nodes=1, min_train_nodes=1)
+    s.configure_schedule(lr=0.1, lr_decay_factor=1.0, lr_decay_every=1, round_offset=3)
+    s.configure_sampling(7)
+    grid = PartitionOrderGrid(FakeGrid(ids_b))
+    grid.partitions = {n: p for p, n in enumerate(ids_b)}
+    resumed = [sorted(grid.partitions[m.metadata.dst_node_id] for m in s.configure_train(r, GLOBAL, ConfigRecord({}), grid))
+               for r in (1, 2, 3)]
+    assert resumed == first[3:]
+
+
+def test_unseeded_sampling_draws_from_the_global_random():
+    ids = list(range(10, 18))
+    random.seed(5)
+    first = _sampled_partitions(None, ids, rounds=3)
+    random.seed(5)
+    assert _sampled_partitions(None, ids, rounds=3) == first
+    random.seed(6)
+    assert _sampled_partitions(None, ids, rounds=3) != first

@@ -33,11 +33,13 @@ UNAVAILABLE_CODE = 1001                    # its error code (Flower's own codes 
 
 # --- metric keys -------------------------------------------------------------------------------------
 NUM_EXAMPLES = "num-examples"
+PARTITION_ID = "partition-id"              # a query reply's partition (the server orders its node list by it)
 
 # --- config keys (server → client) ------------------------------------------------------------------
 SERVER_ROUND = "server-round"              # set by Flower's strategies
 LR = "lr"                                  # this round's client learning rate (or the PG server step)
 ROLE = "role"                              # which client module answers: one of ROLES
+QUERY = "query"                            # a query message's question: PARTITION_ID is the one there is
 ATTEMPT = "attempt"                        # async: the dispatch's sequence number (a retry draws availability anew)
 LOCAL_EPOCHS = "local-epochs"
 BATCH_SIZE = "batch-size"

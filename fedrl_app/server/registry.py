@@ -272,6 +272,7 @@ def build_strategy(cfg: RunConfig) -> Strategy:
     if entry.lr_schedule:
         strategy.configure_schedule(cfg.lr, cfg.lr_decay_factor, cfg.lr_decay_every)
     innermost(strategy).configure_update_bounds(max_update_norm=cfg.max_update_norm)
+    innermost(strategy).configure_sampling(cfg.seed)  # fraction-train < 1 samples the same partitions per seed
     # the virtual clock times every strategy's rounds; for the RL tasks a "sample" is an environment step
     innermost(strategy).configure_clock(systems_model(cfg.systems_profile, cfg.seed), cfg.round_deadline_s,
                                         cfg.local_epochs if cfg.task == "mnist" else 1,
