@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from flwr.app import ConfigRecord, Message, MessageType, RecordDict
+from flwr.serverapp import Grid
 
 from fedrl_app.protocol import keys
 from fedrl_app.protocol.metadata import MetadataError, read_metadata
@@ -63,7 +64,7 @@ class PartitionOrderGrid(GridView):
         and is listed after the others, by node id.
     """
 
-    def __init__(self, grid, query_timeout: float = 60.0) -> None:
+    def __init__(self, grid: Grid, query_timeout: float = 60.0) -> None:
         super().__init__(grid)
         self.query_timeout = query_timeout
         self.partitions: dict[int, int] = {}  # node id -> the partition it reported (first report kept)
