@@ -15,7 +15,8 @@ RMS), and for Fusion `poison-rewards` / `poison-states` (shared experience only)
 
 Columns: the honest clients' final 100-episode return on their own environments, how many of them
 solve (100-episode mean ≥ 200) and when; the global network's greedy return on the nominal
-environment and on every client's variant (the mean over variants, at the last round); training and
+environment and on every client's variant (the mean over variants, at the last round; 5 episodes), and
+the final model's on 100 fixed episodes, nominal and on the honest clients' environments; training and
 acting FLOPs; uplink. Fusion's trust in the faulty client (its share of the weight, mean over rounds,
 against 1/N) and how many of its shared batches were refused. Results:
 benchmarks/results/rl_heterogeneity/ (<method>-<condition>-n<N>-seed<k>.json, table.md,
@@ -47,7 +48,9 @@ from benchmarks.common import (
 )  # noqa: E402
 from benchmarks.lunarlander import client_curves, plot_returns, run_local  # noqa: E402
 from fedrl_app.config import RunConfig  # noqa: E402
-from fedrl_app.tasks.gym_rl import SOLVED_RETURN, moving_average_solved  # noqa: E402
+from fedrl_app.server.recorder import LAST_CHECKPOINT, load_checkpoint  # noqa: E402
+from fedrl_app.server.registry import task_model  # noqa: E402
+from fedrl_app.tasks.gym_rl import SOLVED_RETURN, evaluate_policy, moving_average_solved  # noqa: E402
 
 OUT = ROOT / "benchmarks" / "results" / "rl_heterogeneity"
 TASK = "lunarlander"
@@ -68,6 +71,24 @@ METHODS = {
     "fusion-param": {"strategy": "fusion", "trust": "param-cosine", "diversity-space": "raw"},
     "fusion": {"strategy": "fusion"},
 }
+
+FINAL_EPISODES = 100  # the final model's greedy episodes (the server's per-round evaluation plays 5)
+FINAL_SEED = 20_000   # their first start state; the same for every run, so runs are compared on one set of episodes
+
+
+def final_greedy(run_dir: Path, n: int) -> dict:
+    """The run's final model (the deployed one, where the strategy deploys another than it sends) on
+    FINAL_EPISODES greedy episodes: the nominal environment, and under `env-variation` each partition's."""
+    state = load_checkpoint(run_dir)
+    cfg = RunConfig.from_run_config(json.loads((run_dir / "run.json").read_text())["config"])
+    net = task_model(cfg)
+    net.load_state_dict(state.get("deployed-arrays") or state["arrays"])
+    out: dict = {"episodes": FINAL_EPISODES,
+                 "nominal": evaluate_policy(net, cfg.task, FINAL_EPISODES, seed=FINAL_SEED)}
+    if cfg.env_variation.strip() not in ("", "none"):
+        out["own-envs"] = {str(p): evaluate_policy(net, cfg.task, FINAL_EPISODES, seed=FINAL_SEED,
+                                                   env_params=cfg.env_params(p)) for p in range(n)}
+    return out
 
 
 def applies(method: str, condition: str) -> bool:
@@ -202,6 +223,14 @@ def gap_lines(runs: list[dict], clean: dict[tuple, dict]) -> list[str]:
     return lines
 
 
+def final_cell(values: list) -> str:
+    """Mean ± std over the seeds that measured the final model, with how many did where not all ('-': none)."""
+    measured = [v for v in values if v is not None]
+    if not measured:
+        return "-"
+    return fmt(measured, ".1f") + (f" ({len(measured)} of {len(values)} seeds)" if len(measured) < len(values) else "")
+
+
 def greedy_stats(returns: list[float], after: int = STEADY_AFTER) -> str:
     """The global greedy return per round after round `after`: mean, worst, rounds below 0, and the last round."""
     tail = np.array(returns[after:], dtype=float)
@@ -256,6 +285,11 @@ def summarise(run: dict) -> dict:
         "global-nominal": rows[-1].get("return") if rows else None,
         "global-own-envs": rows[-1].get("return-envs", rows[-1].get("return")) if rows else None,
     }
+    final = run.get("final-greedy")
+    if final:
+        out["final-nominal"] = float(np.mean(final["nominal"]))
+        own = [final["own-envs"][str(p)] for p in range(run["n"]) if p not in bad] if "own-envs" in final else []
+        out["final-own-envs"] = float(np.mean(own)) if own else out["final-nominal"]
     trusted = [r for r in rows if "trust-weights" in r]
     if trusted and bad:
         shares = [w for w in faulty_weight_per_round(run)[1] if not np.isnan(w)]
@@ -307,14 +341,15 @@ def report(command: str, out: Path = OUT, include: list[Path] = ()) -> str:
              "| N | condition | method | env steps per gradient step | n-step | seeds | honest clients' final 100-ep return (own env) "
              + ("| of the clean run's (same partitions and seed) " if attacks else "") + "| honest clients solved "
              "| env steps to solve | global greedy return, nominal | global greedy return, clients' envs "
+             f"| final model, {FINAL_EPISODES} greedy episodes, nominal | the same, honest clients' envs "
              "| faulty client's trust weight (1/N = fair) | its batches refused | shared transitions admitted "
-             "| FLOPs | uplink MB |", "|---" * (16 + attacks) + "|"]
+             "| FLOPs | uplink MB |", "|---" * (18 + attacks) + "|"]
     order = {c: i for i, c in enumerate(CONDITIONS)}
     clean = {(r["n"], settings_label(r), r["seed"], r["train-frequency"], r["n-step"]): r for r in runs if r["condition"] == "none"}
     for (n, condition, method, tf, n_step, label), seed_runs in sorted(
             groups.items(), key=lambda kv: (kv[0][0], order.get(kv[0][1], 99), list(METHODS).index(kv[0][2]), *kv[0][3:])):
         s = [summarise(r) for r in seed_runs]
-        col = {k: [x.get(k) for x in s] for k in s[0]}
+        col = {k: [x.get(k) for x in s] for k in dict.fromkeys(k for x in s for k in x)}
         kept = [share_of_clean(r, clean.get((n, label, r["seed"], tf, n_step))) for r in seed_runs] if faulty(condition) else []
         kept = [k for k in kept if k is not None]
         share = f"| {fmt(kept, '.1%', '-')}{f' ({len(kept)} of {len(s)} seeds)' if 0 < len(kept) < len(s) else ''} "
@@ -323,6 +358,7 @@ def report(command: str, out: Path = OUT, include: list[Path] = ()) -> str:
             + (share if attacks else "") +
             f"| {sum(col['solved'])} of {sum(col['honest'])} | {fmt(sum(col['solve-steps'], []), '.3g')} "
             f"| {fmt(col['global-nominal'], '.1f', 'n/a')} | {fmt(col['global-own-envs'], '.1f', 'n/a')} "
+            f"| {final_cell(col.get('final-nominal', []))} | {final_cell(col.get('final-own-envs', []))} "
             f"| {fmt(col.get('faulty-weight', [None]), '.3f', '-')} | {fmt(col.get('batches-refused', [None]), '.0f', '-')} "
             f"| {fmt(col.get('admitted', [None]), '.1%', '-')} | {fmt(col['flops'], '.3g')} | {fmt(col['uplink-mb'], '.1f')} |")
     lines += ["", "Final return: the honest clients' own episodes (each on its own environment), last 100 per client, "
@@ -336,7 +372,11 @@ def report(command: str, out: Path = OUT, include: list[Path] = ()) -> str:
               + (": for runs with `fusion-deploy = \"average\"`, the run's model, the trust-weighted mix before the "
                  "server learner's steps (the sent network is judged in the last table)"
                  if any(judges_sent_network(r) for r in runs) else "")
-              + ". Trust weight: mean over rounds of partition 0's share of the aggregation weight."]
+              + f". Final model: the run's model after the last round on {FINAL_EPISODES} greedy episodes (start states "
+              f"{FINAL_SEED}…, the same for every run), on the nominal environment and averaged over the honest "
+              "clients' environments; '-' for runs saved before it was measured (2026-12-07): their global greedy "
+              "columns are the last round's 5 episodes alone, until then the same 5 start states every round."
+              " Trust weight: mean over rounds of partition 0's share of the aggregation weight."]
     lines += gap_lines(runs, clean)
     lines += deployed_lines(runs)
     for n in sorted({k[0] for k in groups}):
@@ -392,7 +432,8 @@ def main() -> None:
                     else:
                         with tempfile.TemporaryDirectory() as scratch:
                             metrics, clients = run_app(overrides, n, Path(scratch), out / f"{name}.log")
-                        run = {"metrics": metrics, "clients": clients}
+                            (last,) = (Path(scratch) / "outputs").glob(f"*/{LAST_CHECKPOINT}")
+                            run = {"metrics": metrics, "clients": clients, "final-greedy": final_greedy(last.parent, n)}
                     config = RunConfig.from_run_config(overrides).as_dict()
                     run.update({"method": method, "condition": condition, "n": n, "seed": seed,
                                 "wall-s": time.time() - t0, "steps-per-round": args.steps_per_round,

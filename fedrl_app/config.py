@@ -155,7 +155,8 @@ class RunConfig:
     agent: str = option("dqn", "RL: `dqn`, `double`, `dueling`, `double-dueling`", group=DQN, choices=AGENTS)
     steps_per_round: int = option(1000, "RL: environment steps each client takes per round", group=DQN, ge=1)
     eval_episodes: int = option(
-        5, "RL: greedy episodes the server (and an evaluating client) plays per round",
+        5, "RL: greedy episodes the server (and an evaluating client) plays per round; the server's start from "
+           "other states each round (drawn from the seed and the round)",
         group=DQN, ge=1)
     dqn_hidden: int = option(256, "RL: width of the Q-network's two hidden layers", group=DQN, ge=1)
     dqn_learning_starts: int = option(1000, "RL: env steps before the first gradient step", group=DQN, ge=0)

@@ -6,12 +6,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from benchmarks.lunarlander import client_curves
 from benchmarks.rl_heterogeneity import (
     deployed_lines,
     faulty_weight_blocks,
     faulty_weight_per_round,
+    final_greedy,
     own_env_final,
     own_env_return_at,
     report,
@@ -20,6 +22,8 @@ from benchmarks.rl_heterogeneity import (
     summarise,
 )
 from fedrl_app.config import RunConfig
+from fedrl_app.server.registry import task_model
+from fedrl_app.tasks.gym_rl import evaluate_policy
 
 RESULTS = Path(__file__).resolve().parent.parent / "benchmarks" / "results"
 CLEAN = RESULTS / "rl_fusion_mix0" / "fusion-none-n3-seed1.json"
@@ -150,3 +154,27 @@ def test_the_deployed_table_sets_the_runs_model_beside_the_sent_network_after_ro
     assert [r[4:] for r in rows] == [["142 / 116 / 0 / 150", "229 / -50 / 2 / 265", "150 / 150 / 0 / 150",
                                       "267 / 265 / 0 / 265 |"]]
     assert deployed_lines([_run("none", {0: 1.0})]) == []  # no sent network judged: no table
+
+
+def test_the_final_model_is_judged_on_100_episodes_deployed_network_first_each_honest_clients_env(tmp_path):
+    cfg = RunConfig.from_run_config({"task": "cartpole", "dqn-hidden": 8, "env-variation": "varied"})
+    torch.manual_seed(0)
+    sent, deployed = task_model(cfg), task_model(cfg)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "run.json").write_text(json.dumps({"config": cfg.as_dict()}))
+    torch.save({"round": 3, "arrays": sent.state_dict(), "deployed-arrays": deployed.state_dict()}, run_dir / "last.pt")
+    final = final_greedy(run_dir, n=3)
+    assert final["nominal"] == evaluate_policy(deployed, "cartpole", 100, seed=20_000) != evaluate_policy(
+        sent, "cartpole", 100, seed=20_000)
+    assert final["own-envs"]["2"] == evaluate_policy(deployed, "cartpole", 100, seed=20_000, env_params=cfg.env_params(2))
+    assert len(final["nominal"]) == 100 and sorted(final["own-envs"]) == ["0", "1", "2"]
+    # the report: the mean of the honest partitions' envs (partition 0 faulty), '-' for a seed without the key
+    run = _run("noise", {0: 0.0, 1: 200.0, 2: 250.0})
+    run["final-greedy"] = {"nominal": [10.0, 30.0], "own-envs": {"0": [-900.0], "1": [40.0], "2": [60.0]}}
+    assert summarise(run)["final-nominal"] == 20.0 and summarise(run)["final-own-envs"] == 50.0
+    (tmp_path / "a.json").write_text(json.dumps(run))
+    (tmp_path / "b.json").write_text(json.dumps(_run("noise", {0: 0.0, 1: 200.0, 2: 250.0}, seed=2)))
+    main_table = report("cmd", tmp_path).split("How the gap forms")[0]
+    (row,) = [line.split(" | ") for line in main_table.splitlines() if line.startswith("| 3 | noise")]
+    assert row[12:14] == ["20.0 (1 of 2 seeds)", "50.0 (1 of 2 seeds)"]

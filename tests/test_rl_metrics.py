@@ -1,7 +1,14 @@
-"""Solve detection and per-client curves used by the RL benchmark."""
+"""Solve detection, per-client curves and the server's evaluation episodes, as the RL benchmarks read them."""
+
+import numpy as np
+import torch
+from flwr.app import ArrayRecord
 
 from benchmarks.lunarlander import client_curves
-from fedrl_app.tasks.gym_rl import moving_average_solved
+from fedrl_app.config import RunConfig
+from fedrl_app.server.evaluation import central_evaluator, evaluation_seed
+from fedrl_app.server.registry import task_model
+from fedrl_app.tasks.gym_rl import evaluate_policy, moving_average_solved
 
 
 def test_moving_average_solved_exact():
@@ -158,3 +165,18 @@ def test_trust_signals_lowest_share_splits_ties():
     assert lowest_share([-300.0, -100.0, -120.0], [0]) == 1.0
     assert lowest_share([-300.0, -100.0, -120.0], [1, 2]) == 0.0
     assert lowest_share([-5.0, -5.0, -5.0, 0.0], [0]) == 1 / 3  # identical networks: no one is singled out
+
+
+
+def test_the_server_evaluates_other_start_states_each_round_the_same_ones_for_a_round():
+    cfg = RunConfig.from_run_config({"task": "cartpole", "dqn-hidden": 8, "eval-episodes": 3, "seed": 4})
+    seeds = {(s, r): evaluation_seed(s, r) for s in (1, 2, 3) for r in range(50)}
+    assert len(set(seeds.values())) == len(seeds)  # no two (seed, round) pairs start from the same state
+    torch.manual_seed(0)
+    net = task_model(cfg)
+    evaluate = central_evaluator(cfg, None)
+    arrays = ArrayRecord(net.state_dict())
+    first, again, later = evaluate(arrays, 1), evaluate(arrays, 1), evaluate(arrays, 2)
+    assert first == again  # a round (and its resume) plays the same episodes
+    assert first["return"] == float(np.mean(evaluate_policy(net, "cartpole", 3, seed=evaluation_seed(4, 1))))
+    assert later["return"] != first["return"]  # the next round: other start states, another return
