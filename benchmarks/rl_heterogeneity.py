@@ -438,7 +438,10 @@ def main() -> None:
                     run.update({"method": method, "condition": condition, "n": n, "seed": seed,
                                 "wall-s": time.time() - t0, "steps-per-round": args.steps_per_round,
                                 "rounds": args.rounds, "overrides": overrides, "config": config,
-                                "train-frequency": config["dqn-train-frequency"], "n-step": config["dqn-n-step"]})
+                                "train-frequency": config["dqn-train-frequency"], "n-step": config["dqn-n-step"],
+                                # the server's 5 evaluation episodes: other start states each round since 2026-12-07
+                                # (a run saved before that without this key replayed the same 5 every round)
+                                "server-eval-start-states": "per-round"})
                     (out / f"{name}.json").write_text(json.dumps(run))
                     print(f"{name}: {time.time() - t0:.0f}s, {summarise(run)['final-100']}", flush=True)
     print(report(command, out, args.include))
