@@ -253,7 +253,8 @@ def deployed_lines(runs: list[dict]) -> list[str]:
         return []
     late = 2 * STEADY_AFTER
     lines = ["", "The run's model against the network the clients start from (the server learner's), same runs: the "
-             "global greedy return (5 episodes, nominal environment) as mean / worst / rounds below 0 / last round, "
+             "global greedy return (5 episodes a round, nominal environment; both networks on the same episodes) as "
+             "mean / worst / rounds below 0 / last round, "
              f"over rounds {STEADY_AFTER + 1}–last and {late + 1}–last.", "",
              f"| N | condition | method | seed | run's model (trust-weighted mix), rounds {STEADY_AFTER + 1}– "
              f"| sent network (after the server learner's steps), rounds {STEADY_AFTER + 1}– "
@@ -367,15 +368,15 @@ def report(command: str, out: Path = OUT, include: list[Path] = ()) -> str:
                  "same method and seed, then mean ± std over seeds ('-' where that clean run is missing or ends ≤ 0). "
                  if attacks else "")
               + "Global greedy return: the server's evaluation of the "
-              "global network (5 episodes) on the nominal environment, and the mean over the clients' variants "
-              "(same as nominal when every client is nominal)"
+              "global network in the last round (5 episodes: in runs saved before 2026-12-07 the same 5 start states "
+              "every round, since then other ones each round) on the nominal environment, and the mean over the "
+              "clients' variants (same as nominal when every client is nominal)"
               + (": for runs with `fusion-deploy = \"average\"`, the run's model, the trust-weighted mix before the "
                  "server learner's steps (the sent network is judged in the last table)"
                  if any(judges_sent_network(r) for r in runs) else "")
               + f". Final model: the run's model after the last round on {FINAL_EPISODES} greedy episodes (start states "
               f"{FINAL_SEED}…, the same for every run), on the nominal environment and averaged over the honest "
-              "clients' environments; '-' for runs saved before it was measured (2026-12-07): their global greedy "
-              "columns are the last round's 5 episodes alone, until then the same 5 start states every round."
+              "clients' environments ('-': runs saved before 2026-12-07, not measured)."
               " Trust weight: mean over rounds of partition 0's share of the aggregation weight."]
     lines += gap_lines(runs, clean)
     lines += deployed_lines(runs)
