@@ -223,12 +223,13 @@ def gap_lines(runs: list[dict], clean: dict[tuple, dict]) -> list[str]:
     return lines
 
 
-def final_cell(values: list) -> str:
-    """Mean ± std over the seeds that measured the final model, with how many did where not all ('-': none)."""
+def seeds_cell(values: list, spec: str = ".1f") -> str:
+    """Mean ± std over the seeds that measured a value (None: not measured), with how many did where not all
+    ('-': none did)."""
     measured = [v for v in values if v is not None]
     if not measured:
         return "-"
-    return fmt(measured, ".1f") + (f" ({len(measured)} of {len(values)} seeds)" if len(measured) < len(values) else "")
+    return fmt(measured, spec) + (f" ({len(measured)} of {len(values)} seeds)" if len(measured) < len(values) else "")
 
 
 def greedy_stats(returns: list[float], after: int = STEADY_AFTER) -> str:
@@ -352,14 +353,13 @@ def report(command: str, out: Path = OUT, include: list[Path] = ()) -> str:
         s = [summarise(r) for r in seed_runs]
         col = {k: [x.get(k) for x in s] for k in dict.fromkeys(k for x in s for k in x)}
         kept = [share_of_clean(r, clean.get((n, label, r["seed"], tf, n_step))) for r in seed_runs] if faulty(condition) else []
-        kept = [k for k in kept if k is not None]
-        share = f"| {fmt(kept, '.1%', '-')}{f' ({len(kept)} of {len(s)} seeds)' if 0 < len(kept) < len(s) else ''} "
+        share = f"| {seeds_cell(kept, '.1%')} "
         lines.append(
             f"| {n} | {condition} | {label} | {tf} | {n_step} | {len(s)} | {fmt(col['final-100'], '.1f', 'n/a')} "
             + (share if attacks else "") +
             f"| {sum(col['solved'])} of {sum(col['honest'])} | {fmt(sum(col['solve-steps'], []), '.3g')} "
             f"| {fmt(col['global-nominal'], '.1f', 'n/a')} | {fmt(col['global-own-envs'], '.1f', 'n/a')} "
-            f"| {final_cell(col.get('final-nominal', []))} | {final_cell(col.get('final-own-envs', []))} "
+            f"| {seeds_cell(col.get('final-nominal', []))} | {seeds_cell(col.get('final-own-envs', []))} "
             f"| {fmt(col.get('faulty-weight', [None]), '.3f', '-')} | {fmt(col.get('batches-refused', [None]), '.0f', '-')} "
             f"| {fmt(col.get('admitted', [None]), '.1%', '-')} | {fmt(col['flops'], '.3g')} | {fmt(col['uplink-mb'], '.1f')} |")
     lines += ["", "Final return: the honest clients' own episodes (each on its own environment), last 100 per client, "

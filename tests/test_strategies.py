@@ -182,9 +182,11 @@ def test_aggregation_does_not_depend_on_the_order_replies_arrive_in():
     assert len({run(o) for o in orders}) == 1  # bit for bit: the sum runs in partition order
 
 
-def _sampled_partitions(seed, node_ids_of_partition, rounds=6):
-    """The partitions FedAvg (fraction-train 0.5) sends to each round, over nodes with the given ids."""
+def _sampled_partitions(seed, node_ids_of_partition, rounds=6, round_offset=0):
+    """The partitions FedAvg (fraction-train 0.5) sends to each round, over nodes with the given ids (after a resume
+    at `round_offset`: Flower's rounds 1.. are the true rounds round_offset + 1..)."""
     s = FedAvg(fraction_train=0.5, min_available_nodes=1, min_train_nodes=1)
+    s.configure_schedule(lr=0.1, lr_decay_factor=1.0, lr_decay_every=1, round_offset=round_offset)
     s.configure_sampling(seed)
     partition_of = {n: p for p, n in enumerate(node_ids_of_partition)}
     grid = PartitionOrderGrid(FakeGrid(node_ids_of_partition))
@@ -204,14 +206,7 @@ def test_seeded_sampling_picks_the_same_partitions_whatever_the_node_ids_and_lea
     assert len({tuple(p) for p in first}) > 1  # a sample per round, not one fixed subset
     assert _sampled_partitions(8, ids_a) != first
     # resumed at round 4: rounds 4..6 are sampled as the uninterrupted run sampled them
-    s = FedAvg(fraction_train=0.5, min_available_nodes=1, min_train_nodes=1)
-    s.configure_schedule(lr=0.1, lr_decay_factor=1.0, lr_decay_every=1, round_offset=3)
-    s.configure_sampling(7)
-    grid = PartitionOrderGrid(FakeGrid(ids_b))
-    grid.partitions = {n: p for p, n in enumerate(ids_b)}
-    resumed = [sorted(grid.partitions[m.metadata.dst_node_id] for m in s.configure_train(r, GLOBAL, ConfigRecord({}), grid))
-               for r in (1, 2, 3)]
-    assert resumed == first[3:]
+    assert _sampled_partitions(7, ids_b, rounds=3, round_offset=3) == first[3:]
 
 
 def test_unseeded_sampling_draws_from_the_global_random():

@@ -89,9 +89,9 @@ class PartitionOrderGrid(GridView):
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
         """Exchange through the wrapped Grid, then sort the replies (stable: equal keys keep arrival order)."""
-        replies = sorted(self._grid.send_and_receive(messages, timeout=timeout), key=partition_order_key)
-        for msg in replies:
-            group, pid = partition_order_key(msg)
+        keyed = sorted(((partition_order_key(msg), msg) for msg in self._grid.send_and_receive(messages, timeout=timeout)),
+                       key=lambda pair: pair[0])  # each reply's metadata decoded once
+        for (group, pid), msg in keyed:
             if group == 0:
                 self.partitions.setdefault(msg.metadata.src_node_id, pid)
-        return replies
+        return [msg for _, msg in keyed]
