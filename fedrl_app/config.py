@@ -178,6 +178,9 @@ class RunConfig:
     dqn_personal_share: float = option(
         0.0, "RL (DQN clients of a federation): β, the share of its own last network a client keeps: each round it starts from (1 − β)·θ_global + β·θ_own and uploads θ_global + what it learned (θ_trained − θ_start), so the server's model and its trust scores see the same kind of update as with β = 0, and the client's own-environment behaviour keeps what suits its dynamics (0, the default: start from the global network; measured at 0.5 under `env-variation = \"varied\"`, N = 3, 3 seeds: 204.2 ± 35.7 against 221.4 ± 14.8 without, and a worse global network)",
         group=DQN, interval=(0.0, 1.0, "[)"))
+    dqn_personal_head: bool = option(
+        False, "RL (DQN clients of a federation): keep the output layers (`head`, or `value` and `advantage` when dueling) the client's own, FedPer-style: each round it starts from the global body and its own last head, and uploads θ_global + what it learned (θ_trained − θ_start), as with `dqn-personal-share`, so the server still averages a head for the global network",
+        group=DQN)
     fusion_mix: float = option(
         0.0, "Fusion: α kept on the global network, θ = α·θ_global + (1−α)·Σ w_k θ_k (0, the default since it was measured best: every client of 3 seeds solves LunarLander at N = 3, against 6 of 9 with α = 0.5, whose kept half diluted the clients' 1,000 gradient steps a round)",
         group=FUSION, interval=(0.0, 1.0, "[)"))

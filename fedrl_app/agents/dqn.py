@@ -70,6 +70,10 @@ class QNetwork(nn.Module):
         a = self.advantage(h)
         return self.value(h) + a - a.mean(dim=1, keepdim=True)  # identifiable: mean advantage is 0
 
+    def head_names(self) -> frozenset[str]:
+        """The output layers' tensor names (`head`, or `value` and `advantage`): everything after the shared body."""
+        return frozenset(k for k in self.state_dict() if not k.startswith("body."))
+
 
 class ReplayBuffer:
     """Fixed-size ring buffer of transitions, numpy-backed."""

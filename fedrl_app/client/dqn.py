@@ -56,11 +56,14 @@ def recent_sample(agent: DQNAgent, recent: int, n: int, seed: int):
 
 
 def personal_start(received: dict[str, torch.Tensor], own: dict[str, torch.Tensor],
-                   share: float) -> dict[str, torch.Tensor]:
-    """The network a client starts its round from: (1 − share)·θ_received + share·θ_own, tensor by tensor."""
+                   share: float, own_names: frozenset[str] = frozenset()) -> dict[str, torch.Tensor]:
+    """The network a client starts its round from: (1 − share)·θ_received + share·θ_own, tensor by tensor,
+    and θ_own itself for the tensors in `own_names` (a personal head)."""
     if received.keys() != own.keys():
         raise ValueError(f"the received network's tensors {sorted(received)} differ from the client's own {sorted(own)}")
-    return {k: (1.0 - share) * received[k] + share * own[k] for k in received}
+    if not own_names <= received.keys():
+        raise ValueError(f"personal tensors {sorted(own_names - received.keys())} are not in the network {sorted(received)}")
+    return {k: own[k].clone() if k in own_names else (1.0 - share) * received[k] + share * own[k] for k in received}
 
 
 def global_upload(received: dict[str, torch.Tensor], start: dict[str, torch.Tensor],
@@ -70,7 +73,8 @@ def global_upload(received: dict[str, torch.Tensor], start: dict[str, torch.Tens
 
 
 def train(msg: Message, context: Context, cfg: RunConfig) -> Message:
-    """Start from the received Q-network (mixed with the client's own by `dqn-personal-share`), interact
+    """Start from the received Q-network (mixed with the client's own by `dqn-personal-share`, its own output
+    layers with `dqn-personal-head`), interact
     `steps-per-round` steps, return the new network (the received one plus what was learned)."""
     pid, num_partitions = partition(context)
     server_round = int(msg.content[keys.CONFIG][keys.SERVER_ROUND])
@@ -81,11 +85,14 @@ def train(msg: Message, context: Context, cfg: RunConfig) -> Message:
         agent = DQNAgent.from_bytes(stored["blob"], seed=seed * 10_007 + server_round)
     else:
         agent = DQNAgent(*env_dims(cfg.task), cfg.dqn_config(), seed=seed)
-    # The global network replaces the online one (or, with a personal share β, 1 − β of it); the local target
-    # network, replay buffer and exploration schedule carry on (a real target network, not a copy of the global).
+    # The global network replaces the online one (or, with a personal share β, 1 − β of it; with a personal head,
+    # all but the output layers); the local target network, replay buffer and exploration schedule carry on (a
+    # real target network, not a copy of the global).
     received = msg.content[keys.ARRAYS].to_torch_state_dict()
-    personal = cfg.dqn_personal_share > 0 and stored is not None  # round 1 has no own network yet
-    start_state = personal_start(received, agent.q.state_dict(), cfg.dqn_personal_share) if personal else received
+    own_names = agent.q.head_names() if cfg.dqn_personal_head else frozenset()
+    personal = (cfg.dqn_personal_share > 0 or bool(own_names)) and stored is not None  # round 1: no own network yet
+    start_state = (personal_start(received, agent.q.state_dict(), cfg.dqn_personal_share, own_names) if personal
+                   else received)
     agent.q.load_state_dict(start_state)
     act0, train0 = agent.act_flops, agent.train_flops
     start = time.perf_counter()
@@ -133,10 +140,16 @@ def train(msg: Message, context: Context, cfg: RunConfig) -> Message:
 
 
 def evaluate(msg: Message, context: Context, cfg: RunConfig) -> Message:
-    """Greedy episodes of the received Q-network on this client's environment."""
+    """Greedy episodes of the received Q-network on this client's environment (with `dqn-personal-head`, the
+    received body under the client's own head: the network it would act with)."""
     pid = partition(context)[0]
     net = QNetwork(*env_dims(cfg.task), cfg.dqn_hidden, "dueling" in cfg.agent)
-    net.load_state_dict(msg.content[keys.ARRAYS].to_torch_state_dict())
+    received = msg.content[keys.ARRAYS].to_torch_state_dict()
+    stored = context.state.config_records.get(AGENT_STATE_KEY)
+    if cfg.dqn_personal_head and stored is not None:
+        own = DQNAgent.from_bytes(stored["blob"]).q.state_dict()
+        received = personal_start(received, own, 0.0, net.head_names())
+    net.load_state_dict(received)
     returns = evaluate_policy(net, cfg.task, cfg.eval_episodes, seed=20_000 + 100 * pid, env_params=cfg.env_params(pid))
     metrics = MetricRecord({keys.NUM_EXAMPLES: len(returns), "return": sum(returns) / len(returns)})
     return Message(content=RecordDict({keys.METRICS: metrics}), reply_to=msg)
