@@ -86,8 +86,14 @@ def final_greedy(run_dir: Path, n: int) -> dict:
     out: dict = {"episodes": FINAL_EPISODES,
                  "nominal": evaluate_policy(net, cfg.task, FINAL_EPISODES, seed=FINAL_SEED)}
     if cfg.env_variation.strip() not in ("", "none"):
-        out["own-envs"] = {str(p): evaluate_policy(net, cfg.task, FINAL_EPISODES, seed=FINAL_SEED,
-                                                   env_params=cfg.env_params(p)) for p in range(n)}
+        played: dict[str, list[float]] = {}  # partitions sharing dynamics (N above the profile's variants) play once
+        out["own-envs"] = {}
+        for p in range(n):
+            params = cfg.env_params(p)
+            key = json.dumps(params, sort_keys=True)
+            if key not in played:
+                played[key] = evaluate_policy(net, cfg.task, FINAL_EPISODES, seed=FINAL_SEED, env_params=params)
+            out["own-envs"][str(p)] = played[key]
     return out
 
 

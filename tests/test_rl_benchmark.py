@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from benchmarks import rl_heterogeneity
 from benchmarks.lunarlander import client_curves
 from benchmarks.rl_heterogeneity import (
     deployed_lines,
@@ -156,7 +157,7 @@ def test_the_deployed_table_sets_the_runs_model_beside_the_sent_network_after_ro
     assert deployed_lines([_run("none", {0: 1.0})]) == []  # no sent network judged: no table
 
 
-def test_the_final_model_is_judged_on_100_episodes_deployed_network_first_each_honest_clients_env(tmp_path):
+def test_the_final_model_is_judged_on_100_episodes_deployed_network_first_each_honest_clients_env(tmp_path, monkeypatch):
     cfg = RunConfig.from_run_config({"task": "cartpole", "dqn-hidden": 8, "env-variation": "varied"})
     torch.manual_seed(0)
     sent, deployed = task_model(cfg), task_model(cfg)
@@ -169,6 +170,14 @@ def test_the_final_model_is_judged_on_100_episodes_deployed_network_first_each_h
         sent, "cartpole", 100, seed=20_000)
     assert final["own-envs"]["2"] == evaluate_policy(deployed, "cartpole", 100, seed=20_000, env_params=cfg.env_params(2))
     assert len(final["nominal"]) == 100 and sorted(final["own-envs"]) == ["0", "1", "2"]
+    # 7 partitions of a 5-variant profile: partitions 5 and 6 share 0's and 1's dynamics and are played once
+    played = []
+    real = rl_heterogeneity.evaluate_policy
+    monkeypatch.setattr(rl_heterogeneity, "evaluate_policy",
+                        lambda *a, **kw: played.append(kw.get("env_params")) or real(*a, **kw))
+    seven = final_greedy(run_dir, n=7)
+    assert len(played) == 1 + 5 and seven["own-envs"]["5"] == seven["own-envs"]["0"] == final["own-envs"]["0"]
+    assert seven["own-envs"]["6"] == final["own-envs"]["1"] != final["own-envs"]["0"]
     # the report: the mean of the honest partitions' envs (partition 0 faulty), '-' for a seed without the key
     run = _run("noise", {0: 0.0, 1: 200.0, 2: 250.0})
     run["final-greedy"] = {"nominal": [10.0, 30.0], "own-envs": {"0": [-900.0], "1": [40.0], "2": [60.0]}}
