@@ -74,6 +74,8 @@ METHODS = {
 
 FINAL_EPISODES = 100  # the final model's greedy episodes (the server's per-round evaluation plays 5)
 FINAL_SEED = 20_000   # their first start state; the same for every run, so runs are compared on one set of episodes
+LATE_SHARE = 0.4      # late dips: the last 40% of the rounds (61–100 of 100), when a client has had time to solve
+DIP_BELOW = 100.0     # ... a client-round whose episodes average below half the solve bar is a dip
 
 
 def final_greedy(run_dir: Path, n: int) -> dict:
@@ -238,6 +240,12 @@ def seeds_cell(values: list, spec: str = ".1f") -> str:
     return fmt(measured, spec) + (f" ({len(measured)} of {len(values)} seeds)" if len(measured) < len(values) else "")
 
 
+def dips_cell(dips: list[tuple[int, int]]) -> str:
+    """The late dips of all seeds together: share and counts."""
+    below, total = sum(d for d, _ in dips), sum(t for _, t in dips)
+    return f"{below / total:.1%} ({below} of {total})" if total else "-"
+
+
 def greedy_stats(returns: list[float], after: int = STEADY_AFTER) -> str:
     """The global greedy return per round after round `after`: mean, worst, rounds below 0, and the last round."""
     tail = np.array(returns[after:], dtype=float)
@@ -274,6 +282,18 @@ def deployed_lines(runs: list[dict]) -> list[str]:
     return lines
 
 
+def late_dips(run: dict) -> tuple[int, int]:
+    """(dips, client-rounds): over the last LATE_SHARE of the rounds, the honest clients' rounds whose finished
+    episodes average below DIP_BELOW, of those with a finished episode. A solved client that falls back shows here,
+    where the 100-episode final return averages it away."""
+    bad = faulty(run["condition"])
+    rounds = run.get("rounds") or max((r["round"] for r in run["clients"]), default=0)
+    first = rounds - round(LATE_SHARE * rounds) + 1
+    means = [np.mean(r["episode_returns"]) for r in run["clients"]
+             if r["round"] >= first and r["partition_id"] not in bad and r["episode_returns"]]
+    return int(sum(m < DIP_BELOW for m in means)), len(means)
+
+
 def summarise(run: dict) -> dict:
     """Honest clients' own-environment results, the global network's, cost, and Fusion's trust in the faulty."""
     bad = faulty(run["condition"])
@@ -292,6 +312,7 @@ def summarise(run: dict) -> dict:
         "uplink-mb": rows[-1]["uplink-bytes-total"] / 1e6 if rows else 0.0,
         "global-nominal": rows[-1].get("return") if rows else None,
         "global-own-envs": rows[-1].get("return-envs", rows[-1].get("return")) if rows else None,
+        "late-dips": late_dips(run),
     }
     final = run.get("final-greedy")
     if final:
@@ -348,10 +369,11 @@ def report(command: str, out: Path = OUT, include: list[Path] = ()) -> str:
              f"(partition 0) under the attacks. Command: `{command}`", "",
              "| N | condition | method | env steps per gradient step | n-step | seeds | honest clients' final 100-ep return (own env) "
              + ("| of the clean run's (same partitions and seed) " if attacks else "") + "| honest clients solved "
-             "| env steps to solve | global greedy return, nominal | global greedy return, clients' envs "
+             "| env steps to solve | late dips: honest client-rounds below 100, last 40% of rounds "
+             "| global greedy return, nominal | global greedy return, clients' envs "
              f"| final model, {FINAL_EPISODES} greedy episodes, nominal | the same, honest clients' envs "
              "| faulty client's trust weight (1/N = fair) | its batches refused | shared transitions admitted "
-             "| FLOPs | uplink MB |", "|---" * (18 + attacks) + "|"]
+             "| FLOPs | uplink MB |", "|---" * (19 + attacks) + "|"]
     order = {c: i for i, c in enumerate(CONDITIONS)}
     clean = {(r["n"], settings_label(r), r["seed"], r["train-frequency"], r["n-step"]): r for r in runs if r["condition"] == "none"}
     for (n, condition, method, tf, n_step, label), seed_runs in sorted(
@@ -364,6 +386,7 @@ def report(command: str, out: Path = OUT, include: list[Path] = ()) -> str:
             f"| {n} | {condition} | {label} | {tf} | {n_step} | {len(s)} | {fmt(col['final-100'], '.1f', 'n/a')} "
             + (share if attacks else "") +
             f"| {sum(col['solved'])} of {sum(col['honest'])} | {fmt(sum(col['solve-steps'], []), '.3g')} "
+            f"| {dips_cell(col['late-dips'])} "
             f"| {fmt(col['global-nominal'], '.1f', 'n/a')} | {fmt(col['global-own-envs'], '.1f', 'n/a')} "
             f"| {seeds_cell(col.get('final-nominal', []))} | {seeds_cell(col.get('final-own-envs', []))} "
             f"| {fmt(col.get('faulty-weight', [None]), '.3f', '-')} | {fmt(col.get('batches-refused', [None]), '.0f', '-')} "
@@ -383,6 +406,8 @@ def report(command: str, out: Path = OUT, include: list[Path] = ()) -> str:
               + f". Final model: the run's model after the last round on {FINAL_EPISODES} greedy episodes (start states "
               f"{FINAL_SEED}…, the same for every run), on the nominal environment and averaged over the honest "
               "clients' environments ('-': runs saved before 2026-12-07, not measured)."
+              " Late dips: over the last 40% of the rounds, the honest clients' rounds whose finished episodes average "
+              "below 100 (half the solve bar), of all their rounds with a finished episode, all seeds together."
               " Trust weight: mean over rounds of partition 0's share of the aggregation weight."]
     lines += gap_lines(runs, clean)
     lines += deployed_lines(runs)

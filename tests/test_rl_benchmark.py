@@ -14,7 +14,9 @@ from benchmarks.rl_heterogeneity import (
     deployed_lines,
     faulty_weight_blocks,
     faulty_weight_per_round,
+    dips_cell,
     final_greedy,
+    late_dips,
     own_env_final,
     own_env_return_at,
     report,
@@ -48,6 +50,20 @@ def _run(condition: str, finals: dict[int, float], seed: int = 1) -> dict:
                 "env_steps": 1500, "act_flops": 1, "train_flops": 2} for pid, ret in finals.items()]
     return {"method": "fusion", "condition": condition, "n": 3, "seed": seed, "metrics": [], "clients": clients,
             "train-frequency": 1, "n-step": 3, "overrides": {"seed": seed}}
+
+
+def test_late_dips_count_the_honest_clients_rounds_below_100_in_the_last_40_percent(tmp_path):
+    # 10 rounds: the last 40% are rounds 7–10; partition 0 is faulty (never counted)
+    means = {1: [250, 250, 250, 90, 250, 250, 250, 250, 99, 250],   # dips in rounds 4 (too early) and 9
+             2: [-100, -100, -100, -100, -100, 150, 100, 20, 20, 30]}  # rounds 8–10 below 100; exactly 100 is not
+    clients = [{"round": r + 1, "partition_id": pid, "episode_returns": [m - 10.0, m + 10.0]}
+               for pid, ms in means.items() for r, m in enumerate(ms)]
+    clients += [{"round": r, "partition_id": 0, "episode_returns": [-500.0]} for r in range(1, 11)]
+    clients += [{"round": 7, "partition_id": 3, "episode_returns": []}]  # no finished episode: not a round counted
+    run = {"condition": "noise", "rounds": 10, "clients": clients}
+    assert late_dips(run) == (1 + 3, 8)
+    assert late_dips({**run, "condition": "none"}) == (1 + 3 + 4, 12)  # every partition honest
+    assert dips_cell([(4, 8), (0, 12)]) == "20.0% (4 of 20)" and dips_cell([(0, 0)]) == "-"
 
 
 def test_share_of_clean_compares_the_same_honest_partitions_of_the_same_seed():
@@ -186,4 +202,4 @@ def test_the_final_model_is_judged_on_100_episodes_deployed_network_first_each_h
     (tmp_path / "b.json").write_text(json.dumps(_run("noise", {0: 0.0, 1: 200.0, 2: 250.0}, seed=2)))
     main_table = report("cmd", tmp_path).split("How the gap forms")[0]
     (row,) = [line.split(" | ") for line in main_table.splitlines() if line.startswith("| 3 | noise")]
-    assert row[12:14] == ["20.0 (1 of 2 seeds)", "50.0 (1 of 2 seeds)"]
+    assert row[13:15] == ["20.0 (1 of 2 seeds)", "50.0 (1 of 2 seeds)"]
