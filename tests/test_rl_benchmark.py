@@ -12,9 +12,9 @@ from benchmarks import rl_heterogeneity
 from benchmarks.lunarlander import client_curves
 from benchmarks.rl_heterogeneity import (
     deployed_lines,
+    dips_cell,
     faulty_weight_blocks,
     faulty_weight_per_round,
-    dips_cell,
     final_greedy,
     late_dips,
     own_env_final,
@@ -52,7 +52,7 @@ def _run(condition: str, finals: dict[int, float], seed: int = 1) -> dict:
             "train-frequency": 1, "n-step": 3, "overrides": {"seed": seed}}
 
 
-def test_late_dips_count_the_honest_clients_rounds_below_100_in_the_last_40_percent(tmp_path):
+def test_late_dips_count_the_honest_clients_rounds_below_100_in_the_last_40_percent():
     # 10 rounds: the last 40% are rounds 7–10; partition 0 is faulty (never counted)
     means = {1: [250, 250, 250, 90, 250, 250, 250, 250, 99, 250],   # dips in rounds 4 (too early) and 9
              2: [-100, -100, -100, -100, -100, 150, 100, 20, 20, 30]}  # rounds 8–10 below 100; exactly 100 is not

@@ -260,6 +260,11 @@ class DQNAgent:
         }, out)
         return out.getvalue()
 
+    @staticmethod
+    def q_state_from_bytes(blob: bytes) -> dict[str, torch.Tensor]:
+        """The online Q-network's weights from a `to_bytes` blob, without rebuilding the agent and its buffer."""
+        return torch.load(io.BytesIO(blob), weights_only=True)["q"]
+
     @classmethod
     def from_bytes(cls, blob: bytes, seed: int = 0, restore_rng: bool = False) -> DQNAgent:
         """Inverse of `to_bytes`; the random streams start anew from `seed` unless `restore_rng` (exact resume)."""

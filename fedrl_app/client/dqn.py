@@ -147,7 +147,7 @@ def evaluate(msg: Message, context: Context, cfg: RunConfig) -> Message:
     received = msg.content[keys.ARRAYS].to_torch_state_dict()
     stored = context.state.config_records.get(AGENT_STATE_KEY)
     if cfg.dqn_personal_head and stored is not None:
-        own = DQNAgent.from_bytes(stored["blob"]).q.state_dict()
+        own = DQNAgent.q_state_from_bytes(stored["blob"])
         received = personal_start(received, own, 0.0, net.head_names())
     net.load_state_dict(received)
     returns = evaluate_policy(net, cfg.task, cfg.eval_episodes, seed=20_000 + 100 * pid, env_params=cfg.env_params(pid))
