@@ -77,9 +77,13 @@ class Arrival:
 
 
 def client_speeds(node_ids: list[int], sigma: float, seed: int) -> dict[int, float]:
-    """Per-client time per job: LogNormal(0, sigma) slowness, seeded, in sorted node order (1.0 if sigma=0)."""
+    """Per-client time per job: LogNormal(0, sigma) slowness, seeded, drawn in the order given (1.0 if sigma=0).
+
+    Pass the grid's order: `fedrl_app.server.reply_order.PartitionOrderGrid` lists nodes by partition, so
+    partition p gets the p-th draw in every run, whatever node ids the SuperLink assigned.
+    """
     rng = np.random.default_rng(seed)
-    return {n: float(rng.lognormal(0.0, sigma)) if sigma > 0 else 1.0 for n in sorted(node_ids)}
+    return {n: float(rng.lognormal(0.0, sigma)) if sigma > 0 else 1.0 for n in node_ids}
 
 
 class AsyncBuffer(StrategyWrapper):
@@ -185,7 +189,10 @@ class AsyncBuffer(StrategyWrapper):
         x = to_numpy(initial_arrays)
         version = 0
         models = {0: x}                     # versions still referenced by in-flight jobs
-        node_ids = sorted(grid.get_node_ids())
+        # the grid's order (by partition under PartitionOrderGrid), not node ids: the SuperLink draws those anew
+        # per run, and the first dispatches' sequence numbers decide ties on the clock and each attempt's
+        # availability draw on the client
+        node_ids = list(grid.get_node_ids())
         clocked = self.strategy.systems is not None
         speeds = None if clocked else (self.speeds or client_speeds(node_ids, self.speed_sigma, self.seed))
         in_flight: dict[str, Job] = {}      # message id -> job; its finish_time is a lower bound until it replies

@@ -14,6 +14,11 @@ its own members' directions: updates that start from different clusters' models 
 rotated MNIST (benchmarks/data_shift.py, 3 seeds) a global re-split every 5 rounds found the four
 rotation groups at round 5 (ARI 1.0 in every seed), then scrambled them at round 10 (ARI 0.24-0.45): by
 then each cluster's model fits its rotation, so what is left in the directions is label skew.
+
+Clients are known by node id within a run, and by partition across runs: node ids are drawn anew by
+the SuperLink for every run, a resumed one included, so a checkpoint stores each client's cluster under
+its partition (from the grid, `strategy_utils.node_partitions`, or its replies' metadata), and KMeans
+sees the clients in partition order.
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ from sklearn.metrics import silhouette_score
 
 from fedrl_app.protocol.records import to_numpy, to_record
 from strategies.reply_guard import RoundLog
-from strategies.strategy_utils import SubsetGrid, mean_arrays
+from strategies.strategy_utils import SubsetGrid, mean_arrays, node_partitions
 from strategies.wrapper import CheckedStrategy, StrategyState, StrategyWrapper
 
 
@@ -92,6 +97,8 @@ class Clustered(StrategyWrapper):
         self.directions: dict[int, np.ndarray] = {}          # node -> sum of its updates in this window
         self._previous_directions: dict[int, np.ndarray] = {}  # node -> its direction in the last window
         self.examples: dict[int, float] = {}
+        self.partition_of: dict[int, int] = {}               # node -> partition (the grid's, else its replies')
+        self._restored: dict[int, tuple[int, float]] = {}    # partition -> (cluster, examples) from a checkpoint
         self.history: list[dict] = []                        # one entry per (re)clustering
         self._sent: dict[int, dict[str, np.ndarray]] = {}
 
@@ -111,11 +118,13 @@ class Clustered(StrategyWrapper):
         self.strategy.summary()
 
     def own_state_dict(self) -> StrategyState:
-        """Assignment (node → cluster), examples per node, each cluster's model and its strategy's state."""
-        nodes = sorted(self.assignment)
+        """Assignment (node and partition → cluster), examples per node, each cluster's model and its strategy's
+        state. A resumed run finds its clients by partition (-1: unknown; then by node id)."""
+        nodes = sorted(self.assignment, key=self._client_order)
         state: StrategyState = {"clustering": {
             # node ids are uint64: stored bit for bit as int64 (checkpoints hold torch tensors)
             "nodes": np.asarray(nodes, dtype=np.uint64).view(np.int64),
+            "partitions": np.asarray([self.partition_of.get(n, -1) for n in nodes], dtype=np.int64),
             "clusters": np.asarray([self.assignment[n] for n in nodes], dtype=np.int64),
             "examples": np.asarray([self.examples.get(n, 1.0) for n in nodes], dtype=np.float64),
         }}
@@ -131,8 +140,13 @@ class Clustered(StrategyWrapper):
             return
         group = state["clustering"]
         nodes = [int(n) for n in np.asarray(group["nodes"], dtype=np.int64).view(np.uint64)]
-        self.assignment = {n: int(c) for n, c in zip(nodes, group["clusters"])}
-        self.examples = {n: float(e) for n, e in zip(nodes, group["examples"])}
+        partitions = [int(p) for p in group.get("partitions", np.full(len(nodes), -1))]
+        self.assignment, self.examples, self._restored = {}, {}, {}
+        for n, pid, c, e in zip(nodes, partitions, group["clusters"], group["examples"]):
+            if pid >= 0:  # claimed by whichever node reports this partition in the resumed run
+                self._restored[pid] = (int(c), float(e))
+            else:
+                self.assignment[n], self.examples[n] = int(c), float(e)
         self.members = defaultdict(list)
         for n, c in self.assignment.items():
             self.members[c].append(n)
@@ -147,16 +161,26 @@ class Clustered(StrategyWrapper):
             self.cluster_strategies[c] = inner
 
     def _ensure_clusters(self, arrays: ArrayRecord, grid: Grid) -> None:
-        nodes = sorted(grid.get_node_ids())
+        nodes = list(grid.get_node_ids())  # by partition under PartitionOrderGrid: the same members' order every run
+        self.partition_of.update(node_partitions(grid))
         if not self.models:
             self.models = {0: to_numpy(arrays)}
             self.members = {0: nodes}
             self.assignment = {n: 0 for n in nodes}
             self.cluster_strategies = {0: copy.deepcopy(self.strategy)}
-        for n in nodes:  # nodes that joined later start in cluster 0
+        for n in nodes:  # a restored partition's node rejoins its cluster; nodes that joined later start in 0
             if n not in self.assignment:
-                self.assignment[n] = 0
-                self.members.setdefault(0, []).append(n)
+                restored = self._restored.pop(self.partition_of.get(n, -1), None)
+                c = restored[0] if restored is not None and restored[0] in self.models else 0
+                if restored is not None:
+                    self.examples[n] = restored[1]
+                self.assignment[n] = c
+                self.members.setdefault(c, []).append(n)
+
+    def _client_order(self, node: int) -> tuple[int, int, int]:
+        """Sort key: by partition where known (the same order in every run), then unknown nodes by id."""
+        pid = self.partition_of.get(node)
+        return (0, pid, node) if pid is not None else (1, 0, node)
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
                         ) -> Iterable[Message]:
@@ -196,6 +220,8 @@ class Clustered(StrategyWrapper):
                     summed = k.startswith(("sync-", "senders", "clients-"))
                     merged.extra[k] = merged.extra.get(k, 0) + v if summed else v
             accepted = {r.node_id for r in log_c.reports}
+            self.partition_of.update({r.node_id: r.metadata.partition_id for r in log_c.reports
+                                      if r.node_id not in self.partition_of})
             for msg in by_cluster.get(c, []):
                 node = msg.metadata.src_node_id
                 if node not in accepted:
@@ -214,6 +240,8 @@ class Clustered(StrategyWrapper):
             merged.extra["silhouette"] = self.history[-1]["silhouette"]  # best over k ≥ 2, accepted or not
         merged.extra["clusters"] = len([c for c in self.members if self.members[c]])
         merged.extra["cluster-of-node"] = {str(n): c for n, c in sorted(self.assignment.items())}
+        merged.extra["cluster-of-partition"] = {str(self.partition_of[n]): c for n, c in sorted(
+            self.assignment.items(), key=lambda item: self._client_order(item[0])) if n in self.partition_of}
         return to_record(self._mean_model()), None
 
     def _mean_model(self) -> dict[str, np.ndarray]:
@@ -236,7 +264,7 @@ class Clustered(StrategyWrapper):
         live = [c for c in self.members if self.members[c]]
         if len(live) > 1:
             return self._refine(server_round, directions, live)
-        nodes = sorted(n for n in self.assignment if n in directions)
+        nodes = sorted((n for n in self.assignment if n in directions), key=self._client_order)
         labels, score = choose_clusters(np.stack([directions[n] for n in nodes]), self.max_clusters,
                                         self.min_silhouette, self.seed + server_round)
         new_members: dict[int, list[int]] = defaultdict(list)
@@ -264,7 +292,7 @@ class Clustered(StrategyWrapper):
         next_id = max(self.models) + 1
         for c in live:
             budget = self.max_clusters - len([x for x in self.members if self.members[x]])
-            nodes = sorted(n for n in self.members[c] if n in directions)
+            nodes = sorted((n for n in self.members[c] if n in directions), key=self._client_order)
             if budget < 1 or len(nodes) < 3:
                 continue
             labels, score = choose_clusters(np.stack([directions[n] for n in nodes]), 1 + budget,

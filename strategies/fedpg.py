@@ -83,7 +83,7 @@ class FedPG(RoundScheduleMixin, ReplyGuardMixin, FlowerFedAvg):
     ) -> Iterable[Message]:
         """Send θ_k; the clients (role "policy-gradient") reply with a gradient estimate."""
         self.current = to_numpy(arrays)
-        self._node_ids = sorted(grid.get_node_ids())
+        self._node_ids = list(grid.get_node_ids())  # by partition under PartitionOrderGrid (node ids change per run)
         return super().configure_train(server_round, arrays, config, grid)
 
     def check_reply_arrays(self, msg: Message, meta: ClientMetadata) -> None:
@@ -94,7 +94,8 @@ class FedPG(RoundScheduleMixin, ReplyGuardMixin, FlowerFedAvg):
 
     def state_dict(self) -> dict[str, dict[str, np.ndarray]]:
         """The simulated clock (its time and random stream) and the env-step and upload totals. (The speeds are
-        drawn again by node rank: a resumed run's nodes have new ids.) Also the reply guard's groups."""
+        drawn again in the grid's node order, by partition: a resumed run's nodes have new ids.) Also the reply
+        guard's groups."""
         return {**super().state_dict(), "fedpg": {
             "totals": np.array([self.sim_time, self.env_steps_total, self.uploads_total], np.float64),
             "clock-rng": rng_to_array(self._clock_rng),
@@ -167,7 +168,9 @@ class FedPG(RoundScheduleMixin, ReplyGuardMixin, FlowerFedAvg):
             self.sim_time += float(round_log.extra.get("round-sim-time-s", 0.0))
             round_log.extra["sim-time"] = self.sim_time
             return
-        nodes = sorted({r.node_id for r in round_log.reports} | {n for n, _ in round_log.dropped})
+        rank = {n: i for i, n in enumerate(self._node_ids)}  # jitter draws in the grid's order, unknown nodes last
+        nodes = sorted({r.node_id for r in round_log.reports} | {n for n, _ in round_log.dropped},
+                       key=lambda n: (rank.get(n, len(rank)), n))
         if self.speeds is None:
             self.speeds = client_speeds(self._node_ids or nodes, self.speed_sigma, self.seed)
         durations = [self.speeds.get(n, 1.0) * float(self._clock_rng.uniform(1 - self.jitter, 1 + self.jitter))

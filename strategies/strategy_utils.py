@@ -71,6 +71,17 @@ class GridView:
         return getattr(self._grid, name)
 
 
+def node_partitions(grid: Grid) -> dict[int, int]:
+    """Node id → partition id for the grid's nodes whose partition the grid knows.
+
+    A grid that knows them has a `partitions` dict (node id → partition): `fedrl_app.server.reply_order.
+    PartitionOrderGrid` asks each node once; views (`GridView`) pass it through. A plain Grid has node ids
+    only, which the SuperLink draws anew for every run (so for a resumed one): {}.
+    """
+    known = getattr(grid, "partitions", None) or {}
+    return {n: int(known[n]) for n in grid.get_node_ids() if n in known}
+
+
 class SubsetGrid(GridView):
     """A Grid restricted to some nodes, so a wrapped strategy's sampling picks only among them."""
 

@@ -19,10 +19,30 @@ def test_staleness_weight_exact():
         staleness_weight(-1, 0.5)
 
 
-def test_client_speeds_are_seeded_and_heterogeneous():
-    a, b = client_speeds([3, 1, 2], 1.0, seed=5), client_speeds([1, 2, 3], 1.0, seed=5)
-    assert a == b and len(set(a.values())) == 3
+def test_client_speeds_are_seeded_heterogeneous_and_drawn_in_the_order_given():
+    a, b = client_speeds([3, 1, 2], 1.0, seed=5), client_speeds([9, 7, 8], 1.0, seed=5)
+    assert list(a.values()) == list(b.values()) and len(set(a.values())) == 3  # by rank, not by node id
+    assert client_speeds([3, 1, 2], 1.0, seed=5) == a
     assert set(client_speeds([1, 2], 0.0, seed=5).values()) == {1.0}
+
+
+def test_a_run_depends_on_the_partitions_not_on_the_node_ids_the_superlink_drew():
+    """Two federations of the same three partitions under other node ids, listed by partition (as
+    PartitionOrderGrid does): the same speeds, arrivals and models, partition for partition."""
+    def run(node_of_partition):
+        partition_of = {n: p for p, n in enumerate(node_of_partition)}
+        grid = InstantGrid(node_of_partition, weight_client(lambda node, w: w + 10.0 ** partition_of[node]))
+        strategy = AsyncBuffer(FedAvg(**AsyncBuffer.required_settings), buffer_size=2, speed_sigma=0.5, seed=0)
+        evaluated = {}
+        strategy.start(grid, arrays(w=[0.0]), num_rounds=4, train_config=ConfigRecord({}),
+                       evaluate_fn=lambda r, a: evaluated.setdefault(r, float(a["w"].numpy()[0])) and None)
+        arrivals = [(v, partition_of[n], tau) for v, n, tau in strategy.staleness]
+        attempts = [(partition_of[m.metadata.dst_node_id], m.content["config"]["attempt"]) for m in grid.pushed]
+        return evaluated, arrivals, attempts, strategy.sim_time
+
+    first, second = run([30, 10, 20]), run([5, 99, 42])
+    assert first == second
+    assert len({p for _, p, _ in first[1]}) == 3  # every partition's update arrived
 
 
 def weight_client(update):

@@ -64,28 +64,59 @@ def test_directions_are_summed_over_the_window_between_reclusterings():
     assert s.directions == {}  # the next window starts empty
 
 
-def test_checkpoint_state_restores_assignment_models_and_node_ids_exactly():
+class PartitionGrid(FakeGrid):
+    """A grid that knows its nodes' partitions, as PartitionOrderGrid does (node id -> partition)."""
+
+    def __init__(self, partitions: dict[int, int]) -> None:
+        super().__init__(sorted(partitions, key=partitions.get))
+        self.partitions = dict(partitions)
+
+
+def test_a_resumed_run_finds_each_client_by_partition_under_new_node_ids():
     s = Clustered(FedAvg(**Clustered.required_settings), cluster_every=1, max_clusters=3)
     big = 2**63 + 5  # Flower node ids are uint64: they must survive the int64 checkpoint tensors
-    grid = FakeGrid([1, 2, 3, big])
+    grid = FakeGrid([1, 2, 3, big])  # no partitions known from the grid: the replies' metadata tells them
     list(s.configure_train(1, arrays(w=[0.0, 0.0]), ConfigRecord({}), grid))
     ups = {1: [1.0, 0.0], 2: [1.1, 0.0], 3: [0.0, 2.0], big: [0.0, 2.2]}
     metadata = [encode_metadata(ClientMetadata(partition_id=i, num_examples=10 + i, train_time_s=0.1)) for i in range(4)]
     s.aggregate_train(1, [reply(n, arrays(w=u), 10 + i, metadata=metadata[i]) for i, (n, u) in enumerate(ups.items())])
+    assert s.partition_of == {1: 0, 2: 1, 3: 2, big: 3}
     state = s.state_dict()
     assert set(state) == {"clustering", *(f"clustering/model-{c}" for c in s.models)}
+    assert state["clustering"]["partitions"].tolist() == [0, 1, 2, 3]
+    assert state["clustering"]["nodes"].view(np.uint64).tolist() == [1, 2, 3, big]
 
+    # the resumed run: the SuperLink drew new node ids; the grid knows which partition each one is
     fresh = Clustered(FedAvg(**Clustered.required_settings), cluster_every=1, max_clusters=3)
     fresh.load_state_dict(state)
     fresh.round_offset = 1
-    assert fresh.assignment == s.assignment and fresh.examples == s.examples and big in fresh.assignment
-    assert {c: sorted(m) for c, m in fresh.members.items()} == {c: sorted(m) for c, m in s.members.items()}
     for c in s.models:
         np.testing.assert_array_equal(fresh.models[c]["w"], s.models[c]["w"])
     assert all(inner.round_offset == 1 for inner in fresh.cluster_strategies.values())
-    msgs = list(fresh.configure_train(1, arrays(w=[9.0, 9.0]), ConfigRecord({}), grid))
+    new_ids = {70: 3, 71: 2, 72: 1, 73: 0}  # node -> partition
+    msgs = list(fresh.configure_train(1, arrays(w=[9.0, 9.0]), ConfigRecord({}), PartitionGrid(new_ids)))
     sent = {m.metadata.dst_node_id: m.content["arrays"]["w"].numpy().tolist() for m in msgs}
-    assert sent[big] == s.models[s.assignment[big]]["w"].tolist()  # each node gets its restored cluster's model
+    old_node = dict(zip(range(4), [1, 2, 3, big]))  # partition -> node id of the first run
+    assert sorted(sent) == sorted(new_ids)  # only live nodes are addressed
+    for node, pid in new_ids.items():  # each client gets its own cluster's model back, and its example count
+        assert fresh.assignment[node] == s.assignment[old_node[pid]]
+        assert sent[node] == s.models[s.assignment[old_node[pid]]]["w"].tolist()
+        assert fresh.examples[node] == s.examples[old_node[pid]]
+
+
+def test_a_checkpoint_without_partitions_restores_by_node_id():
+    """Replies whose partition never became known (and checkpoints from before partitions were stored)."""
+    s = Clustered(FedAvg(**Clustered.required_settings), cluster_every=1, max_clusters=3)
+    grid = FakeGrid([1, 2, 3, 4])
+    list(s.configure_train(1, arrays(w=[0.0, 0.0]), ConfigRecord({}), grid))
+    ups = {1: [1.0, 0.0], 2: [1.1, 0.0], 3: [0.0, 2.0], 4: [0.0, 2.2]}
+    s.aggregate_train(1, [reply(n, arrays(w=u), 10) for n, u in ups.items()])
+    state = s.state_dict()
+    del state["clustering"]["partitions"]
+    fresh = Clustered(FedAvg(**Clustered.required_settings), cluster_every=1, max_clusters=3)
+    fresh.load_state_dict(state)
+    assert fresh.assignment == s.assignment and fresh.examples == s.examples
+    assert {c: sorted(m) for c, m in fresh.members.items()} == {c: sorted(m) for c, m in s.members.items()}
 
 
 def test_clusters_are_never_re_sorted_across_once_formed():

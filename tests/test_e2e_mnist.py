@@ -99,10 +99,8 @@ def test_drl_compress_sends_fewer_uplink_bytes_than_fedavg(sim, tmp_path):
         ({"async-aggregation": True, "buffer-size": 2, "num-server-rounds": 3},
          lambda rows: all(len(r["staleness"]) == 2 and r["sim-time"] > 0 for r in rows[1:])
          and max(t for r in rows[1:] for t in r["staleness"]) >= 1),
-        ({"clustering": True, "cluster-every": 1, "num-server-rounds": 2},
-         lambda rows: all(r["clusters"] >= 1 and 0 <= r["personalized-accuracy"] <= 1 for r in rows[1:])),
     ],
-    ids=["async", "clustering"],
+    ids=["async"],
 )
 def test_drl_compress_async_and_clustered(sim, tmp_path, overrides, check):
     result, log = _run(sim, tmp_path, strategy="drl-compress", **{"wandb-mode": "disabled", **overrides})
@@ -111,6 +109,25 @@ def test_drl_compress_async_and_clustered(sim, tmp_path, overrides, check):
     rows = read_jsonl(run_dir / "metrics.jsonl")
     assert [r["round"] for r in rows] == list(range(overrides["num-server-rounds"] + 1))
     assert check(rows), rows
+
+
+def test_a_clustered_run_resumes_with_each_partition_in_its_cluster(sim, tmp_path):
+    """The resumed run's nodes have new ids: the checkpoint finds each client by its partition."""
+    clustered = {"strategy": "drl-compress", "clustering": True, "cluster-every": 2, "wandb-mode": "disabled"}
+    result, log = _run(sim, tmp_path, **{"num-server-rounds": 2, **clustered})
+    assert result.returncode == 0, log[-3000:]
+    (run_dir,) = [p for p in tmp_path.iterdir() if p.is_dir()]
+    rows = read_jsonl(run_dir / "metrics.jsonl")
+    assert all(r["clusters"] >= 1 and 0 <= r["personalized-accuracy"] <= 1 for r in rows[1:]), rows
+    clusters = rows[2]["cluster-of-partition"]
+    assert sorted(clusters) == ["0", "1", "2"]
+
+    result, log = _run(sim, tmp_path, **{"num-server-rounds": 3, "resume-from": str(run_dir), **clustered})
+    assert result.returncode == 0, log[-3000:]
+    rows = read_jsonl(run_dir / "metrics.jsonl")
+    assert [r["round"] for r in rows] == [0, 1, 2, 3]
+    assert rows[3]["cluster-of-partition"] == clusters, (clusters, rows[3])  # no re-clustering in round 3
+    assert rows[3]["clients-accepted"] == 3 and rows[3]["clients-dropped"] == 0, rows[3]
 
 
 def test_mobile_clients_on_the_virtual_clock_with_a_deadline(sim, tmp_path):

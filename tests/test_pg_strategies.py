@@ -89,6 +89,21 @@ def test_fedpg_ascends_on_the_mean_gradient_and_refuses_skips():
     assert any("lazy skip" in reason for _, reason in s.rounds[1].dropped)
 
 
+def test_fedpg_clock_follows_the_grids_node_order_not_the_node_ids():
+    """Under PartitionOrderGrid the node list is in partition order; the same partitions under other node ids
+    get the same slowness and jitter, so the clock reads the same. (Partitions 0 and 1 reply; 2 is silent.)"""
+    def sim_times(node_ids):
+        s = FedPG(lr=0.5, speed_sigma=1.0, seed=4, jitter=0.1)
+        times = []
+        for rnd in (1, 2, 3):
+            list(s.configure_train(rnd, arrays(**THETA), ConfigRecord({}), FakeGrid(node_ids)))
+            s.aggregate_train(rnd, [pg_reply(n, [1.0, 0.0]) for n in node_ids[:2]])
+            times.append(s.rounds[rnd].extra["sim-time"])
+        return times
+
+    assert sim_times([3, 1, 2]) == sim_times([7, 8, 9])
+
+
 # --- LAPG: the server reuses stale gradients ----------------------------------------------------
 def test_lapg_reuses_the_last_upload_of_a_client_that_skipped():
     s = LAPG(lr=0.5, threshold=2.0, memory=3, speeds={1: 1.0, 2: 1.0}, jitter=0.0)

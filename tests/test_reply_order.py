@@ -6,6 +6,7 @@ from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
 
 from fedrl_app.protocol.metadata import ClientMetadata, encode_metadata
 from fedrl_app.server.reply_order import PartitionOrderGrid, queried_partition
+from strategies.strategy_utils import SubsetGrid, node_partitions
 from tests.helpers import arrays, error_reply, instruction, reply
 
 
@@ -71,6 +72,14 @@ def test_nodes_are_listed_by_the_partition_they_report_each_asked_once_silent_on
     assert grid.get_node_ids() == [40, 3, 900, 5, 77]
     assert grid.get_node_ids() == [40, 3, 900, 5, 77]
     assert inner.asked == [[900, 40, 3, 77, 5]]  # one query for the unknown nodes; neither answers nor silence re-asked
+
+
+def test_strategies_read_the_partitions_through_any_view_of_the_grid():
+    grid = PartitionOrderGrid(QueryGrid({900: 2, 40: 0, 3: 1}, extra_nodes=[77]))
+    grid.get_node_ids()
+    assert node_partitions(grid) == {40: 0, 3: 1, 900: 2}  # the silent node 77 has none
+    assert node_partitions(SubsetGrid(grid, [900, 77])) == {900: 2}
+    assert node_partitions(QueryGrid({1: 0})) == {}  # a plain grid knows node ids only
 
 
 def test_a_node_known_from_its_train_reply_is_not_asked():

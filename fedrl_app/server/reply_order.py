@@ -12,7 +12,10 @@ network, arrival order follows link and device speed.)
 The node list is ordered the same way, so that a seeded sample of it (`strategies.strategy_utils.
 seeded_sampling`, fraction-train < 1) picks the same partitions in two runs of a seed: Flower draws
 from `get_node_ids()`, whose order follows the random node ids the SuperLink assigns. A node the
-grid has not heard from yet is asked its partition once, with a query message.
+grid has not heard from yet is asked its partition once, with a query message. What it learned is
+its `partitions` dict (node id → partition), which strategies read through any view of the grid
+(`strategies.strategy_utils.node_partitions`): the clustering wrapper stores its clusters by partition,
+so that a resumed run, whose nodes have new ids, finds them.
 """
 
 from __future__ import annotations
