@@ -220,8 +220,8 @@ class Clustered(StrategyWrapper):
                     summed = k.startswith(("sync-", "senders", "clients-"))
                     merged.extra[k] = merged.extra.get(k, 0) + v if summed else v
             accepted = {r.node_id for r in log_c.reports}
-            self.partition_of.update({r.node_id: r.metadata.partition_id for r in log_c.reports
-                                      if r.node_id not in self.partition_of})
+            for node, pid in log_c.partition_of().items():  # the first partition a node reported is kept
+                self.partition_of.setdefault(node, pid)
             for msg in by_cluster.get(c, []):
                 node = msg.metadata.src_node_id
                 if node not in accepted:

@@ -359,7 +359,7 @@ class Fusion(RoundScheduleMixin, ReplyGuardMixin, FlowerFedAvg):
         names = list(self.current)
         flat = lambda d: np.concatenate([d[k].ravel() for k in names])  # noqa: E731
         clients = [to_numpy(m.content[keys.ARRAYS]) for m in replies]
-        partition_of = {r.node_id: r.metadata.partition_id for r in round_log.reports}  # decoded by the guard
+        partition_of = round_log.partition_of()
         partitions = [int(partition_of[m.metadata.src_node_id]) for m in replies]
         if self.trust == "param-cosine":
             weights, fell_back = trust_weights(flat(self.current), [flat(c) for c in clients])

@@ -90,7 +90,7 @@ class LAPG(FedPG):
 
     def round_direction(self, server_round: int, replies: list[Message]) -> dict[str, np.ndarray]:
         """Mean over replying clients of their fresh gradient, or of their last upload if they skipped."""
-        partition = {r.node_id: r.metadata.partition_id for r in self.rounds[server_round].reports}
+        partition = self.rounds[server_round].partition_of()
         uploaded, skipped, grads = [], [], []
         for msg in replies:
             node = msg.metadata.src_node_id

@@ -42,6 +42,10 @@ class RoundLog:
     evaluate_metrics: dict[str, float] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)  # strategy-specific per-round series (JSON-able)
 
+    def partition_of(self) -> dict[int, int]:
+        """Node id → the partition its accepted reply reported (metadata the guard decoded)."""
+        return {r.node_id: r.metadata.partition_id for r in self.reports}
+
 
 # Without known partition sizes a claim may be at most this many times the median claim: the largest of 10
 # Dirichlet(0.3) MNIST partitions is 1.4-2.5× the median (seeds 1-12), so honest clients keep their weights, while
@@ -247,7 +251,7 @@ class ReplyGuardMixin:
         kept = _majority_metric_keys(kept, server_round, round_log)
         # Replies arrive in whatever order the clients finish; aggregating them by partition makes every float
         # sum, and Fusion's buffer, the same in every run (node ids change from run to run, partitions do not).
-        partition_of = {r.node_id: r.metadata.partition_id for r in round_log.reports}
+        partition_of = round_log.partition_of()
         kept.sort(key=lambda m: partition_of.get(m.metadata.src_node_id, -1))
         if self.systems is not None:  # (an async wrapper calls this per reply and sets its own round time)
             extra = round_log.extra
