@@ -83,8 +83,11 @@ def evaluate(msg: Message, context: Context) -> Message:
 
 @app.query()
 def query(msg: Message, context: Context) -> Message:
-    """Answer the server's one question, this node's partition (it orders its node list by them)."""
+    """Answer the server's one question, this node's partition (it orders its node list by them), with the number
+    of partitions (the server waits for that many nodes before its first round)."""
     asked = msg.content.config_records.get(keys.CONFIG, {}).get(keys.QUERY)
     if asked != keys.PARTITION_ID:
         raise ValueError(f"the server's query asks {asked!r}; a client answers {keys.PARTITION_ID!r} only")
-    return Message(RecordDict({keys.METRICS: MetricRecord({keys.PARTITION_ID: partition(context)[0]})}), reply_to=msg)
+    partition_id, num_partitions = partition(context)
+    answer = MetricRecord({keys.PARTITION_ID: partition_id, keys.NUM_PARTITIONS: num_partitions})
+    return Message(RecordDict({keys.METRICS: answer}), reply_to=msg)

@@ -54,13 +54,15 @@ def main(grid: Grid, context: Context) -> None:
     remaining = cfg.num_server_rounds - strategy.round_offset
     log(INFO, "fedrl: task=%s strategy=%s rounds=%d; outputs in %s", cfg.task, cfg.strategy, remaining, run_dir)
 
-    cap_example_claims(strategy, cfg, source, num_nodes=len(list(grid.get_node_ids())))
     metered = MeteredGrid(grid)
+    ordered = PartitionOrderGrid(metered)
+    nodes = ordered.get_node_ids()  # asks each node its partition; waits for the federation the nodes report
+    cap_example_claims(strategy, cfg, source, num_nodes=ordered.federation_size or len(nodes))
     measure_replies_with(strategy, metered.reply_nbytes)
     recorder = RunRecorder(cfg, run_dir, strategy, metered, central_evaluator(cfg, source), resume=resume)
     if remaining > 0:
         strategy.start(
-            grid=PartitionOrderGrid(metered), initial_arrays=initial, num_rounds=remaining,
+            grid=ordered, initial_arrays=initial, num_rounds=remaining,
             timeout=cfg.round_timeout,
             train_config=client_train_config(cfg), evaluate_config=client_evaluate_config(cfg),
             evaluate_fn=recorder.evaluate_fn,

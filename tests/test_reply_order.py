@@ -97,3 +97,67 @@ def test_a_query_reply_that_is_not_a_non_negative_integer_is_ignored(value):
     grid = PartitionOrderGrid(inner)
     assert grid.get_node_ids() == [4, 9] and grid.partitions == {4: 0}
     assert queried_partition(error_reply(9)) is None
+
+
+class ConnectingGrid(QueryGrid):
+    """A QueryGrid whose nodes connect over time: `connected[i]` is the node list of the i-th listing (the last
+    one repeats); every node reports (its partition, `num_partitions`)."""
+
+    def __init__(self, connected: list[list[int]], num_partitions: dict):
+        super().__init__({})
+        self.connected, self.num_partitions, self.listings = connected, num_partitions, 0
+
+    def get_node_ids(self):
+        self.listings += 1
+        return list(self.connected[min(self.listings, len(self.connected)) - 1])
+
+    def send_and_receive(self, messages, *, timeout=None):
+        messages = list(messages)
+        self.asked.append([m.metadata.dst_node_id for m in messages])
+        return [Message(RecordDict({"metrics": MetricRecord({"partition-id": m.metadata.dst_node_id % 10,
+                                                             "num-partitions": self.num_partitions[m.metadata.dst_node_id]})}),
+                        reply_to=m) for m in messages]
+
+
+class FakeClock:
+    def __init__(self):
+        self.now, self.sleeps = 0.0, []
+
+    def sleep(self, seconds):
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+
+def _connecting(connected, num_partitions, timeout=60.0):
+    clock = FakeClock()
+    grid = PartitionOrderGrid(ConnectingGrid(connected, num_partitions), federation_timeout=timeout,
+                              poll_interval=1.0, clock=lambda: clock.now, sleep=clock.sleep)
+    return grid, clock
+
+
+def test_the_first_listing_waits_for_as_many_nodes_as_the_clients_report_partitions():
+    # node id % 10 is the partition: partition 0's node (30) connects third, after two polls
+    grid, clock = _connecting([[11, 22], [11, 22], [11, 22, 30]], {11: 3, 22: 3, 30: 3})
+    assert grid.federation_size is None  # nothing asked before the first listing
+    assert grid.get_node_ids() == [30, 11, 22] and clock.sleeps == [1.0, 1.0] and grid.federation_size == 3
+    assert grid._grid.asked == [[11, 22], [30]]  # each node asked once, as it arrives
+    # later listings do not wait: a node that drops out does not stall a round
+    grid._grid.connected = [[11, 22]]
+    grid._grid.listings = 0
+    assert grid.get_node_ids() == [11, 22] and clock.sleeps == [1.0, 1.0]
+
+
+def test_after_the_timeout_the_run_starts_with_the_nodes_there_are():
+    grid, clock = _connecting([[11, 22]], {11: 3, 22: 3}, timeout=5.0)
+    assert grid.get_node_ids() == [11, 22]
+    assert clock.now == 5.0 and clock.sleeps == [1.0] * 5
+
+
+def test_the_federation_size_is_the_most_common_report_so_one_liar_cannot_stall_the_start():
+    grid, clock = _connecting([[10, 21, 32, 43]], {10: 4, 21: 4, 32: 4, 43: 1000})
+    assert grid.get_node_ids() == [10, 21, 32, 43] and grid.federation_size == 4 and clock.sleeps == []
+
+
+def test_with_no_node_connected_the_first_listing_waits_for_one():
+    grid, clock = _connecting([[], [], [21, 10]], {10: 2, 21: 2})
+    assert grid.get_node_ids() == [10, 21] and clock.sleeps == [1.0, 1.0] and grid.federation_size == 2

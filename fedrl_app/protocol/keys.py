@@ -34,6 +34,7 @@ UNAVAILABLE_CODE = 1001                    # its error code (Flower's own codes 
 # --- metric keys -------------------------------------------------------------------------------------
 NUM_EXAMPLES = "num-examples"
 PARTITION_ID = "partition-id"              # a query reply's partition (the server orders its node list by it)
+NUM_PARTITIONS = "num-partitions"          # a query reply's federation size (the server waits for that many nodes)
 
 # --- config keys (server → client) ------------------------------------------------------------------
 SERVER_ROUND = "server-round"              # set by Flower's strategies
