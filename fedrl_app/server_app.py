@@ -55,12 +55,12 @@ def main(grid: Grid, context: Context) -> None:
     log(INFO, "fedrl: task=%s strategy=%s rounds=%d; outputs in %s", cfg.task, cfg.strategy, remaining, run_dir)
 
     metered = MeteredGrid(grid)
-    ordered = PartitionOrderGrid(metered)
-    nodes = ordered.get_node_ids()  # asks each node its partition; waits for the federation the nodes report
-    cap_example_claims(strategy, cfg, source, num_nodes=ordered.federation_size or len(nodes))
     measure_replies_with(strategy, metered.reply_nbytes)
     recorder = RunRecorder(cfg, run_dir, strategy, metered, central_evaluator(cfg, source), resume=resume)
     if remaining > 0:
+        ordered = PartitionOrderGrid(metered)
+        nodes = ordered.get_node_ids()  # asks each node its partition; waits for the federation the nodes report
+        cap_example_claims(strategy, cfg, source, num_nodes=ordered.federation_size or len(nodes))
         strategy.start(
             grid=ordered, initial_arrays=initial, num_rounds=remaining,
             timeout=cfg.round_timeout,

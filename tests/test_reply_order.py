@@ -49,10 +49,18 @@ def test_equal_partitions_keep_their_arrival_order_and_pulls_pass_through():
 
 
 class QueryGrid:
-    """A Grid stand-in whose nodes answer the partition query with `answers[node]` (a missing node is silent)."""
+    """A Grid stand-in whose nodes answer the partition query with `answers[node]` (a missing node is silent),
+    and with `num_partitions[node]` as their federation size where that is given."""
 
-    def __init__(self, answers: dict, extra_nodes=()):
+    def __init__(self, answers: dict, extra_nodes=(), num_partitions=None):
         self.answers, self.extra_nodes, self.asked = answers, list(extra_nodes), []
+        self.num_partitions = num_partitions or {}
+
+    def _answer(self, node):
+        metrics = {"partition-id": self.answers[node]}
+        if node in self.num_partitions:
+            metrics["num-partitions"] = self.num_partitions[node]
+        return MetricRecord(metrics)
 
     def get_node_ids(self):
         return list(self.answers) + self.extra_nodes
@@ -62,8 +70,8 @@ class QueryGrid:
         self.asked.append([m.metadata.dst_node_id for m in messages])
         assert all(m.metadata.message_type == "query" for m in messages)
         assert all(m.content["config"]["query"] == "partition-id" for m in messages)
-        return [Message(RecordDict({"metrics": MetricRecord({"partition-id": self.answers[m.metadata.dst_node_id]})}),
-                        reply_to=m) for m in messages if m.metadata.dst_node_id in self.answers]
+        return [Message(RecordDict({"metrics": self._answer(m.metadata.dst_node_id)}), reply_to=m)
+                for m in messages if m.metadata.dst_node_id in self.answers]
 
 
 def test_nodes_are_listed_by_the_partition_they_report_each_asked_once_silent_ones_last():
@@ -101,22 +109,15 @@ def test_a_query_reply_that_is_not_a_non_negative_integer_is_ignored(value):
 
 class ConnectingGrid(QueryGrid):
     """A QueryGrid whose nodes connect over time: `connected[i]` is the node list of the i-th listing (the last
-    one repeats); every node reports (its partition, `num_partitions`)."""
+    one repeats); node id % 10 is each node's partition."""
 
     def __init__(self, connected: list[list[int]], num_partitions: dict):
-        super().__init__({})
-        self.connected, self.num_partitions, self.listings = connected, num_partitions, 0
+        super().__init__({n: n % 10 for nodes in connected for n in nodes}, num_partitions=num_partitions)
+        self.connected, self.listings = connected, 0
 
     def get_node_ids(self):
         self.listings += 1
         return list(self.connected[min(self.listings, len(self.connected)) - 1])
-
-    def send_and_receive(self, messages, *, timeout=None):
-        messages = list(messages)
-        self.asked.append([m.metadata.dst_node_id for m in messages])
-        return [Message(RecordDict({"metrics": MetricRecord({"partition-id": m.metadata.dst_node_id % 10,
-                                                             "num-partitions": self.num_partitions[m.metadata.dst_node_id]})}),
-                        reply_to=m) for m in messages]
 
 
 class FakeClock:
